@@ -1,0 +1,386 @@
+"""SQLAlchemy 2.0 declarative tables: the system's memory.
+
+Conventions:
+- every timestamp is stored as UTC (``UTCDateTime``); local dates (plan dates, unavailability) are ``Date``;
+- quantities are ``Numeric(18, 4)`` in the item's base unit, money ``Numeric(18, 4)`` in the company currency;
+- relationships are ``lazy="raise"``: queries say what they load;
+- the workflow tables of issue 3 (count entries, variances, reviews, approvals, adjustments, audit) hang off
+  ``CountTask`` and ``ItemLocation``; nothing here assumes they don't exist.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; pandian stores aware datetimes only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text from an INSERT ... SELECT
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+Qty = Numeric(18, 4, asdecimal=True)
+Money = Numeric(18, 4, asdecimal=True)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Role(StrEnum):
+    COUNTER = "counter"
+    SUPERVISOR = "supervisor"
+    FINANCE = "finance"
+    MANAGER = "manager"
+    ADMIN = "admin"
+
+
+class MovementType(StrEnum):
+    RECEIPT = "receipt"
+    ISSUE = "issue"
+    TRANSFER = "transfer"
+    PRODUCTION_ISSUE = "production_issue"
+    ADJUSTMENT = "adjustment"
+
+
+# Movement types whose outflow counts as consumption for ABC classification.
+CONSUMPTION_TYPES = (MovementType.ISSUE, MovementType.PRODUCTION_ISSUE)
+
+
+class TaskReason(StrEnum):
+    ROTATION = "rotation"
+    NEGATIVE = "negative"
+    ZERO = "zero"
+    DORMANT = "dormant"
+    TURNOVER = "turnover"
+    INACCURATE = "inaccurate"
+    ADHOC = "adhoc"
+    RECOUNT = "recount"  # issue 3
+    UNSCHEDULED = "unscheduled"  # issue 3: "found an item that was not on my list"
+
+
+class TaskStatus(StrEnum):
+    OPEN = "open"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+OPEN_STATUSES = (TaskStatus.OPEN, TaskStatus.IN_PROGRESS)
+
+
+def _enum(e: type[StrEnum], name: str) -> Enum:
+    # Stored as VARCHAR with a CHECK-free native_enum=False: adding a value needs no ALTER TYPE.
+    return Enum(e, name=name, native_enum=False, length=32, values_callable=lambda x: [m.value for m in x],
+                validate_strings=True, create_constraint=False)
+
+
+class Team(Base):
+    __tablename__ = "team"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Warehouse(Base):
+    __tablename__ = "warehouse"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(50), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    default_team_id: Mapped[int | None] = mapped_column(ForeignKey("team.id"))
+
+
+class Zone(Base):
+    __tablename__ = "zone"
+    __table_args__ = (UniqueConstraint("warehouse_id", "code"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    code: Mapped[str] = mapped_column(String(50))
+    name: Mapped[str | None] = mapped_column(String(200))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("team.id"))
+
+
+class Location(Base):
+    __tablename__ = "location"
+    __table_args__ = (UniqueConstraint("warehouse_id", "code"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("zone.id"))
+    code: Mapped[str] = mapped_column(String(50))
+    barcode: Mapped[str | None] = mapped_column(String(100), unique=True)
+    # Walking order inside the warehouse; defaults to the order of the codes.
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class User(Base):
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    employee_no: Mapped[str] = mapped_column(String(50), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("team.id"))
+    capacity_minutes: Mapped[int] = mapped_column(Integer, default=240)
+    wecom_userid: Mapped[str | None] = mapped_column(String(100), unique=True)
+    feishu_open_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    feishu_user_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    dingtalk_userid: Mapped[str | None] = mapped_column(String(100), unique=True)
+    locale: Mapped[str | None] = mapped_column(String(10))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    team: Mapped[Team | None] = relationship(lazy="raise")
+
+
+class UserZone(Base):
+    __tablename__ = "user_zone"
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), primary_key=True)
+    zone_id: Mapped[int] = mapped_column(ForeignKey("zone.id", ondelete="CASCADE"), primary_key=True)
+
+
+class UserUnavailability(Base):
+    __tablename__ = "user_unavailability"
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class Item(Base):
+    __tablename__ = "item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[str | None] = mapped_column(String(200))
+    base_unit: Mapped[str] = mapped_column(String(20), default="个")
+    unit_cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    lot_tracked: Mapped[bool] = mapped_column(Boolean, default=False)
+    abc_class: Mapped[str] = mapped_column(String(1), default="C")
+    pinned_class: Mapped[str | None] = mapped_column(String(1))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ItemUnit(Base):
+    """A pack unit: 1 ``unit`` = ``factor`` base units (1 箱 = 24 个)."""
+
+    __tablename__ = "item_unit"
+    __table_args__ = (UniqueConstraint("item_id", "unit"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"))
+    unit: Mapped[str] = mapped_column(String(20))
+    factor: Mapped[Decimal] = mapped_column(Qty)
+
+
+class ItemBarcode(Base):
+    __tablename__ = "item_barcode"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    barcode: Mapped[str] = mapped_column(String(100), unique=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
+    unit: Mapped[str | None] = mapped_column(String(20))  # a case barcode scans as one 箱
+
+
+class ItemWarehouseClass(Base):
+    """The class computed for an item within one warehouse (classification scope 'warehouse')."""
+
+    __tablename__ = "item_warehouse_class"
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id", ondelete="CASCADE"), primary_key=True)
+    abc_class: Mapped[str] = mapped_column(String(1))
+
+
+class ClassChange(Base):
+    __tablename__ = "class_change"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), index=True)
+    warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouse.id"))
+    old_class: Mapped[str | None] = mapped_column(String(1))
+    new_class: Mapped[str] = mapped_column(String(1))
+    annual_value: Mapped[Decimal] = mapped_column(Money)
+    basis: Mapped[str] = mapped_column(String(20))  # consumption | stock_value | pinned
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ItemLocation(Base):
+    """Book stock of one item at one location: the unit that gets counted and planned.
+
+    ``qty`` is the current book quantity; ``book_as_of`` is when the last stock snapshot was taken. The book
+    at any time t is ``qty`` minus the movements after t (see ``core.stock.book_at``).
+    """
+
+    __tablename__ = "item_location"
+    __table_args__ = (
+        UniqueConstraint("item_id", "location_id"),
+        Index("ix_item_location_rotation", "warehouse_id", "rotation_seq"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"), index=True)
+    location_id: Mapped[int] = mapped_column(ForeignKey("location.id"), index=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    qty: Mapped[Decimal] = mapped_column(Qty, default=Decimal(0))
+    book_as_of: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Position in the warehouse's rotation: new item-locations are appended, so they never reshuffle others.
+    rotation_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_movement_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_counted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Value moved (|qty| x unit cost) since the last count; drives the turnover trigger.
+    turnover_value: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    # The last time a count here was out of the hit/miss tolerance (issue 3 sets it).
+    last_miss_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Planner bookkeeping: the rotation cycle already planned, and the last day anything was planned.
+    last_rotation_cycle: Mapped[str | None] = mapped_column(String(32))
+    last_planned_on: Mapped[date | None] = mapped_column(Date)
+
+
+class LotBalance(Base):
+    __tablename__ = "lot_balance"
+    __table_args__ = (UniqueConstraint("item_location_id", "lot"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_location_id: Mapped[int] = mapped_column(ForeignKey("item_location.id", ondelete="CASCADE"))
+    lot: Mapped[str] = mapped_column(String(64))
+    qty: Mapped[Decimal] = mapped_column(Qty, default=Decimal(0))
+    expires_on: Mapped[date | None] = mapped_column(Date)
+
+
+class Movement(Base):
+    __tablename__ = "movement"
+    __table_args__ = (Index("ix_movement_il_time", "item_location_id", "occurred_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"), index=True)
+    location_id: Mapped[int] = mapped_column(ForeignKey("location.id"))
+    item_location_id: Mapped[int] = mapped_column(ForeignKey("item_location.id"))
+    lot: Mapped[str | None] = mapped_column(String(64))
+    qty: Mapped[Decimal] = mapped_column(Qty)  # signed, base units
+    type: Mapped[MovementType] = mapped_column(_enum(MovementType, "movement_type"))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source_doc: Mapped[str | None] = mapped_column(String(100))
+    # Natural key of the source line, so re-importing the same ledger changes nothing.
+    import_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+
+
+class CountPolicy(Base):
+    """Per-warehouse overrides of the configured class policy (counts per year, minutes per task)."""
+
+    __tablename__ = "count_policy"
+    __table_args__ = (UniqueConstraint("warehouse_id", "abc_class"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouse.id"))
+    abc_class: Mapped[str] = mapped_column(String(1))
+    counts_per_year: Mapped[int] = mapped_column(Integer)
+    minutes_per_task: Mapped[float | None] = mapped_column(Numeric(8, 2, asdecimal=False))
+
+
+class CalendarOverride(Base):
+    """A company's own working day (e.g. a Saturday stock day) or day off, on top of the statutory calendar."""
+
+    __tablename__ = "calendar_override"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    working: Mapped[bool] = mapped_column(Boolean)
+    note: Mapped[str | None] = mapped_column(String(200))
+
+
+class PlanRun(Base):
+    __tablename__ = "plan_run"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plan_date: Mapped[date] = mapped_column(Date, index=True)
+    warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouse.id"))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_tasks: Mapped[int] = mapped_column(Integer, default=0)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class CountTask(Base):
+    __tablename__ = "count_task"
+    __table_args__ = (
+        # One task per item-location and cycle (rotation: "A:2026-W48"; triggers: "negative:2026-11-28"):
+        # re-running a plan inserts nothing twice.
+        UniqueConstraint("item_location_id", "cycle_key"),
+        # At most one open task per item-location, whatever its reason.
+        Index(
+            "uq_count_task_open",
+            "item_location_id",
+            unique=True,
+            sqlite_where=text("status IN ('open', 'in_progress') AND reason NOT IN ('recount')"),
+            postgresql_where=text("status IN ('open', 'in_progress') AND reason NOT IN ('recount')"),
+        ),
+        Index("ix_count_task_day", "plan_date", "warehouse_id"),
+        Index("ix_count_task_assignee", "assignee_id", "status"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plan_date: Mapped[date] = mapped_column(Date)
+    due_date: Mapped[date] = mapped_column(Date)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("location.id"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"))
+    item_location_id: Mapped[int] = mapped_column(ForeignKey("item_location.id"))
+    abc_class: Mapped[str] = mapped_column(String(1))
+    reason: Mapped[TaskReason] = mapped_column(_enum(TaskReason, "task_reason"))
+    priority: Mapped[int] = mapped_column(Integer, default=5)  # 0 is most urgent
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus, "task_status"), default=TaskStatus.OPEN)
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    est_minutes: Mapped[float] = mapped_column(Numeric(8, 2, asdecimal=False), default=3.0)
+    cycle_key: Mapped[str] = mapped_column(String(40))
+    overdue: Mapped[bool] = mapped_column(Boolean, default=False)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("count_request.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CountRequest(Base):
+    """An ad-hoc count request ("picker says it's not there"); the next plan turns it into a task."""
+
+    __tablename__ = "count_request"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_location_id: Mapped[int] = mapped_column(ForeignKey("item_location.id"))
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    note: Mapped[str | None] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    planned_on: Mapped[date | None] = mapped_column(Date)
