@@ -36,6 +36,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from core.enums import (  # noqa: F401  (re-exported: models are where most code looks for them)
+    CONSUMPTION_TYPES,
+    OPEN_STATUSES,
+    MovementType,
+    Role,
+    TaskReason,
+    TaskStatus,
+)
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out; stored as naive UTC on every backend."""
@@ -76,48 +85,6 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class Role(StrEnum):
-    COUNTER = "counter"
-    SUPERVISOR = "supervisor"
-    FINANCE = "finance"
-    MANAGER = "manager"
-    ADMIN = "admin"
-
-
-class MovementType(StrEnum):
-    RECEIPT = "receipt"
-    ISSUE = "issue"
-    TRANSFER = "transfer"
-    PRODUCTION_ISSUE = "production_issue"
-    ADJUSTMENT = "adjustment"
-
-
-# Movement types whose outflow counts as consumption for ABC classification.
-CONSUMPTION_TYPES = (MovementType.ISSUE, MovementType.PRODUCTION_ISSUE)
-
-
-class TaskReason(StrEnum):
-    ROTATION = "rotation"
-    NEGATIVE = "negative"
-    ZERO = "zero"
-    DORMANT = "dormant"
-    TURNOVER = "turnover"
-    INACCURATE = "inaccurate"
-    ADHOC = "adhoc"
-    RECOUNT = "recount"  # issue 3
-    UNSCHEDULED = "unscheduled"  # issue 3: "found an item that was not on my list"
-
-
-class TaskStatus(StrEnum):
-    OPEN = "open"
-    IN_PROGRESS = "in_progress"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-
-OPEN_STATUSES = (TaskStatus.OPEN, TaskStatus.IN_PROGRESS)
 
 
 def _enum(e: type[StrEnum], name: str) -> Enum:
