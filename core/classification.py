@@ -47,7 +47,9 @@ class Classified:
     computed_class: str  # what the ranking says, before a pin
 
 
-def classify_abc(items: Iterable[ItemValue], a_cutoff: float = 0.80, b_cutoff: float = 0.95) -> list[Classified]:
+def classify_abc(
+    items: Iterable[ItemValue], a_cutoff: float = 0.80, b_cutoff: float = 0.95
+) -> list[Classified]:
     if not 0 < a_cutoff < b_cutoff <= 1:
         raise ValueError("need 0 < a_cutoff < b_cutoff <= 1")
     ranked = sorted(items, key=lambda v: (-max(v.value, Decimal(0)), v.item_id))

@@ -42,9 +42,11 @@ def cycle_for(day: date, counts_per_year: int, abc_class: str) -> Cycle:
         idx = (day.month - 1) // months
         start = date(day.year, idx * months + 1, 1)
         end_month = idx * months + months
-        end = date(day.year + 1, 1, 1) - timedelta(days=1) if end_month == 12 else date(
-            day.year, end_month + 1, 1
-        ) - timedelta(days=1)
+        end = (
+            date(day.year + 1, 1, 1) - timedelta(days=1)
+            if end_month == 12
+            else date(day.year, end_month + 1, 1) - timedelta(days=1)
+        )
         label = {12: f"M{idx + 1:02d}", 4: f"Q{idx + 1}", 1: "Y"}.get(k, f"P{k}-{idx + 1}")
         return Cycle(abc_class, f"{abc_class}:{day.year}-{label}", start, end)
     if 52 % k == 0 and k >= 13:

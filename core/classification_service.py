@@ -1,0 +1,172 @@
+"""``classify``: ABC classes from the ledger, written back with their history. Never commits."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.classification import Classified, ClassSummaryRow, ItemValue, classify_abc, summarise
+from core.config import Settings
+from core.enums import CONSUMPTION_TYPES
+from core.models import ClassChange, Item, ItemLocation, ItemWarehouseClass, Movement, Warehouse
+
+BATCH = 5000
+
+
+@dataclass(slots=True)
+class ScopeSummary:
+    warehouse: str | None  # None: company-wide
+    rows: list[ClassSummaryRow]
+    changed: int
+    by_basis: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ClassifySummary:
+    as_of: date
+    scopes: list[ScopeSummary] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(s.changed for s in self.scopes)
+
+
+async def _values(
+    session: AsyncSession, start: datetime, end: datetime, warehouse_id: int | None
+) -> list[ItemValue]:
+    consumed = -func.sum(Movement.qty)
+    mv = select(Movement.item_id, consumed.label("q")).where(
+        Movement.type.in_(CONSUMPTION_TYPES),
+        Movement.qty < 0,
+        Movement.occurred_at > start,
+        Movement.occurred_at <= end,
+    )
+    on_hand = select(
+        ItemLocation.item_id, func.sum(case((ItemLocation.qty > 0, ItemLocation.qty), else_=0)).label("q")
+    )
+    items_q = select(Item.id, Item.unit_cost, Item.pinned_class)
+    if warehouse_id is not None:
+        mv = mv.join(ItemLocation, ItemLocation.id == Movement.item_location_id).where(
+            ItemLocation.warehouse_id == warehouse_id
+        )
+        on_hand = on_hand.where(ItemLocation.warehouse_id == warehouse_id)
+        items_q = items_q.where(
+            Item.id.in_(select(ItemLocation.item_id).where(ItemLocation.warehouse_id == warehouse_id))
+        )
+    consumption = dict((await session.execute(mv.group_by(Movement.item_id))).tuples().all())
+    stock = dict((await session.execute(on_hand.group_by(ItemLocation.item_id))).tuples().all())
+    out = []
+    for item_id, cost, pinned in (await session.execute(items_q)).tuples():
+        cost = Decimal(cost or 0)
+        used = consumption.get(item_id)
+        out.append(
+            ItemValue(
+                item_id,
+                Decimal(used or 0) * cost,
+                Decimal(stock.get(item_id) or 0) * cost,
+                pinned,
+                has_history=used is not None and used > 0,
+            )
+        )
+    return out
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+async def _write(
+    session: AsyncSession, result: list[Classified], old: dict[int, str | None], warehouse_id: int | None
+) -> int:
+    now = datetime.now(UTC)
+    changed = [r for r in result if old.get(r.item_id) != r.abc_class]
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for r in changed:
+        by_class[r.abc_class].append(r.item_id)
+    for cls, ids in by_class.items():
+        for i in range(0, len(ids), BATCH):
+            chunk = ids[i : i + BATCH]
+            if warehouse_id is None:
+                await session.execute(update(Item).where(Item.id.in_(chunk)).values(abc_class=cls))
+            else:
+                stmt = _insert(session, ItemWarehouseClass).values(
+                    [{"item_id": x, "warehouse_id": warehouse_id, "abc_class": cls} for x in chunk]
+                )
+                await session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["item_id", "warehouse_id"], set_={"abc_class": stmt.excluded.abc_class}
+                    )
+                )
+    for i in range(0, len(changed), BATCH):
+        await session.execute(
+            ClassChange.__table__.insert(),
+            [
+                {
+                    "item_id": r.item_id,
+                    "warehouse_id": warehouse_id,
+                    "old_class": old.get(r.item_id),
+                    "new_class": r.abc_class,
+                    "annual_value": r.value,
+                    "basis": r.basis.value,
+                    "changed_at": now,
+                }
+                for r in changed[i : i + BATCH]
+            ],
+        )
+    return len(changed)
+
+
+async def classify(
+    session: AsyncSession, settings: Settings, *, as_of: date, warehouse_code: str | None = None
+) -> ClassifySummary:
+    """Classify every item by the value it consumed in the look-back window ending on ``as_of``."""
+    cfg = settings.classification
+    end = datetime.combine(as_of + timedelta(days=1), time(0), settings.tz).astimezone(UTC)
+    start = end - timedelta(days=cfg.lookback_days)
+    summary = ClassifySummary(as_of)
+    if warehouse_code is None and cfg.scope == "company":
+        values = await _values(session, start, end, None)
+        result = classify_abc(values, *cfg.cutoffs_for(None))
+        old = dict((await session.execute(select(Item.id, Item.abc_class))).tuples().all())
+        # a first classification has no "old" class: items start as C by default, record them all
+        first = not (await session.execute(select(func.count()).select_from(ClassChange))).scalar_one()
+        changed = await _write(session, result, {} if first else dict(old), None)
+        summary.scopes.append(ScopeSummary(None, summarise(result), changed, _bases(result)))
+        return summary
+    stmt = select(Warehouse.id, Warehouse.code).order_by(Warehouse.code)
+    if warehouse_code is not None:
+        stmt = stmt.where(Warehouse.code == warehouse_code)
+    warehouses = (await session.execute(stmt)).tuples().all()
+    if not warehouses:
+        raise LookupError(f"没有仓库 {warehouse_code!r} / no warehouse {warehouse_code!r}")
+    for wid, code in warehouses:
+        values = await _values(session, start, end, wid)
+        result = classify_abc(values, *cfg.cutoffs_for(code))
+        old = dict(
+            (
+                await session.execute(
+                    select(ItemWarehouseClass.item_id, ItemWarehouseClass.abc_class).where(
+                        ItemWarehouseClass.warehouse_id == wid
+                    )
+                )
+            )
+            .tuples()
+            .all()
+        )
+        changed = await _write(session, result, dict(old), wid)
+        summary.scopes.append(ScopeSummary(code, summarise(result), changed, _bases(result)))
+    return summary
+
+
+def _bases(result: list[Classified]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in result:
+        out[r.basis.value] = out.get(r.basis.value, 0) + 1
+    return out

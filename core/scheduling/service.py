@@ -1,0 +1,549 @@
+"""Planning use cases: ``plan_day`` and ``request_count``.
+
+Reads the rotation in one streamed, index-ordered pass, lets the pure planner decide, writes the new tasks
+with ``ON CONFLICT DO NOTHING`` (the unique keys make a re-plan, or two servers planning at once, insert
+nothing twice), marks overdue carry-overs, and assigns what is unassigned. Never commits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.calendar import WorkCalendar
+from core.config import CLASSES, Settings
+from core.enums import OPEN_STATUSES, REASON_LABEL_ZH, TaskReason, TaskStatus
+from core.models import (
+    CalendarOverride,
+    CountPolicy,
+    CountRequest,
+    CountTask,
+    Item,
+    ItemLocation,
+    ItemWarehouseClass,
+    Location,
+    PlanRun,
+    User,
+    UserUnavailability,
+    UserZone,
+    Warehouse,
+    Zone,
+)
+from core.scheduling.assignment import Counter, Job, assign
+from core.scheduling.planner import Candidate, Decision, RotationPlanner, RotationWindow, Rules
+from core.scheduling.policy import cycle_for
+
+BATCH = 5000
+PLAN_LOCK_KEY = 0x70616E6469616E  # "pandian": PostgreSQL advisory lock serialising concurrent plans
+
+
+class PlanningError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    task_id: int
+    date: date
+    due_date: date
+    warehouse: str
+    location: str
+    sku: str
+    item_name: str
+    abc_class: str
+    reason: TaskReason
+    priority: int
+    assignee: str | None  # employee number
+    assignee_name: str | None
+    overdue: bool
+    est_minutes: float
+    status: TaskStatus
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "date": self.date.isoformat(),
+            "warehouse": self.warehouse,
+            "location": self.location,
+            "sku": self.sku,
+            "abc_class": self.abc_class,
+            "reason": self.reason.value,
+            "assignee": self.assignee,
+            "priority": self.priority,
+            "due_date": self.due_date.isoformat(),
+            "overdue": self.overdue,
+            "est_minutes": self.est_minutes,
+        }
+
+    @property
+    def reason_zh(self) -> str:
+        return REASON_LABEL_ZH[self.reason]
+
+
+@dataclass(slots=True)
+class PlanResult:
+    day: date
+    working_day: bool
+    created: int = 0
+    carried_over: int = 0
+    overdue: int = 0
+    unassigned: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_class: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    tasks: list[PlanRow] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+async def load_calendar(session: AsyncSession, settings: Settings) -> WorkCalendar:
+    rows = (await session.execute(select(CalendarOverride.day, CalendarOverride.working))).all()
+    working = set(settings.calendar.extra_working_days) | {d for d, w in rows if w}
+    off = (set(settings.calendar.extra_days_off) | {d for d, w in rows if not w}) - {d for d, w in rows if w}
+    working -= {d for d, w in rows if not w}
+    return WorkCalendar(settings.calendar.country, working, off)
+
+
+async def _policies(
+    session: AsyncSession, settings: Settings, warehouse_id: int
+) -> dict[str, tuple[int, float]]:
+    """counts per year and minutes per task for each class in one warehouse (company policy, then overrides)."""
+    out = {c: (p.counts_per_year, p.minutes_per_task) for c, p in settings.planning.policies.items()}
+    rows = (
+        await session.execute(
+            select(CountPolicy)
+            .where((CountPolicy.warehouse_id == warehouse_id) | CountPolicy.warehouse_id.is_(None))
+            .order_by(CountPolicy.warehouse_id.is_(None).desc())  # company rows first, warehouse rows win
+        )
+    ).scalars()
+    for p in rows:
+        _, minutes = out[p.abc_class]
+        out[p.abc_class] = (
+            p.counts_per_year,
+            p.minutes_per_task if p.minutes_per_task is not None else minutes,
+        )
+    return out
+
+
+def _class_expr() -> Any:
+    return func.coalesce(ItemWarehouseClass.abc_class, Item.abc_class)
+
+
+def _join_class(stmt: Select[Any]) -> Select[Any]:
+    return stmt.join(Item, Item.id == ItemLocation.item_id).outerjoin(
+        ItemWarehouseClass,
+        and_(
+            ItemWarehouseClass.item_id == ItemLocation.item_id,
+            ItemWarehouseClass.warehouse_id == ItemLocation.warehouse_id,
+        ),
+    )
+
+
+def _open_task_exists() -> Any:
+    return exists().where(
+        CountTask.item_location_id == ItemLocation.id,
+        CountTask.status.in_(OPEN_STATUSES),
+        CountTask.reason != TaskReason.RECOUNT,
+    )
+
+
+async def _windows(
+    session: AsyncSession,
+    warehouse_id: int,
+    day: date,
+    cal: WorkCalendar,
+    policies: dict[str, tuple[int, float]],
+) -> dict[tuple[int, str], RotationWindow]:
+    counts = dict(
+        (
+            await session.execute(
+                _join_class(select(_class_expr(), func.count()).select_from(ItemLocation))
+                .where(ItemLocation.warehouse_id == warehouse_id)
+                .group_by(_class_expr())
+            )
+        ).all()
+    )
+    earlier_runs = set(
+        (
+            await session.execute(
+                select(PlanRun.plan_date).where(
+                    PlanRun.warehouse_id == warehouse_id,
+                    PlanRun.plan_date < day,
+                    PlanRun.plan_date >= day - timedelta(days=370),
+                )
+            )
+        ).scalars()
+    )
+    out = {}
+    for cls in CLASSES:
+        n = counts.get(cls, 0)
+        if not n:
+            continue
+        cycle = cycle_for(day, policies[cls][0], cls)
+        days = cal.working_days(cycle.start, cycle.end)
+        if day not in days:
+            continue
+        first_run = min([d for d in earlier_runs if cycle.contains(d) and d in days] + [day])
+        out[(warehouse_id, cls)] = RotationWindow(cycle, n, len(days), days.index(day), days.index(first_run))
+    return out
+
+
+def _candidate_query(warehouse_id: int) -> Select[Any]:
+    pending_request = (
+        select(func.min(CountRequest.id))
+        .where(CountRequest.item_location_id == ItemLocation.id, CountRequest.planned_on.is_(None))
+        .scalar_subquery()
+    )
+    return (
+        _join_class(
+            select(
+                ItemLocation.id,
+                ItemLocation.item_id,
+                ItemLocation.location_id,
+                ItemLocation.warehouse_id,
+                _class_expr(),
+                ItemLocation.qty,
+                ItemLocation.last_movement_at,
+                ItemLocation.last_counted_at,
+                ItemLocation.turnover_value,
+                ItemLocation.last_miss_at,
+                ItemLocation.last_rotation_cycle,
+                _open_task_exists(),
+                pending_request,
+            ).select_from(ItemLocation)
+        )
+        .where(ItemLocation.warehouse_id == warehouse_id)
+        .order_by(ItemLocation.rotation_seq, ItemLocation.id)
+    )
+
+
+def _insert(session: AsyncSession, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _chunks(seq: Sequence[Any], n: int = BATCH) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+async def _decide_warehouse(
+    session: AsyncSession, planner: RotationPlanner, warehouse_id: int
+) -> list[Decision]:
+    """One streamed, rotation-ordered pass over a warehouse; keeps only the decisions."""
+    result = await session.stream(_candidate_query(warehouse_id).execution_options(yield_per=BATCH))
+    decisions: list[Decision] = []
+    async for part in result.partitions():
+        decisions.extend(
+            planner.feed(
+                Candidate(
+                    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]), r[12]
+                )
+                for r in part
+            )
+        )
+    return decisions
+
+
+async def _write(session: AsyncSession, day: date, decisions: list[Decision]) -> int:
+    """Insert the proposed tasks (nothing twice) and record what the rotation has covered."""
+    created = 0
+    now = datetime.now(UTC)
+    proposals = [d.proposal for d in decisions if d.proposal is not None]
+    for chunk in _chunks(proposals):
+        rows = [
+            {
+                "plan_date": day,
+                "due_date": p.due_date,
+                "warehouse_id": p.warehouse_id,
+                "location_id": p.location_id,
+                "item_id": p.item_id,
+                "item_location_id": p.item_location_id,
+                "abc_class": p.abc_class,
+                "reason": p.reason,
+                "priority": p.priority,
+                "status": TaskStatus.OPEN,
+                "est_minutes": p.est_minutes,
+                "cycle_key": p.cycle_key,
+                "overdue": False,
+                "request_id": p.request_id,
+                "created_at": now,
+            }
+            for p in chunk
+        ]
+        stmt = _insert(session, CountTask).on_conflict_do_nothing().returning(CountTask.id)
+        created += len((await session.execute(stmt, rows)).scalars().all())
+    satisfied: dict[str, list[int]] = defaultdict(list)
+    for d in decisions:
+        if d.satisfies_cycle is not None:
+            satisfied[d.satisfies_cycle].append(d.item_location_id)
+    for key, ids in satisfied.items():
+        for chunk in _chunks(ids):
+            await session.execute(
+                update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(last_rotation_cycle=key)
+            )
+    for chunk in _chunks([p.item_location_id for p in proposals]):
+        await session.execute(
+            update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(last_planned_on=day)
+        )
+    requests = [p.request_id for p in proposals if p.request_id is not None]
+    for chunk in _chunks(requests):
+        await session.execute(update(CountRequest).where(CountRequest.id.in_(chunk)).values(planned_on=day))
+    return created
+
+
+async def _mark_overdue(
+    session: AsyncSession, warehouse_id: int, day: date, cal: WorkCalendar, late: int
+) -> int:
+    """Open tasks more than ``late`` working days past their due date become overdue."""
+    cutoff = cal.add_working_days(day, -late) if late else day
+    result = await session.execute(
+        update(CountTask)
+        .where(
+            CountTask.warehouse_id == warehouse_id,
+            CountTask.status.in_(OPEN_STATUSES),
+            CountTask.overdue.is_(False),
+            CountTask.due_date < cutoff,
+        )
+        .values(overdue=True)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------- assignment
+
+
+async def _counters(session: AsyncSession, day: date) -> list[Counter]:
+    users = (await session.execute(select(User).where(User.active.is_(True)))).scalars().all()
+    away = set(
+        (
+            await session.execute(select(UserUnavailability.user_id).where(UserUnavailability.day == day))
+        ).scalars()
+    )
+    zones: dict[int, set[int]] = defaultdict(set)
+    for uid, zid in (await session.execute(select(UserZone.user_id, UserZone.zone_id))).all():
+        zones[uid].add(zid)
+    used = dict(
+        (
+            await session.execute(
+                select(CountTask.assignee_id, func.sum(CountTask.est_minutes))
+                .where(
+                    CountTask.assignee_id.is_not(None),
+                    CountTask.status.in_(OPEN_STATUSES),
+                    CountTask.plan_date <= day,
+                )
+                .group_by(CountTask.assignee_id)
+            )
+        ).all()
+    )
+    return [
+        Counter(
+            u.id,
+            u.employee_no,
+            float(u.capacity_minutes),
+            u.team_id,
+            frozenset(zones.get(u.id, ())),
+            available=u.id not in away,
+            used_minutes=float(used.get(u.id) or 0.0) if u.id not in away else 0.0,
+        )
+        for u in users
+        if "counter" in (u.roles or [])
+    ]
+
+
+async def _assign(session: AsyncSession, warehouse_id: int, day: date) -> tuple[int, int]:
+    """Assign open, due tasks that have nobody (or somebody away today). Returns (assigned, unassigned)."""
+    counters = await _counters(session, day)
+    away = [c.id for c in counters if not c.available]
+    open_due = and_(
+        CountTask.warehouse_id == warehouse_id,
+        CountTask.status == TaskStatus.OPEN,
+        CountTask.plan_date <= day,
+    )
+    if away:
+        # work of counters who are away today spills to their teammates
+        await session.execute(
+            update(CountTask).where(open_due, CountTask.assignee_id.in_(away)).values(assignee_id=None)
+        )
+    rows = (
+        await session.execute(
+            select(
+                CountTask.id,
+                CountTask.priority,
+                Location.sequence,
+                Location.id,
+                CountTask.est_minutes,
+                Item.owner_id,
+                Location.zone_id,
+                Zone.team_id,
+                Warehouse.default_team_id,
+            )
+            .join(Location, Location.id == CountTask.location_id)
+            .join(Item, Item.id == CountTask.item_id)
+            .join(Warehouse, Warehouse.id == CountTask.warehouse_id)
+            .outerjoin(Zone, Zone.id == Location.zone_id)
+            .where(open_due, CountTask.assignee_id.is_(None))
+        )
+    ).all()
+    if not rows:
+        return 0, 0
+    jobs = [Job(r[0], r[1], (r[2] or 0, r[3]), float(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+    result = assign(jobs, counters)
+    by_user: dict[int, list[int]] = defaultdict(list)
+    for job_id, user_id in result.assignee.items():
+        by_user[user_id].append(job_id)
+    for user_id, ids in by_user.items():
+        for chunk in _chunks(sorted(ids)):
+            # "assignee IS NULL": a concurrent planner's assignment is never overwritten
+            await session.execute(
+                update(CountTask)
+                .where(CountTask.id.in_(chunk), CountTask.assignee_id.is_(None))
+                .values(assignee_id=user_id)
+            )
+    return len(result.assignee), len(result.unassigned)
+
+
+# ------------------------------------------------------------------------------------------- use cases
+
+
+def rules_from(settings: Settings, policies: dict[str, tuple[int, float]]) -> Rules:
+    p = settings.planning
+    return Rules(
+        dormant_days=p.dormant_days,
+        turnover_threshold=p.turnover_threshold,
+        zero_confirm=p.zero_confirm,
+        inaccurate_days=p.inaccurate_days,
+        trigger_minutes_factor=p.trigger_minutes_factor,
+        minutes_per_task={c: m for c, (_, m) in policies.items()},
+    )
+
+
+async def _warehouses(session: AsyncSession, code: str | None) -> list[Warehouse]:
+    stmt = select(Warehouse).order_by(Warehouse.code)
+    if code is not None:
+        stmt = stmt.where(Warehouse.code == code)
+    found = list((await session.execute(stmt)).scalars())
+    if code is not None and not found:
+        known = ", ".join((await session.execute(select(Warehouse.code).order_by(Warehouse.code))).scalars())
+        raise PlanningError(
+            f"没有仓库 {code!r}（已有：{known or '无'}） / no warehouse {code!r} (known: {known or 'none'})"
+        )
+    return found
+
+
+async def plan_day(
+    session: AsyncSession, settings: Settings, day: date, *, warehouse_code: str | None = None
+) -> PlanResult:
+    """Plan ``day``: new tasks, overdue carry-overs, assignment. Idempotent; never commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(PLAN_LOCK_KEY)))
+    cal = await load_calendar(session, settings)
+    result = PlanResult(day, cal.is_working_day(day))
+    warehouses = await _warehouses(session, warehouse_code)
+    if not result.working_day:
+        name = cal.holiday_name(day)
+        result.warnings.append(
+            f"{day} 不是工作日{f'（{name}）' if name else ''}，不安排盘点 / {day} is not a working day; nothing planned"
+        )
+    else:
+        tz = settings.tz
+        now = datetime.combine(day, time(0), tz).astimezone(UTC)
+        zero_due = cal.add_working_days(day, 1)
+        for wh in warehouses:
+            policies = await _policies(session, settings, wh.id)
+            windows = await _windows(session, wh.id, day, cal, policies)
+            planner = RotationPlanner(windows, day, now, rules_from(settings, policies), zero_due)
+            decisions = await _decide_warehouse(session, planner, wh.id)
+            created = await _write(session, day, decisions)
+            result.created += created
+            result.overdue += await _mark_overdue(
+                session, wh.id, day, cal, settings.planning.overdue_after_days
+            )
+            _, unassigned = await _assign(session, wh.id, day)
+            result.unassigned += unassigned
+            session.add(
+                PlanRun(
+                    plan_date=day,
+                    warehouse_id=wh.id,
+                    created_tasks=created,
+                    stats={"members": {c: w.members for (_, c), w in windows.items()}},
+                )
+            )
+    await session.flush()
+    result.tasks = await day_tasks(session, day, [w.id for w in warehouses])
+    for t in result.tasks:
+        result.by_reason[t.reason.value] = result.by_reason.get(t.reason.value, 0) + 1
+        result.by_class[t.abc_class] = result.by_class.get(t.abc_class, 0) + 1
+        if t.date < day:
+            result.carried_over += 1
+    if result.unassigned:
+        result.warnings.append(
+            f"{result.unassigned} 个任务超出可用人员产能，未分配 / "
+            f"{result.unassigned} tasks exceed the available counters' capacity and are unassigned"
+        )
+    return result
+
+
+async def day_tasks(session: AsyncSession, day: date, warehouse_ids: Iterable[int]) -> list[PlanRow]:
+    """Open tasks due by ``day`` (new and carried over), by assignee, urgency and walking order."""
+    rows = (
+        await session.execute(
+            select(
+                CountTask.id,
+                CountTask.plan_date,
+                CountTask.due_date,
+                Warehouse.code,
+                Location.code,
+                Item.sku,
+                Item.name,
+                CountTask.abc_class,
+                CountTask.reason,
+                CountTask.priority,
+                User.employee_no,
+                User.name,
+                CountTask.overdue,
+                CountTask.est_minutes,
+                CountTask.status,
+            )
+            .join(Warehouse, Warehouse.id == CountTask.warehouse_id)
+            .join(Location, Location.id == CountTask.location_id)
+            .join(Item, Item.id == CountTask.item_id)
+            .outerjoin(User, User.id == CountTask.assignee_id)
+            .where(
+                CountTask.warehouse_id.in_(list(warehouse_ids)),
+                CountTask.status.in_(OPEN_STATUSES),
+                CountTask.plan_date <= day,
+            )
+            .order_by(
+                Warehouse.code,
+                User.employee_no.is_(None),
+                User.employee_no,
+                CountTask.priority,
+                Location.sequence,
+                Location.code,
+                Item.sku,
+            )
+        )
+    ).all()
+    return [PlanRow(*r[:14], r[14]) for r in rows]
+
+
+async def request_count(
+    session: AsyncSession,
+    item_location_id: int,
+    *,
+    requested_by_id: int | None = None,
+    note: str | None = None,
+) -> CountRequest:
+    """An ad-hoc count ("picker says it's not there"); the next plan turns it into a task, first in line."""
+    req = CountRequest(item_location_id=item_location_id, requested_by_id=requested_by_id, note=note)
+    session.add(req)
+    await session.flush()
+    return req
