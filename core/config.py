@@ -74,9 +74,13 @@ class PlanningSettings(BaseModel):
         default=Decimal("50000"), ge=0, description="value moved since the last count that triggers a count"
     )
     zero_confirm: bool = True
-    inaccurate_days: int = Field(default=30, ge=1, description="a miss within this many days triggers a count")
+    inaccurate_days: int = Field(
+        default=30, ge=1, description="a miss within this many days triggers a count"
+    )
     overdue_after_days: int = Field(default=2, ge=0, description="late working days before a task is overdue")
-    trigger_minutes_factor: float = Field(default=1.5, gt=0, description="event counts take longer than rotation")
+    trigger_minutes_factor: float = Field(
+        default=1.5, gt=0, description="event counts take longer than rotation"
+    )
 
     @field_validator("policies")
     @classmethod

@@ -30,7 +30,9 @@ def normalise_url(url: str) -> str:
     elif backend == "postgresql" and u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         u = u.set(drivername="postgresql+asyncpg")
     elif backend not in ("sqlite", "postgresql"):
-        raise DatabaseURLError(f"只支持 SQLite 和 PostgreSQL / only SQLite and PostgreSQL are supported: {url!r}")
+        raise DatabaseURLError(
+            f"只支持 SQLite 和 PostgreSQL / only SQLite and PostgreSQL are supported: {url!r}"
+        )
     return u.render_as_string(hide_password=False)
 
 

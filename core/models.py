@@ -89,8 +89,15 @@ class Base(DeclarativeBase):
 
 def _enum(e: type[StrEnum], name: str) -> Enum:
     # Stored as VARCHAR with a CHECK-free native_enum=False: adding a value needs no ALTER TYPE.
-    return Enum(e, name=name, native_enum=False, length=32, values_callable=lambda x: [m.value for m in x],
-                validate_strings=True, create_constraint=False)
+    return Enum(
+        e,
+        name=name,
+        native_enum=False,
+        length=32,
+        values_callable=lambda x: [m.value for m in x],
+        validate_strings=True,
+        create_constraint=False,
+    )
 
 
 class Team(Base):
@@ -199,7 +206,9 @@ class ItemWarehouseClass(Base):
 
     __tablename__ = "item_warehouse_class"
     item_id: Mapped[int] = mapped_column(ForeignKey("item.id", ondelete="CASCADE"), primary_key=True)
-    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id", ondelete="CASCADE"), primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(
+        ForeignKey("warehouse.id", ondelete="CASCADE"), primary_key=True
+    )
     abc_class: Mapped[str] = mapped_column(String(1))
 
 
