@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from core import migrate
 from core.db import make_engine, make_sessionmaker
 from core.models import Base
 
@@ -29,7 +30,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def _schema(database_url: str) -> Iterator[None]:
-    """Create the schema once per session (fresh), on the configured database."""
+    """Build the schema once per session with the migrations (``pandian db upgrade``), from empty."""
 
     async def create() -> None:
         engine = make_engine(database_url)
@@ -37,7 +38,7 @@ def _schema(database_url: str) -> Iterator[None]:
             async with engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
                 await conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-                await conn.run_sync(Base.metadata.create_all)
+            await migrate.upgrade(engine)
         finally:
             await engine.dispose()
 
