@@ -1,0 +1,163 @@
+"""plan_day on a real database: idempotency, rotation over a cycle, triggers, carry-over, assignment."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.calendar import WorkCalendar
+from core.config import Settings
+from core.enums import TaskReason, TaskStatus
+from core.models import CalendarOverride, CountTask, ItemLocation, UserUnavailability
+from core.scheduling.service import PlanningError, plan_day, request_count
+from tests.integration.builders import build_company
+
+MONDAY = date(2026, 11, 30)
+WEEK = [date(2026, 11, 30 + i) if i == 0 else date(2026, 12, i) for i in range(5)]  # Mon..Fri
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(database_url="sqlite://")
+
+
+async def count_tasks(session: AsyncSession) -> int:
+    return (await session.execute(select(func.count()).select_from(CountTask))).scalar_one()
+
+
+async def test_plan_twice_changes_nothing(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=50)
+    first = await plan_day(session, settings, MONDAY)
+    await session.commit()
+    assert first.created == 10  # 50 A items over 5 working days
+    snapshot = [(t.task_id, t.assignee) for t in first.tasks]
+    second = await plan_day(session, settings, MONDAY)
+    await session.commit()
+    assert second.created == 0 and await count_tasks(session) == 10
+    assert [(t.task_id, t.assignee) for t in second.tasks] == snapshot  # nothing reshuffled
+
+
+async def test_week_counts_every_a_item_once_evenly(session: AsyncSession, settings: Settings) -> None:
+    co = await build_company(session, items=53)
+    for d in WEEK:
+        await plan_day(session, settings, d)
+        await session.execute(update(CountTask).where(CountTask.plan_date == d).values(status=TaskStatus.DONE))
+        await session.commit()
+    rows = (await session.execute(select(CountTask.item_location_id, CountTask.plan_date))).all()
+    assert sorted(r[0] for r in rows) == sorted(il.id for il in co.item_locations)
+    per_day = Tally(r[1] for r in rows)
+    assert set(per_day) == set(WEEK) and max(per_day.values()) - min(per_day.values()) <= 1
+    # walking order: each day's tasks are one contiguous stretch of the rotation
+    seq = {il.id: il.rotation_seq for il in co.item_locations}
+    for d in WEEK:
+        s = sorted(seq[i] for i, day in rows if day == d)
+        assert s == list(range(s[0], s[0] + len(s)))
+
+
+async def test_negative_stock_first_and_trigger_recorded(session: AsyncSession, settings: Settings) -> None:
+    co = await build_company(session, items=50)
+    neg = co.item_locations[-1]
+    neg.qty = Decimal(-4)
+    await session.flush()
+    result = await plan_day(session, settings, MONDAY)
+    negatives = [t for t in result.tasks if t.reason is TaskReason.NEGATIVE]
+    assert len(negatives) == 1 and negatives[0].priority == 0
+    assert result.by_reason["negative"] == 1
+    # first in its counter's list
+    mine = [t for t in result.tasks if t.assignee == negatives[0].assignee]
+    assert mine[0].reason is TaskReason.NEGATIVE
+
+
+async def test_missed_tasks_carry_over_and_become_overdue(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=50)
+    await plan_day(session, settings, WEEK[0])
+    await session.commit()
+    r1 = await plan_day(session, settings, WEEK[1])
+    assert r1.carried_over == 10 and r1.overdue == 0 and len(r1.tasks) == 20
+    r3 = await plan_day(session, settings, WEEK[3])  # Thursday: Monday's tasks are 3 working days late
+    assert r3.overdue == 10
+    overdue = [t for t in r3.tasks if t.overdue]
+    assert {t.date for t in overdue} == {WEEK[0]}
+
+
+async def test_unavailable_counter_gets_nothing(session: AsyncSession, settings: Settings) -> None:
+    co = await build_company(session, items=50, counters=3)
+    away = co.users[0]
+    session.add(UserUnavailability(user_id=away.id, day=MONDAY))
+    await session.flush()
+    result = await plan_day(session, settings, MONDAY)
+    assert away.employee_no not in {t.assignee for t in result.tasks}
+    assert all(t.assignee for t in result.tasks)
+
+
+async def test_capacity_limits_and_warns(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=50, counters=1, capacity=20)  # 20 minutes: five 4-minute A counts
+    result = await plan_day(session, settings, MONDAY)
+    assert sum(1 for t in result.tasks if t.assignee) == 5 and result.unassigned == 5
+    assert any("产能" in w for w in result.warnings)
+
+
+async def test_holiday_and_company_override(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=10)
+    holiday = await plan_day(session, settings, date(2026, 10, 1))
+    assert not holiday.working_day and holiday.created == 0 and holiday.warnings
+    session.add(CalendarOverride(day=date(2026, 11, 28), working=True, note="周六盘点日"))
+    await session.flush()
+    saturday = await plan_day(session, settings, date(2026, 11, 28))
+    assert saturday.working_day and saturday.created > 0
+
+
+async def test_adhoc_request_planned_once(session: AsyncSession, settings: Settings) -> None:
+    co = await build_company(session, items=50)
+    target = co.item_locations[-1]
+    await request_count(session, target.id, note="拣货员说没货")
+    r = await plan_day(session, settings, MONDAY)
+    adhoc = [t for t in r.tasks if t.reason is TaskReason.ADHOC]
+    assert len(adhoc) == 1 and adhoc[0].priority == 1
+    again = await plan_day(session, settings, WEEK[1])
+    assert sum(1 for t in again.tasks if t.reason is TaskReason.ADHOC) == 1  # carried, not duplicated
+
+
+async def test_unknown_warehouse_is_a_clear_error(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=5)
+    with pytest.raises(PlanningError, match="NOPE"):
+        await plan_day(session, settings, MONDAY, warehouse_code="NOPE")
+
+
+async def test_concurrent_planners_do_not_double_plan(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    import asyncio
+
+    async with sessionmaker() as s:
+        await build_company(s, items=60)
+        await s.commit()
+
+    async def one() -> None:
+        async with sessionmaker() as s:
+            for _ in range(5):  # SQLite: a writer may find the file busy; PostgreSQL: advisory lock
+                try:
+                    await plan_day(s, settings, MONDAY)
+                    await s.commit()
+                    return
+                except Exception as exc:  # pragma: no cover - depends on timing
+                    if "locked" not in str(exc):
+                        raise
+                    await s.rollback()
+                    await asyncio.sleep(0.1)
+
+    await asyncio.gather(one(), one(), one())
+    async with sessionmaker() as s:
+        rows = (await s.execute(select(CountTask.item_location_id))).scalars().all()
+        assert len(rows) == len(set(rows)) == 12
+        marked = (await s.execute(select(func.count()).where(ItemLocation.last_rotation_cycle.is_not(None)))).scalar_one()
+        assert marked == 12
+
+
+def test_calendar_sanity() -> None:
+    assert all(WorkCalendar().is_working_day(d) for d in WEEK)
