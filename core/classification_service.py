@@ -60,10 +60,10 @@ async def _values(
         items_q = items_q.where(
             Item.id.in_(select(ItemLocation.item_id).where(ItemLocation.warehouse_id == warehouse_id))
         )
-    consumption = dict((await session.execute(mv.group_by(Movement.item_id))).tuples().all())
-    stock = dict((await session.execute(on_hand.group_by(ItemLocation.item_id))).tuples().all())
+    consumption = dict((await session.execute(mv.group_by(Movement.item_id))).all())
+    stock = dict((await session.execute(on_hand.group_by(ItemLocation.item_id))).all())
     out = []
-    for item_id, cost, pinned in (await session.execute(items_q)).tuples():
+    for item_id, cost, pinned in await session.execute(items_q):
         cost = Decimal(cost or 0)
         used = consumption.get(item_id)
         out.append(
@@ -101,7 +101,8 @@ async def _write(
                 )
                 await session.execute(
                     stmt.on_conflict_do_update(
-                        index_elements=["item_id", "warehouse_id"], set_={"abc_class": stmt.excluded.abc_class}
+                        index_elements=["item_id", "warehouse_id"],
+                        set_={"abc_class": stmt.excluded.abc_class},
                     )
                 )
     for i in range(0, len(changed), BATCH):
@@ -134,7 +135,7 @@ async def classify(
     if warehouse_code is None and cfg.scope == "company":
         values = await _values(session, start, end, None)
         result = classify_abc(values, *cfg.cutoffs_for(None))
-        old = dict((await session.execute(select(Item.id, Item.abc_class))).tuples().all())
+        old = dict((await session.execute(select(Item.id, Item.abc_class))).all())
         # a first classification has no "old" class: items start as C by default, record them all
         first = not (await session.execute(select(func.count()).select_from(ClassChange))).scalar_one()
         changed = await _write(session, result, {} if first else dict(old), None)
@@ -143,7 +144,7 @@ async def classify(
     stmt = select(Warehouse.id, Warehouse.code).order_by(Warehouse.code)
     if warehouse_code is not None:
         stmt = stmt.where(Warehouse.code == warehouse_code)
-    warehouses = (await session.execute(stmt)).tuples().all()
+    warehouses = (await session.execute(stmt)).all()
     if not warehouses:
         raise LookupError(f"没有仓库 {warehouse_code!r} / no warehouse {warehouse_code!r}")
     for wid, code in warehouses:
@@ -156,9 +157,7 @@ async def classify(
                         ItemWarehouseClass.warehouse_id == wid
                     )
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         changed = await _write(session, result, dict(old), wid)
         summary.scopes.append(ScopeSummary(code, summarise(result), changed, _bases(result)))

@@ -40,25 +40,42 @@ async def build_company(
     session.add_all(zones)
     await session.flush()
     users = [
-        User(employee_no=f"{code}-E{i + 1:02d}", name=f"盘点员{i + 1}", roles=["counter"], team_id=team.id,
-             capacity_minutes=capacity)
+        User(
+            employee_no=f"{code}-E{i + 1:02d}",
+            name=f"盘点员{i + 1}",
+            roles=["counter"],
+            team_id=team.id,
+            capacity_minutes=capacity,
+        )
         for i in range(counters)
     ] + [User(employee_no=f"{code}-S01", name="主管", roles=["supervisor"], team_id=team.id)]
     session.add_all(users)
     locs = [
-        Location(warehouse_id=wh.id, zone_id=zones[i % 2].id, code=f"{'AB'[i % 2]}-{i:03d}",
-                 barcode=f"LOC-{code}-{i:03d}", sequence=i)
+        Location(
+            warehouse_id=wh.id,
+            zone_id=zones[i % 2].id,
+            code=f"{'AB'[i % 2]}-{i:03d}",
+            barcode=f"LOC-{code}-{i:03d}",
+            sequence=i,
+        )
         for i in range(items)
     ]
     its = [
-        Item(sku=f"{code}-SKU{i:04d}", name=f"物料{i}", base_unit="个", unit_cost=Decimal(10),
-             abc_class=classes[i % len(classes)])
+        Item(
+            sku=f"{code}-SKU{i:04d}",
+            name=f"物料{i}",
+            base_unit="个",
+            unit_cost=Decimal(10),
+            abc_class=classes[i % len(classes)],
+        )
         for i in range(items)
     ]
     session.add_all(locs + its)
     await session.flush()
     ils = [
-        ItemLocation(item_id=it.id, location_id=lo.id, warehouse_id=wh.id, qty=Decimal(10), rotation_seq=i + 1)
+        ItemLocation(
+            item_id=it.id, location_id=lo.id, warehouse_id=wh.id, qty=Decimal(10), rotation_seq=i + 1
+        )
         for i, (it, lo) in enumerate(zip(its, locs, strict=True))
     ]
     session.add_all(ils)

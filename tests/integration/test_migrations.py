@@ -55,8 +55,12 @@ def describe(conn: Connection) -> dict[str, Any]:
         out[t] = {
             "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)],
             "pk": insp.get_pk_constraint(t)["constrained_columns"],
-            "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"]) for f in insp.get_foreign_keys(t)),
-            "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(t)),
+            "fks": sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"]) for f in insp.get_foreign_keys(t)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(t)
+            ),
             "uniques": sorted((u["name"], tuple(u["column_names"])) for u in insp.get_unique_constraints(t)),
         }
     return out
@@ -74,7 +78,9 @@ async def test_fresh_and_stepwise_schemas_match(scratch: Any) -> None:
     async with fresh.connect() as a, stepped.connect() as b:
         assert await a.run_sync(describe) == await b.run_sync(describe)
     async with stepped.connect() as c:
-        diff = await c.run_sync(lambda conn: compare_metadata(MigrationContext.configure(conn), Base.metadata))
+        diff = await c.run_sync(
+            lambda conn: compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        )
     assert diff == [], f"models and migrations differ: {diff}"
 
 

@@ -46,7 +46,9 @@ async def test_week_counts_every_a_item_once_evenly(session: AsyncSession, setti
     co = await build_company(session, items=53)
     for d in WEEK:
         await plan_day(session, settings, d)
-        await session.execute(update(CountTask).where(CountTask.plan_date == d).values(status=TaskStatus.DONE))
+        await session.execute(
+            update(CountTask).where(CountTask.plan_date == d).values(status=TaskStatus.DONE)
+        )
         await session.commit()
     rows = (await session.execute(select(CountTask.item_location_id, CountTask.plan_date))).all()
     assert sorted(r[0] for r in rows) == sorted(il.id for il in co.item_locations)
@@ -155,7 +157,9 @@ async def test_concurrent_planners_do_not_double_plan(
     async with sessionmaker() as s:
         rows = (await s.execute(select(CountTask.item_location_id))).scalars().all()
         assert len(rows) == len(set(rows)) == 12
-        marked = (await s.execute(select(func.count()).where(ItemLocation.last_rotation_cycle.is_not(None)))).scalar_one()
+        marked = (
+            await s.execute(select(func.count()).where(ItemLocation.last_rotation_cycle.is_not(None)))
+        ).scalar_one()
         assert marked == 12
 
 

@@ -6,8 +6,17 @@ from hypothesis import strategies as st
 from core.scheduling.assignment import Counter, Job, assign
 
 
-def job(i: int, *, pr: int = 5, seq: int | None = None, minutes: float = 3, owner: int | None = None,
-        zone: int | None = 1, zone_team: int | None = 10, wh_team: int | None = 20) -> Job:
+def job(
+    i: int,
+    *,
+    pr: int = 5,
+    seq: int | None = None,
+    minutes: float = 3,
+    owner: int | None = None,
+    zone: int | None = 1,
+    zone_team: int | None = 10,
+    wh_team: int | None = 20,
+) -> Job:
     return Job(i, pr, (1, i if seq is None else seq), minutes, owner, zone, zone_team, wh_team)
 
 
@@ -77,13 +86,28 @@ def test_deterministic() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 50), st.sampled_from([2.0, 3.0, 4.5]),
-                       st.sampled_from([None, 1, 2, 3, 4]), st.sampled_from([None, 1, 2])), max_size=120),
-    st.lists(st.tuples(st.integers(0, 400), st.sampled_from([None, 10, 20]), st.booleans()), min_size=0, max_size=5),
+    st.lists(
+        st.tuples(
+            st.integers(0, 6),
+            st.integers(0, 50),
+            st.sampled_from([2.0, 3.0, 4.5]),
+            st.sampled_from([None, 1, 2, 3, 4]),
+            st.sampled_from([None, 1, 2]),
+        ),
+        max_size=120,
+    ),
+    st.lists(
+        st.tuples(st.integers(0, 400), st.sampled_from([None, 10, 20]), st.booleans()), min_size=0, max_size=5
+    ),
 )
 def test_assignment_properties(raw_jobs: list, raw_counters: list) -> None:
-    jobs = [Job(i, p, (1, s), m, o, z, 10 if z == 1 else None, 20) for i, (p, s, m, o, z) in enumerate(raw_jobs)]
-    cs = [Counter(i + 1, f"E{i + 1:03d}", cap, team, available=av) for i, (cap, team, av) in enumerate(raw_counters)]
+    jobs = [
+        Job(i, p, (1, s), m, o, z, 10 if z == 1 else None, 20) for i, (p, s, m, o, z) in enumerate(raw_jobs)
+    ]
+    cs = [
+        Counter(i + 1, f"E{i + 1:03d}", cap, team, available=av)
+        for i, (cap, team, av) in enumerate(raw_counters)
+    ]
     r = assign(jobs, cs)
     assert set(r.assignee) | set(r.unassigned) == {j.id for j in jobs}
     assert not set(r.assignee) & set(r.unassigned)

@@ -13,12 +13,17 @@ def iv(i: int, v: int, **kw: object) -> ItemValue:
 
 def test_cutoffs() -> None:
     # values 50, 25, 10, 8, 4, 2, 1 (total 100): before-item cumulative 0, 50, 75 | 85, 93 | 97, 99
-    res = {r.item_id: r.abc_class for r in classify_abc([iv(i, v) for i, v in enumerate([50, 25, 10, 8, 4, 2, 1])])}
+    res = {
+        r.item_id: r.abc_class
+        for r in classify_abc([iv(i, v) for i, v in enumerate([50, 25, 10, 8, 4, 2, 1])])
+    }
     assert [res[i] for i in range(7)] == ["A", "A", "A", "B", "B", "C", "C"]
 
 
 def test_custom_cutoffs() -> None:
-    res = {r.item_id: r.abc_class for r in classify_abc([iv(i, v) for i, v in enumerate([50, 25, 25])], 0.5, 0.7)}
+    res = {
+        r.item_id: r.abc_class for r in classify_abc([iv(i, v) for i, v in enumerate([50, 25, 25])], 0.5, 0.7)
+    }
     assert res == {0: "A", 1: "B", 2: "C"}
 
 

@@ -137,25 +137,39 @@ def test_open_task_blocks_everything_but_marks_rotation() -> None:
 def test_zero_reached_recently_is_confirmed_next_working_day() -> None:
     c = cand(1, qty=Decimal(0), last_movement_at=NOW - timedelta(hours=5))
     d = decide(c, 999, None, DAY, NOW, RULES, zero_due=date(2026, 12, 1))
-    assert d.proposal is not None and d.proposal.reason is TaskReason.ZERO and d.proposal.due_date == date(2026, 12, 1)
+    assert (
+        d.proposal is not None
+        and d.proposal.reason is TaskReason.ZERO
+        and d.proposal.due_date == date(2026, 12, 1)
+    )
     old = cand(1, qty=Decimal(0), last_movement_at=NOW - timedelta(days=40))
     assert TaskReason.ZERO not in triggers(old, NOW, RULES)
-    counted = cand(1, qty=Decimal(0), last_movement_at=NOW - timedelta(hours=5), last_counted_at=NOW - timedelta(hours=1))
+    counted = cand(
+        1, qty=Decimal(0), last_movement_at=NOW - timedelta(hours=5), last_counted_at=NOW - timedelta(hours=1)
+    )
     assert TaskReason.ZERO not in triggers(counted, NOW, RULES)
 
 
 def test_dormant_turnover_inaccurate_adhoc() -> None:
     dormant = cand(1, qty=Decimal(5), last_movement_at=NOW - timedelta(days=91))
     assert triggers(dormant, NOW, RULES) == [TaskReason.DORMANT]
-    recently_counted = cand(1, qty=Decimal(5), last_movement_at=NOW - timedelta(days=200),
-                            last_counted_at=NOW - timedelta(days=10))
+    recently_counted = cand(
+        1,
+        qty=Decimal(5),
+        last_movement_at=NOW - timedelta(days=200),
+        last_counted_at=NOW - timedelta(days=10),
+    )
     assert triggers(recently_counted, NOW, RULES) == []
     assert triggers(cand(1, qty=Decimal(5), last_movement_at=NOW - timedelta(days=89)), NOW, RULES) == []
     busy = cand(1, qty=Decimal(5), turnover_value=Decimal(50000))
     assert triggers(busy, NOW, RULES) == [TaskReason.TURNOVER]
-    missed = cand(1, qty=Decimal(5), last_miss_at=NOW - timedelta(days=3), last_counted_at=NOW - timedelta(days=3))
+    missed = cand(
+        1, qty=Decimal(5), last_miss_at=NOW - timedelta(days=3), last_counted_at=NOW - timedelta(days=3)
+    )
     assert triggers(missed, NOW, RULES) == [TaskReason.INACCURATE]
-    recounted = cand(1, qty=Decimal(5), last_miss_at=NOW - timedelta(days=3), last_counted_at=NOW - timedelta(days=1))
+    recounted = cand(
+        1, qty=Decimal(5), last_miss_at=NOW - timedelta(days=3), last_counted_at=NOW - timedelta(days=1)
+    )
     assert triggers(recounted, NOW, RULES) == []
     asked = cand(1, qty=Decimal(5), request_id=7)
     d = decide(asked, 999, None, DAY, NOW, RULES)

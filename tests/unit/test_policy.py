@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 from core.scheduling.policy import cycle_for, rotation_slot
 
 
-@pytest.mark.parametrize(("k", "key"), [(52, "A:2026-W48"), (12, "A:2026-M11"), (4, "A:2026-Q4"), (1, "A:2026-Y")])
+@pytest.mark.parametrize(
+    ("k", "key"), [(52, "A:2026-W48"), (12, "A:2026-M11"), (4, "A:2026-Q4"), (1, "A:2026-Y")]
+)
 def test_cycle_keys(k: int, key: str) -> None:
     assert cycle_for(date(2026, 11, 28), k, "A").key == key
 

@@ -1,0 +1,100 @@
+"""The pandian command line against the suite's database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.cli import main
+from core.db import make_engine, make_sessionmaker
+from core.models import ClassChange, CountTask, Movement
+from tests.integration.builders import build_company
+
+
+def seed(url: str, **kw: object) -> None:
+    async def go() -> None:
+        eng = make_engine(url)
+        async with make_sessionmaker(eng)() as s:
+            await build_company(s, **kw)  # type: ignore[arg-type]
+            await s.commit()
+        await eng.dispose()
+
+    asyncio.run(go())
+
+
+def scalar(url: str, stmt: object) -> int:
+    async def go() -> int:
+        eng = make_engine(url)
+        async with eng.connect() as c:
+            v = (await c.execute(stmt)).scalar_one()  # type: ignore[call-overload]
+        await eng.dispose()
+        return int(v)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def cli(engine: AsyncEngine, database_url: str) -> CliRunner:
+    return CliRunner(env={"PANDIAN_DATABASE_URL": database_url})
+
+
+def test_plan_json_fields_and_dry_run(cli: CliRunner, database_url: str) -> None:
+    seed(database_url, items=20, classes="AB")
+    dry = cli.invoke(main, ["plan", "--date", "2026-11-30", "--dry-run", "--format", "json"])
+    assert dry.exit_code == 0, dry.output
+    tasks = json.loads(dry.stdout)
+    assert tasks and set(tasks[0]) >= {
+        "date",
+        "warehouse",
+        "location",
+        "sku",
+        "abc_class",
+        "reason",
+        "assignee",
+        "priority",
+    }
+    assert scalar(database_url, select(func.count()).select_from(CountTask)) == 0  # dry run saved nothing
+    real = cli.invoke(main, ["plan", "--date", "2026-11-30", "--format", "json"])
+    assert json.loads(real.stdout) == tasks
+    assert scalar(database_url, select(func.count()).select_from(CountTask)) == len(tasks)
+    table = cli.invoke(main, ["plan", "--date", "2026-11-30"])
+    assert table.exit_code == 0 and "盘点计划" in table.output and "新建 0" in table.output
+
+
+def test_plan_bad_input(cli: CliRunner, database_url: str) -> None:
+    seed(database_url, items=3)
+    r = cli.invoke(main, ["plan", "--date", "30/11/2026"])
+    assert r.exit_code != 0 and "YYYY-MM-DD" in r.output
+    r = cli.invoke(main, ["plan", "--date", "2026-11-30", "--warehouse", "NOPE"])
+    assert r.exit_code == 1 and "NOPE" in r.output and "WH1" in r.output
+    holiday = cli.invoke(main, ["plan", "--date", "2026-10-01"])
+    assert holiday.exit_code == 0 and "不是工作日" in holiday.output
+
+
+def test_classify_prints_summary_and_history(cli: CliRunner, database_url: str) -> None:
+    seed(database_url, items=10)
+    r = cli.invoke(main, ["classify", "--as-of", "2026-11-27"])
+    assert r.exit_code == 0, r.output
+    assert "ABC 分类" in r.output and "% value" in r.output
+    assert scalar(database_url, select(func.count()).select_from(ClassChange)) == 10
+    again = cli.invoke(main, ["classify", "--as-of", "2026-11-27"])
+    assert "类别变化 0" in again.output
+
+
+def test_bad_configuration_is_reported(database_url: str) -> None:
+    r = CliRunner(env={"PANDIAN_DATABASE_URL": "mysql://x@localhost/db"}).invoke(main, ["plan"])
+    assert r.exit_code != 0 and "PostgreSQL" in str(r.exception or r.output)
+    r = CliRunner(env={"PANDIAN_TIMEZONE": "Mars/Olympus"}).invoke(main, ["plan"])
+    assert r.exit_code != 0 and "配置错误" in r.output
+
+
+def test_ledger_untouched_by_plan(cli: CliRunner, database_url: str) -> None:
+    seed(database_url, items=5)
+    cli.invoke(main, ["plan", "--date", date(2026, 11, 30).isoformat()])
+    assert scalar(database_url, select(func.count()).select_from(Movement)) == 0
