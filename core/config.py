@@ -13,7 +13,7 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -78,6 +78,9 @@ class PlanningSettings(BaseModel):
         default=30, ge=1, description="a miss within this many days triggers a count"
     )
     overdue_after_days: int = Field(default=2, ge=0, description="late working days before a task is overdue")
+    discretionary_daily_cap: int = Field(
+        default=100, ge=0, description="most dormant/turnover counts a day per warehouse; the rest wait"
+    )
     trigger_minutes_factor: float = Field(
         default=1.5, gt=0, description="event counts take longer than rotation"
     )
@@ -122,7 +125,10 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        ZoneInfo(v)  # raises on an unknown zone
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Asia/Shanghai") from exc
         return v
 
     @cached_property

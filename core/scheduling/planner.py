@@ -36,6 +36,9 @@ class Rules:
     zero_confirm: bool = True
     inaccurate_days: int = 30
     trigger_minutes_factor: float = 1.5
+    # Dormant and turnover counts are discretionary: at most this many a day per warehouse, so a backlog
+    # (say, on the first day) is worked off over the following days instead of swamping one.
+    discretionary_daily_cap: int = 100
     minutes_per_task: dict[str, float] = field(default_factory=lambda: {"A": 4.0, "B": 3.0, "C": 2.0})
 
 
@@ -56,6 +59,7 @@ class Candidate:
     last_rotation_cycle: str | None = None
     has_open_task: bool = False
     request_id: int | None = None  # a pending ad-hoc request
+    rank: int | None = None  # 0-based rank in its rotation, when the caller already knows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,9 @@ class Decision:
     item_location_id: int
     proposal: Proposal | None
     satisfies_cycle: str | None  # rotation cycle this day's decision covers, if any
+
+
+DISCRETIONARY = frozenset({TaskReason.DORMANT, TaskReason.TURNOVER})
 
 
 def triggers(c: Candidate, now: datetime, rules: Rules) -> list[TaskReason]:
@@ -146,6 +153,7 @@ def decide(
     now: datetime,
     rules: Rules,
     zero_due: date | None = None,
+    allow_discretionary: bool = True,
 ) -> Decision:
     """What happens to one item-location on ``day``. ``rank`` is its 0-based rank in its rotation."""
     rotation_due = window is not None and c.last_rotation_cycle != window.cycle.key and window.is_due(rank)
@@ -153,6 +161,8 @@ def decide(
     if c.has_open_task:
         return Decision(c.item_location_id, None, satisfied)
     fired = triggers(c, now, rules)
+    if not allow_discretionary:
+        fired = [r for r in fired if r not in DISCRETIONARY]
     minutes = rules.minutes_per_task.get(c.abc_class, 3.0)
     if fired:
         reason = fired[0]
@@ -210,19 +220,29 @@ class RotationPlanner:
     ) -> None:
         self.windows, self.day, self.now, self.rules, self.zero_due = windows, day, now, rules, zero_due
         self.ranks: dict[tuple[int, str], int] = {}
+        self.discretionary: dict[int, int] = {}
 
     def feed(self, candidates: Iterable[Candidate]) -> Iterator[Decision]:
-        """Yields only decisions that do something (a task, or a rotation marked as satisfied)."""
+        """Yields only decisions that do something (a task, or a rotation marked as satisfied).
+
+        Candidates come in rotation order. Without ``rank`` set, every member must be fed, and ranks are
+        counted here; with it, the caller may feed only the rows that can possibly produce a decision.
+        """
+        cap = self.rules.discretionary_daily_cap
         for c in candidates:
             key = (c.warehouse_id, c.abc_class)
-            rank = self.ranks.get(key, 0)
-            self.ranks[key] = rank + 1
+            if c.rank is None:
+                rank = self.ranks.get(key, 0)
+                self.ranks[key] = rank + 1
+            else:
+                rank = c.rank
             window = self.windows.get(key)
             if window is not None and rank >= window.members:
-                window = (
-                    None  # more members than counted up front (a concurrent insert): next plan takes them
-                )
-            d = decide(c, rank, window, self.day, self.now, self.rules, self.zero_due)
+                window = None  # more members than counted up front (a concurrent insert): the next plan
+            used = self.discretionary.get(c.warehouse_id, 0)
+            d = decide(c, rank, window, self.day, self.now, self.rules, self.zero_due, used < cap)
+            if d.proposal is not None and d.proposal.reason in DISCRETIONARY:
+                self.discretionary[c.warehouse_id] = used + 1
             if d.proposal is not None or d.satisfies_cycle is not None:
                 yield d
 

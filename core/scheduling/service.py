@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,7 +37,14 @@ from core.models import (
     Zone,
 )
 from core.scheduling.assignment import Counter, Job, assign
-from core.scheduling.planner import Candidate, Decision, RotationPlanner, RotationWindow, Rules
+from core.scheduling.planner import (
+    ZERO_RECENT_DAYS,
+    Candidate,
+    Decision,
+    RotationPlanner,
+    RotationWindow,
+    Rules,
+)
 from core.scheduling.policy import cycle_for
 
 BATCH = 5000
@@ -146,14 +153,6 @@ def _join_class(stmt: Select[Any]) -> Select[Any]:
     )
 
 
-def _open_task_exists() -> Any:
-    return exists().where(
-        CountTask.item_location_id == ItemLocation.id,
-        CountTask.status.in_(OPEN_STATUSES),
-        CountTask.reason != TaskReason.RECOUNT,
-    )
-
-
 async def _windows(
     session: AsyncSession,
     warehouse_id: int,
@@ -195,32 +194,92 @@ async def _windows(
     return out
 
 
-def _candidate_query(warehouse_id: int) -> Select[Any]:
-    pending_request = (
-        select(func.min(CountRequest.id))
-        .where(CountRequest.item_location_id == ItemLocation.id, CountRequest.planned_on.is_(None))
-        .scalar_subquery()
-    )
-    return (
+def _candidate_query(
+    warehouse_id: int, windows: dict[tuple[int, str], RotationWindow], now: datetime, rules: Rules
+) -> Select[Any]:
+    """Rows of one warehouse that may produce a decision today, in rotation order, with their rank.
+
+    Ranks come from ``row_number()`` over the whole rotation, so the WHERE clause can prune rows that can't
+    produce anything: the database sends ~the day's tasks instead of every item-location. The WHERE clause
+    is a *superset* of what the pure planner decides; the planner has the last word on every row it sees.
+    """
+    cls = _class_expr()
+    ranked = (
         _join_class(
             select(
                 ItemLocation.id,
                 ItemLocation.item_id,
                 ItemLocation.location_id,
                 ItemLocation.warehouse_id,
-                _class_expr(),
+                cls.label("cls"),
                 ItemLocation.qty,
                 ItemLocation.last_movement_at,
                 ItemLocation.last_counted_at,
                 ItemLocation.turnover_value,
                 ItemLocation.last_miss_at,
                 ItemLocation.last_rotation_cycle,
-                _open_task_exists(),
-                pending_request,
+                ItemLocation.rotation_seq,
+                func.row_number()
+                .over(partition_by=cls, order_by=(ItemLocation.rotation_seq, ItemLocation.id))
+                .label("rn"),
             ).select_from(ItemLocation)
         )
         .where(ItemLocation.warehouse_id == warehouse_id)
-        .order_by(ItemLocation.rotation_seq, ItemLocation.id)
+        .subquery("ranked")
+    )
+    r = ranked.c
+    pending = (
+        select(func.min(CountRequest.id))
+        .where(CountRequest.item_location_id == r.id, CountRequest.planned_on.is_(None))
+        .scalar_subquery()
+    )
+    open_task = exists().where(
+        CountTask.item_location_id == r.id,
+        CountTask.status.in_(OPEN_STATUSES),
+        CountTask.reason != TaskReason.RECOUNT,
+    )
+    maybe = [
+        and_(
+            r.cls == cls_,
+            ((r.rn - 1) * w.working_days // w.members).between(w.first_index, w.today_index),
+            or_(r.last_rotation_cycle.is_(None), r.last_rotation_cycle != w.cycle.key),
+        )
+        for (_, cls_), w in windows.items()
+    ]
+    dormant_since = now - timedelta(days=rules.dormant_days)
+    maybe += [
+        r.qty < 0,
+        r.last_miss_at >= now - timedelta(days=rules.inaccurate_days),
+        and_(
+            r.qty != 0,
+            r.last_movement_at < dormant_since,
+            or_(r.last_counted_at.is_(None), r.last_counted_at < dormant_since),
+        ),
+        exists().where(CountRequest.item_location_id == r.id, CountRequest.planned_on.is_(None)),
+    ]
+    if rules.zero_confirm:
+        maybe.append(and_(r.qty == 0, r.last_movement_at >= now - timedelta(days=ZERO_RECENT_DAYS)))
+    if rules.turnover_threshold > 0:
+        maybe.append(r.turnover_value >= rules.turnover_threshold)
+    return (
+        select(
+            r.id,
+            r.item_id,
+            r.location_id,
+            r.warehouse_id,
+            r.cls,
+            r.qty,
+            r.last_movement_at,
+            r.last_counted_at,
+            r.turnover_value,
+            r.last_miss_at,
+            r.last_rotation_cycle,
+            open_task,
+            pending,
+            r.rn - 1,
+        )
+        .where(or_(*maybe))
+        .order_by(r.rotation_seq, r.id)
     )
 
 
@@ -238,17 +297,11 @@ async def _decide_warehouse(
     session: AsyncSession, planner: RotationPlanner, warehouse_id: int
 ) -> list[Decision]:
     """One streamed, rotation-ordered pass over a warehouse; keeps only the decisions."""
-    result = await session.stream(_candidate_query(warehouse_id).execution_options(yield_per=BATCH))
+    query = _candidate_query(warehouse_id, planner.windows, planner.now, planner.rules)
+    result = await session.stream(query.execution_options(yield_per=BATCH))
     decisions: list[Decision] = []
     async for part in result.partitions():
-        decisions.extend(
-            planner.feed(
-                Candidate(
-                    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], bool(r[11]), r[12]
-                )
-                for r in part
-            )
-        )
+        decisions.extend(planner.feed(Candidate(*r[:11], bool(r[11]), r[12], r[13]) for r in part))
     return decisions
 
 
@@ -421,6 +474,7 @@ def rules_from(settings: Settings, policies: dict[str, tuple[int, float]]) -> Ru
         zero_confirm=p.zero_confirm,
         inaccurate_days=p.inaccurate_days,
         trigger_minutes_factor=p.trigger_minutes_factor,
+        discretionary_daily_cap=p.discretionary_daily_cap,
         minutes_per_task={c: m for c, (_, m) in policies.items()},
     )
 
