@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import (
@@ -115,12 +115,10 @@ class ImportIssue:
 
     @property
     def en(self) -> str:
-        where = [self.file]
-        if self.row is not None:
-            where.append(f"row {self.row}")
+        where = [f"row {self.row}"] if self.row is not None else []
         if self.column is not None:
             where.append(f'column "{self.column}"')
-        return f"{', '.join(where)}: {self.message_en}"
+        return f"{' '.join([self.file, ', '.join(where)]).strip()}: {self.message_en}"
 
     def __str__(self) -> str:
         return f"{self.zh} / {self.en}"
@@ -905,6 +903,12 @@ class _Importer:
         return out
 
 
+_IL: Table = ItemLocation.__table__  # type: ignore[assignment]
+_IL_SNAPSHOT = (
+    update(_IL).where(_IL.c.id == bindparam("b_id")).values(qty=bindparam("qty"), book_as_of=bindparam("book_as_of"))
+)
+
+
 def _pack(item_id: int, location_id: int) -> int:
     return (item_id << 32) | location_id
 
@@ -1342,7 +1346,7 @@ class _Stock(_Importer):
                     qty, as_of = rec.qty, rec.as_of
                 pending.append((rec, cur, qty, as_of))
             # movements already in the ledger after the snapshot time still count
-            after = await moved_after(s, {cur.id: as_of for _, cur, _, as_of in pending if as_of is not None})
+            after = await moved_after(s, {cur.id: as_of or self.now for _, cur, _, as_of in pending})
             after_il: dict[int, Decimal] = {}
             for (il_id, _), q in after.items():
                 after_il[il_id] = after_il.get(il_id, Decimal(0)) + q
@@ -1351,14 +1355,14 @@ class _Stock(_Importer):
                 new_il = cur.id > before
                 target = qty + after_il.get(cur.id, Decimal(0))
                 if new_il or cur.qty != target or (as_of is not None and cur.book_as_of != as_of):
-                    il_updates.append({"id": cur.id, "qty": target, "book_as_of": as_of or self.now})
+                    il_updates.append({"b_id": cur.id, "qty": target, "book_as_of": as_of or self.now})
                     if not rec.lot:
                         report.updated += not new_il
                         report.created += new_il
                 elif not rec.lot:
                     report.unchanged += 1
             if il_updates:
-                await s.execute(update(ItemLocation), il_updates)
+                await s.execute(_IL_SNAPSHOT, il_updates)
             if lot_rows:
                 await self._write_lots(lot_rows, after, report)
 

@@ -24,12 +24,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import Item, ItemLocation, Location, LotBalance, Movement, MovementType, utcnow
 
 CHUNK = 1000
+# Core statements for the hot path (the ORM bulk layer costs more than the database here).
+_MOVEMENT: Table = Movement.__table__  # type: ignore[assignment]
+_IL: Table = ItemLocation.__table__  # type: ignore[assignment]
+_IL_MOVED = (
+    update(_IL)
+    .where(_IL.c.id == bindparam("b_id"))
+    .values(qty=bindparam("qty"), last_movement_at=bindparam("last_movement_at"),
+            turnover_value=bindparam("turnover_value"))
+)
 _T = TypeVar("_T")
 
 
@@ -166,7 +175,7 @@ async def apply_movements(
         return 0
     for chunk in chunks(new, 2000):
         await session.execute(
-            insert(Movement),
+            insert(_MOVEMENT),
             [
                 {
                     "item_id": ln.item_id,
@@ -214,9 +223,9 @@ async def apply_movements(
                     last_mv = ln.occurred_at
                 if last_counted is None or ln.occurred_at > last_counted:
                     turnover += abs(ln.qty) * (unit_cost or Decimal(0))
-            updates.append({"id": il_id, "qty": qty, "last_movement_at": last_mv, "turnover_value": turnover})
+            updates.append({"b_id": il_id, "qty": qty, "last_movement_at": last_mv, "turnover_value": turnover})
     for upd in chunks(updates, 2000):
-        await session.execute(update(ItemLocation), upd)
+        await session.execute(_IL_MOVED, upd)
 
     if lot_delta:
         lot_updates: list[dict[str, Any]] = []
