@@ -686,7 +686,7 @@ async def generate_demo(
         scale = cat.scale
         pack = _pick(rng, cat.packs) if rng.random() < cat.pack_share else None
         # Annual consumption: Pareto-distributed, so a few items carry most of the value.
-        annual = cat.annual * min(rng.paretovariate(1.1), 400.0) * 0.25
+        annual = cat.annual * min(rng.paretovariate(1.6), 400.0) * 0.4
         item_rows.append((
             item_id, f"{cat.prefix}-{cat_seq[i] + 1:07d}", name, spec, unit, Decimal(cost_cents).scaleb(-2),
             owners[rng.randrange(len(owners))] if rng.random() < 0.01 else None, lot_tracked, "C",
