@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ console = Console()
 err = Console(stderr=True)
 
 
-def run(coro_fn: Callable[[Settings], Awaitable[T]]) -> T:
+def run(coro_fn: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     try:
         settings = load_settings()
     except Exception as exc:  # pydantic ValidationError: bad env var or pandian.toml
@@ -254,9 +254,9 @@ def demo_data(items: int, seed: int) -> None:
 
 
 async def _generate(settings: Settings, items: int, seed: int) -> Any:
-    from core.demo import generate_demo
     from sqlalchemy import func, select
 
+    from core.demo import generate_demo
     from core.models import Item
 
     today = datetime.now(settings.tz).date()

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -78,6 +78,41 @@ async def _values(
     return out
 
 
+def effective_class_expr() -> Any:
+    """An item-location's class: its warehouse class when classified per warehouse, else the item's."""
+    per_warehouse = (
+        select(ItemWarehouseClass.abc_class)
+        .where(
+            ItemWarehouseClass.item_id == ItemLocation.item_id,
+            ItemWarehouseClass.warehouse_id == ItemLocation.warehouse_id,
+        )
+        .scalar_subquery()
+    )
+    company = select(Item.abc_class).where(Item.id == ItemLocation.item_id).scalar_subquery()
+    return func.coalesce(per_warehouse, company)
+
+
+async def refresh_item_location_classes(
+    session: AsyncSession,
+    *,
+    only_missing: bool = False,
+    item_ids: list[int] | None = None,
+    warehouse_id: int | None = None,
+) -> None:
+    """Copy the effective class onto item-locations (the planner ranks rotations from there)."""
+    conds = []
+    if only_missing:
+        conds.append(ItemLocation.abc_class.is_(None))
+    if warehouse_id is not None:
+        conds.append(ItemLocation.warehouse_id == warehouse_id)
+    stmt = update(ItemLocation).values(abc_class=effective_class_expr())
+    if item_ids is None:
+        await session.execute(stmt.where(*conds))
+        return
+    for i in range(0, len(item_ids), BATCH):
+        await session.execute(stmt.where(*conds, ItemLocation.item_id.in_(item_ids[i : i + BATCH])))
+
+
 def _insert(session: AsyncSession, table: Any) -> Any:
     return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
 
@@ -105,9 +140,12 @@ async def _write(
                         set_={"abc_class": stmt.excluded.abc_class},
                     )
                 )
+    await refresh_item_location_classes(
+        session, item_ids=[r.item_id for r in changed], warehouse_id=warehouse_id
+    )
     for i in range(0, len(changed), BATCH):
         await session.execute(
-            ClassChange.__table__.insert(),
+            insert(ClassChange),
             [
                 {
                     "item_id": r.item_id,

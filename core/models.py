@@ -235,11 +235,16 @@ class ItemLocation(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "location_id"),
         Index("ix_item_location_rotation", "warehouse_id", "rotation_seq"),
+        # The planner walks one class's rotation in this index's order (and counts ranks with it).
+        Index("ix_item_location_class_rotation", "warehouse_id", "abc_class", "rotation_seq", "id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("item.id"), index=True)
     location_id: Mapped[int] = mapped_column(ForeignKey("location.id"), index=True)
     warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    # The item's effective class in this warehouse (pinned, per-warehouse or company class), kept here so the
+    # planner can rank a rotation from one index. NULL until the planner or ``classify`` fills it in.
+    abc_class: Mapped[str | None] = mapped_column(String(1))
     qty: Mapped[Decimal] = mapped_column(Qty, default=Decimal(0))
     book_as_of: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Position in the warehouse's rotation: new item-locations are appended, so they never reshuffle others.

@@ -75,6 +75,18 @@ class RotationWindow:
     def slot(self, rank: int) -> int:
         return rotation_slot(rank, self.members, self.working_days)
 
+    def due_ranks(self) -> range:
+        """The ranks whose slot lies in [first_index, today_index]: the inverse of ``slot``.
+
+        slot(r) >= f  <=>  r >= ceil(f*n/D);  slot(r) <= t  <=>  r < ceil((t+1)*n/D).
+        """
+        if self.working_days <= 0 or self.first_index > self.today_index:
+            return range(0)
+        n, d = self.members, self.working_days
+        lo = -(-self.first_index * n // d)
+        hi = -(-(self.today_index + 1) * n // d)
+        return range(lo, min(hi, n))
+
     def is_due(self, rank: int) -> bool:
         if self.working_days <= 0:
             return False
@@ -217,26 +229,31 @@ class RotationPlanner:
         now: datetime,
         rules: Rules,
         zero_due: date | None = None,
+        count_ranks: bool = True,
     ) -> None:
         self.windows, self.day, self.now, self.rules, self.zero_due = windows, day, now, rules, zero_due
+        self.count_ranks = count_ranks
         self.ranks: dict[tuple[int, str], int] = {}
         self.discretionary: dict[int, int] = {}
 
     def feed(self, candidates: Iterable[Candidate]) -> Iterator[Decision]:
         """Yields only decisions that do something (a task, or a rotation marked as satisfied).
 
-        Candidates come in rotation order. Without ``rank`` set, every member must be fed, and ranks are
-        counted here; with it, the caller may feed only the rows that can possibly produce a decision.
+        With ``count_ranks``, every member must be fed in rotation order and ranks are counted here.
+        Without it, the caller feeds only rows that may produce a decision: the rotation rows it found due
+        (``rank`` set) and trigger candidates (``rank`` None: their rotation is not due today).
         """
         cap = self.rules.discretionary_daily_cap
         for c in candidates:
             key = (c.warehouse_id, c.abc_class)
-            if c.rank is None:
+            window = self.windows.get(key)
+            if c.rank is not None:
+                rank = c.rank
+            elif self.count_ranks:
                 rank = self.ranks.get(key, 0)
                 self.ranks[key] = rank + 1
             else:
-                rank = c.rank
-            window = self.windows.get(key)
+                rank, window = 0, None
             if window is not None and rank >= window.members:
                 window = None  # more members than counted up front (a concurrent insert): the next plan
             used = self.discretionary.get(c.warehouse_id, 0)

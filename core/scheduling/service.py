@@ -8,16 +8,17 @@ nothing twice), marks overdue carry-overs, and assigns what is unassigned. Never
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy import Select, and_, exists, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.calendar import WorkCalendar
+from core.classification_service import refresh_item_location_classes
 from core.config import CLASSES, Settings
 from core.enums import OPEN_STATUSES, REASON_LABEL_ZH, TaskReason, TaskStatus
 from core.models import (
@@ -27,7 +28,6 @@ from core.models import (
     CountTask,
     Item,
     ItemLocation,
-    ItemWarehouseClass,
     Location,
     PlanRun,
     User,
@@ -58,7 +58,7 @@ class PlanningError(Exception):
 @dataclass(frozen=True, slots=True)
 class PlanRow:
     task_id: int
-    date: date
+    plan_date: date
     due_date: date
     warehouse: str
     location: str
@@ -75,7 +75,7 @@ class PlanRow:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "date": self.date.isoformat(),
+            "date": self.plan_date.isoformat(),
             "warehouse": self.warehouse,
             "location": self.location,
             "sku": self.sku,
@@ -139,20 +139,6 @@ async def _policies(
     return out
 
 
-def _class_expr() -> Any:
-    return func.coalesce(ItemWarehouseClass.abc_class, Item.abc_class)
-
-
-def _join_class(stmt: Select[Any]) -> Select[Any]:
-    return stmt.join(Item, Item.id == ItemLocation.item_id).outerjoin(
-        ItemWarehouseClass,
-        and_(
-            ItemWarehouseClass.item_id == ItemLocation.item_id,
-            ItemWarehouseClass.warehouse_id == ItemLocation.warehouse_id,
-        ),
-    )
-
-
 async def _windows(
     session: AsyncSession,
     warehouse_id: int,
@@ -163,9 +149,9 @@ async def _windows(
     counts = dict(
         (
             await session.execute(
-                _join_class(select(_class_expr(), func.count()).select_from(ItemLocation))
+                select(ItemLocation.abc_class, func.count())
                 .where(ItemLocation.warehouse_id == warehouse_id)
-                .group_by(_class_expr())
+                .group_by(ItemLocation.abc_class)
             )
         ).all()
     )
@@ -194,93 +180,123 @@ async def _windows(
     return out
 
 
-def _candidate_query(
-    warehouse_id: int, windows: dict[tuple[int, str], RotationWindow], now: datetime, rules: Rules
-) -> Select[Any]:
-    """Rows of one warehouse that may produce a decision today, in rotation order, with their rank.
-
-    Ranks come from ``row_number()`` over the whole rotation, so the WHERE clause can prune rows that can't
-    produce anything: the database sends ~the day's tasks instead of every item-location. The WHERE clause
-    is a *superset* of what the pure planner decides; the planner has the last word on every row it sees.
-    """
-    cls = _class_expr()
-    ranked = (
-        _join_class(
-            select(
-                ItemLocation.id,
-                ItemLocation.item_id,
-                ItemLocation.location_id,
-                ItemLocation.warehouse_id,
-                cls.label("cls"),
-                ItemLocation.qty,
-                ItemLocation.last_movement_at,
-                ItemLocation.last_counted_at,
-                ItemLocation.turnover_value,
-                ItemLocation.last_miss_at,
-                ItemLocation.last_rotation_cycle,
-                ItemLocation.rotation_seq,
-                func.row_number()
-                .over(partition_by=cls, order_by=(ItemLocation.rotation_seq, ItemLocation.id))
-                .label("rn"),
-            ).select_from(ItemLocation)
-        )
-        .where(ItemLocation.warehouse_id == warehouse_id)
-        .subquery("ranked")
-    )
-    r = ranked.c
-    pending = (
-        select(func.min(CountRequest.id))
-        .where(CountRequest.item_location_id == r.id, CountRequest.planned_on.is_(None))
-        .scalar_subquery()
-    )
+def _columns() -> tuple[Any, ...]:
+    """The Candidate columns, in field order (see ``_candidate``)."""
+    il = ItemLocation
     open_task = exists().where(
-        CountTask.item_location_id == r.id,
+        CountTask.item_location_id == il.id,
         CountTask.status.in_(OPEN_STATUSES),
         CountTask.reason != TaskReason.RECOUNT,
     )
-    maybe = [
-        and_(
-            r.cls == cls_,
-            ((r.rn - 1) * w.working_days // w.members).between(w.first_index, w.today_index),
-            or_(r.last_rotation_cycle.is_(None), r.last_rotation_cycle != w.cycle.key),
+    pending = (
+        select(func.min(CountRequest.id))
+        .where(CountRequest.item_location_id == il.id, CountRequest.planned_on.is_(None))
+        .scalar_subquery()
+    )
+    return (
+        il.id, il.item_id, il.location_id, il.warehouse_id, il.abc_class, il.qty, il.last_movement_at,
+        il.last_counted_at, il.turnover_value, il.last_miss_at, il.last_rotation_cycle, open_task, pending,
+    )  # fmt: skip
+
+
+def _candidate(r: Any, rank: int | None = None) -> Candidate:
+    return Candidate(
+        item_location_id=r[0],
+        item_id=r[1],
+        location_id=r[2],
+        warehouse_id=r[3],
+        abc_class=r[4],
+        qty=r[5],
+        last_movement_at=r[6],
+        last_counted_at=r[7],
+        turnover_value=r[8],
+        last_miss_at=r[9],
+        last_rotation_cycle=r[10],
+        has_open_task=bool(r[11]),
+        request_id=r[12],
+        rank=rank,
+    )
+
+
+async def _rank_key(session: AsyncSession, warehouse_id: int, cls: str, rank: int) -> tuple[int, int] | None:
+    """(rotation_seq, id) of the member at ``rank``: an OFFSET walk of the class-rotation index."""
+    row = (
+        await session.execute(
+            select(ItemLocation.rotation_seq, ItemLocation.id)
+            .where(ItemLocation.warehouse_id == warehouse_id, ItemLocation.abc_class == cls)
+            .order_by(ItemLocation.rotation_seq, ItemLocation.id)
+            .limit(1)
+            .offset(rank)
         )
-        for (_, cls_), w in windows.items()
-    ]
-    dormant_since = now - timedelta(days=rules.dormant_days)
-    maybe += [
-        r.qty < 0,
-        r.last_miss_at >= now - timedelta(days=rules.inaccurate_days),
-        and_(
-            r.qty != 0,
-            r.last_movement_at < dormant_since,
-            or_(r.last_counted_at.is_(None), r.last_counted_at < dormant_since),
-        ),
-        exists().where(CountRequest.item_location_id == r.id, CountRequest.planned_on.is_(None)),
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def _rotation_candidates(
+    session: AsyncSession, warehouse_id: int, cls: str, window: RotationWindow
+) -> AsyncIterator[Candidate]:
+    """The members whose slot is due today, with their ranks, read as one range of the rotation index."""
+    ranks = window.due_ranks()
+    if not ranks:
+        return
+    lo = await _rank_key(session, warehouse_id, cls, ranks.start)
+    hi = await _rank_key(session, warehouse_id, cls, ranks.stop - 1)
+    if lo is None or hi is None:
+        return
+    key = tuple_(ItemLocation.rotation_seq, ItemLocation.id)
+    stmt = (
+        select(*_columns())
+        .where(
+            ItemLocation.warehouse_id == warehouse_id,
+            ItemLocation.abc_class == cls,
+            key >= tuple_(literal(lo[0]), literal(lo[1])),
+            key <= tuple_(literal(hi[0]), literal(hi[1])),
+        )
+        .order_by(ItemLocation.rotation_seq, ItemLocation.id)
+    )
+    rank = ranks.start
+    result = await session.stream(stmt.execution_options(yield_per=BATCH))
+    async for part in result.partitions():
+        for r in part:
+            yield _candidate(r, rank)
+            rank += 1
+
+
+def _trigger_queries(warehouse_id: int, now: datetime, rules: Rules) -> list[Select[Any]]:
+    """Rows that may fire a trigger. Each WHERE clause is a superset of the pure planner's conditions; the
+    planner decides. Discretionary triggers (dormant, turnover) are read only up to the daily cap."""
+    il = ItemLocation
+    urgent = [
+        il.qty < 0,
+        il.last_miss_at >= now - timedelta(days=rules.inaccurate_days),
+        exists().where(CountRequest.item_location_id == il.id, CountRequest.planned_on.is_(None)),
     ]
     if rules.zero_confirm:
-        maybe.append(and_(r.qty == 0, r.last_movement_at >= now - timedelta(days=ZERO_RECENT_DAYS)))
-    if rules.turnover_threshold > 0:
-        maybe.append(r.turnover_value >= rules.turnover_threshold)
-    return (
-        select(
-            r.id,
-            r.item_id,
-            r.location_id,
-            r.warehouse_id,
-            r.cls,
-            r.qty,
-            r.last_movement_at,
-            r.last_counted_at,
-            r.turnover_value,
-            r.last_miss_at,
-            r.last_rotation_cycle,
-            open_task,
-            pending,
-            r.rn - 1,
+        urgent.append(and_(il.qty == 0, il.last_movement_at >= now - timedelta(days=ZERO_RECENT_DAYS)))
+    queries = [select(*_columns()).where(il.warehouse_id == warehouse_id, or_(*urgent))]
+    dormant_since = now - timedelta(days=rules.dormant_days)
+    discretionary = [
+        and_(
+            il.qty != 0,
+            il.last_movement_at < dormant_since,
+            or_(il.last_counted_at.is_(None), il.last_counted_at < dormant_since),
         )
-        .where(or_(*maybe))
-        .order_by(r.rotation_seq, r.id)
-    )
+    ]
+    if rules.turnover_threshold > 0:
+        discretionary.append(il.turnover_value >= rules.turnover_threshold)
+    if rules.discretionary_daily_cap > 0:
+        no_open_task = ~exists().where(
+            CountTask.item_location_id == il.id,
+            CountTask.status.in_(OPEN_STATUSES),
+            CountTask.reason != TaskReason.RECOUNT,
+        )
+        queries.append(
+            select(*_columns())
+            .where(il.warehouse_id == warehouse_id, or_(*discretionary), no_open_task)
+            .order_by(il.rotation_seq, il.id)
+            .limit(rules.discretionary_daily_cap * 2)
+        )
+    return queries
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -296,12 +312,22 @@ def _chunks(seq: Sequence[Any], n: int = BATCH) -> Iterator[Sequence[Any]]:
 async def _decide_warehouse(
     session: AsyncSession, planner: RotationPlanner, warehouse_id: int
 ) -> list[Decision]:
-    """One streamed, rotation-ordered pass over a warehouse; keeps only the decisions."""
-    query = _candidate_query(warehouse_id, planner.windows, planner.now, planner.rules)
-    result = await session.stream(query.execution_options(yield_per=BATCH))
+    """Feed the planner the day's rotation ranges, then the trigger candidates; keep only decisions."""
     decisions: list[Decision] = []
-    async for part in result.partitions():
-        decisions.extend(planner.feed(Candidate(*r[:11], bool(r[11]), r[12], r[13]) for r in part))
+    seen: set[int] = set()
+    for (_, cls), window in sorted(planner.windows.items()):
+        batch: list[Candidate] = []
+        async for c in _rotation_candidates(session, warehouse_id, cls, window):
+            seen.add(c.item_location_id)
+            batch.append(c)
+            if len(batch) >= BATCH:
+                decisions.extend(planner.feed(batch))
+                batch = []
+        decisions.extend(planner.feed(batch))
+    for query in _trigger_queries(warehouse_id, planner.now, planner.rules):
+        rows = (await session.execute(query)).all()
+        decisions.extend(planner.feed(_candidate(r) for r in rows if r[0] not in seen))
+        seen.update(r[0] for r in rows)
     return decisions
 
 
@@ -510,10 +536,13 @@ async def plan_day(
         tz = settings.tz
         now = datetime.combine(day, time(0), tz).astimezone(UTC)
         zero_due = cal.add_working_days(day, 1)
+        await refresh_item_location_classes(session, only_missing=True)
         for wh in warehouses:
             policies = await _policies(session, settings, wh.id)
             windows = await _windows(session, wh.id, day, cal, policies)
-            planner = RotationPlanner(windows, day, now, rules_from(settings, policies), zero_due)
+            planner = RotationPlanner(
+                windows, day, now, rules_from(settings, policies), zero_due, count_ranks=False
+            )
             decisions = await _decide_warehouse(session, planner, wh.id)
             created = await _write(session, day, decisions)
             result.created += created
@@ -535,7 +564,7 @@ async def plan_day(
     for t in result.tasks:
         result.by_reason[t.reason.value] = result.by_reason.get(t.reason.value, 0) + 1
         result.by_class[t.abc_class] = result.by_class.get(t.abc_class, 0) + 1
-        if t.date < day:
+        if t.plan_date < day:
             result.carried_over += 1
     if result.unassigned:
         result.warnings.append(
@@ -586,7 +615,7 @@ async def day_tasks(session: AsyncSession, day: date, warehouse_ids: Iterable[in
             )
         )
     ).all()
-    return [PlanRow(*r[:14], r[14]) for r in rows]
+    return [PlanRow(*r) for r in rows]  # type: ignore[call-arg]  # columns in field order
 
 
 async def request_count(

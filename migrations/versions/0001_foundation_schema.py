@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 11:09:51.960875
+Create Date: 2026-11-28 11:24:35.171804
 
 """
 from typing import Sequence, Union
@@ -190,6 +190,7 @@ def upgrade() -> None:
     sa.Column('item_id', sa.Integer(), nullable=False),
     sa.Column('location_id', sa.Integer(), nullable=False),
     sa.Column('warehouse_id', sa.Integer(), nullable=False),
+    sa.Column('abc_class', sa.String(length=1), nullable=True),
     sa.Column('qty', sa.Numeric(precision=18, scale=4), nullable=False),
     sa.Column('book_as_of', sa.DateTime(), nullable=True),
     sa.Column('rotation_seq', sa.BigInteger(), nullable=False),
@@ -206,6 +207,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('item_id', 'location_id', name=op.f('uq_item_location_item_id'))
     )
     with op.batch_alter_table('item_location', schema=None) as batch_op:
+        batch_op.create_index('ix_item_location_class_rotation', ['warehouse_id', 'abc_class', 'rotation_seq', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_item_location_item_id'), ['item_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_item_location_location_id'), ['location_id'], unique=False)
         batch_op.create_index('ix_item_location_rotation', ['warehouse_id', 'rotation_seq'], unique=False)
@@ -311,6 +313,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_item_location_rotation')
         batch_op.drop_index(batch_op.f('ix_item_location_location_id'))
         batch_op.drop_index(batch_op.f('ix_item_location_item_id'))
+        batch_op.drop_index('ix_item_location_class_rotation')
 
     op.drop_table('item_location')
     op.drop_table('user_zone')

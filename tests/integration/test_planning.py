@@ -84,7 +84,7 @@ async def test_missed_tasks_carry_over_and_become_overdue(session: AsyncSession,
     r3 = await plan_day(session, settings, WEEK[3])  # Thursday: Monday's tasks are 3 working days late
     assert r3.overdue == 10
     overdue = [t for t in r3.tasks if t.overdue]
-    assert {t.date for t in overdue} == {WEEK[0]}
+    assert {t.plan_date for t in overdue} == {WEEK[0]}
 
 
 async def test_unavailable_counter_gets_nothing(session: AsyncSession, settings: Settings) -> None:

@@ -184,3 +184,15 @@ def test_most_urgent_trigger_wins() -> None:
 def test_trigger_tasks_take_longer() -> None:
     d = decide(cand(1, "B", qty=Decimal(-1)), 0, None, DAY, NOW, RULES)
     assert d.proposal is not None and d.proposal.est_minutes == 4.5
+
+
+@given(
+    n=st.integers(min_value=1, max_value=3000),
+    days=st.integers(min_value=1, max_value=70),
+    data=st.data(),
+)
+def test_due_ranks_is_the_inverse_of_slot(n: int, days: int, data: st.DataObject) -> None:
+    today = data.draw(st.integers(min_value=0, max_value=days - 1))
+    first = data.draw(st.integers(min_value=0, max_value=today))
+    w = RotationWindow(cycle_for(DAY, 52, "A"), n, days, today, first)
+    assert list(w.due_ranks()) == [r for r in range(n) if w.is_due(r)]

@@ -1,3 +1,4 @@
+import itertools
 from datetime import date, timedelta
 
 import pytest
@@ -30,7 +31,7 @@ def test_cycles_partition_the_year(k: int, year: int) -> None:
         assert seen.setdefault(c.key, (c.start, c.end)) == (c.start, c.end)  # one key, one span
         d += timedelta(days=1)
     spans = sorted(seen.values())
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start == end + timedelta(days=1)  # contiguous, no overlap
     assert abs(len(seen) - k) <= 1  # ISO-week cycles may straddle the year boundary
 
