@@ -809,7 +809,8 @@ class _Importer:
             rec = self.parse(r)
             if r.ok and rec is not None:
                 yield rec
-            if issues.full:
+            if issues.full:  # stop reading; say the list is cut short
+                issues.truncated = True
                 return
 
     def batches(self, issues: _Issues | None = None) -> Iterator[list[Any]]:
