@@ -17,6 +17,7 @@ Never commits; the caller owns the unit of work.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import random
@@ -311,6 +312,7 @@ class _Writer:
         self.session = session
         self.dialect = ""
         self.driver: Any = None
+        self.cache_size: int | None = None
 
     async def start(self) -> None:
         conn = await self.session.connection()
@@ -318,6 +320,14 @@ class _Writer:
         if self.dialect not in ("postgresql", "sqlite"):
             raise NotImplementedError(f"only SQLite and PostgreSQL are supported, not {self.dialect}")
         self.driver = (await conn.get_raw_connection()).driver_connection
+        if self.dialect == "sqlite":  # a bigger page cache while the indexes grow; restored by finish()
+            async with self.driver.execute("PRAGMA cache_size") as cur:
+                self.cache_size = (await cur.fetchone())[0]
+            await self.driver.execute("PRAGMA cache_size=-262144")
+
+    async def finish(self) -> None:
+        if self.dialect == "sqlite" and self.cache_size is not None:
+            await self.driver.execute(f"PRAGMA cache_size={int(self.cache_size)}")
 
     async def write(self, model: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -661,173 +671,190 @@ async def generate_demo(
     lot_rows: list[tuple[Any, ...]] = []
     mv_rows: list[tuple[Any, ...]] = []
 
+    # Writing one chunk overlaps generating the next: the database (or SQLite's thread) works while Python
+    # builds rows; the generator yields to the event loop every few items so the writer can move on.
+    writing: asyncio.Task[None] | None = None
+
+    async def write_chunk(chunk: tuple[list[tuple[Any, ...]], ...]) -> None:
+        for model, cols, rows in zip(
+            (Item, ItemUnit, ItemBarcode, ItemLocation, LotBalance, Movement),
+            (ITEM_COLS, UNIT_COLS, BARCODE_COLS, IL_COLS, LOT_COLS, MOVE_COLS), chunk, strict=True,
+        ):
+            await writer.write(model, cols, rows)
+
     async def flush_rows() -> None:
-        nonlocal item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows
-        await writer.write(Item, ITEM_COLS, item_rows)
-        await writer.write(ItemUnit, UNIT_COLS, unit_rows)
-        await writer.write(ItemBarcode, BARCODE_COLS, bc_rows)
-        await writer.write(ItemLocation, IL_COLS, il_rows)
-        await writer.write(LotBalance, LOT_COLS, lot_rows)
-        await writer.write(Movement, MOVE_COLS, mv_rows)
+        nonlocal item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows, writing
+        if writing is not None:
+            await writing
         summary.movements += len(mv_rows)
+        writing = asyncio.create_task(write_chunk((item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows)))
         item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows = [], [], [], [], [], []
 
-    for i in range(n_items):
-        cat = CATEGORIES[cat_of[i]]
-        item_id = item_id0 + i
-        base, spec_fn, unit = _pick(rng, cat.names)
-        material = _pick(rng, cat.materials) if cat.materials else ""
-        name = f"{material}{base}" if material and not base[0].isascii() else base
-        spec = spec_fn(rng)
-        lo, hi = cat.price
-        cost = lo * (hi / lo) ** rng.random()
-        cost_cents = max(1, round(cost * 100))
-        lot_tracked = rng.random() < cat.lot_share
-        scale = cat.scale
-        pack = _pick(rng, cat.packs) if rng.random() < cat.pack_share else None
-        # Annual consumption: Pareto-distributed, so a few items carry most of the value.
-        annual = cat.annual * min(rng.paretovariate(1.6), 400.0) * 0.4
-        item_rows.append((
-            item_id, f"{cat.prefix}-{cat_seq[i] + 1:07d}", name, spec, unit, Decimal(cost_cents).scaleb(-2),
-            owners[rng.randrange(len(owners))] if rng.random() < 0.01 else None, lot_tracked, "C",
-            "A" if cat.prefix == "FG" and rng.random() < 0.02 else None, created,
-        ))
-        if pack:
-            unit_rows.append((unit_id, item_id, pack[0], Decimal(pack[1])))
-            unit_id += 1
-        for b in range(2 if rng.random() < 0.3 else 1):
-            code = ean13(f"{gs1[bc_count % len(gs1)]}{bc_count // len(gs1):05d}")
-            bc_count += 1
-            bc_rows.append((bc_id, code, item_id, pack[0] if b == 1 and pack else None))
-            bc_id += 1
-
-        lo_j, hi_j = first[i], first[i + 1]
-        weights = [3.0] + [1.0] * (hi_j - lo_j - 1)
-        wsum = sum(weights)
-        pack_q = pack[1] * scale if pack else scale  # receipt multiple, in scaled units
-        pending: dict[int, list[tuple[int, int, str | None]]] = {}  # transfers in: (second, qty, lot)
-        is_dormant = dormant[i]
-        for jj, j in enumerate(range(lo_j, hi_j)):
-            il_id = il_id0 + j
-            loc = il_loc[j]
-            state = states.get(j)
-            share = weights[jj] / wsum
-            # Timeline in seconds from midnight of history day 0 (local), in working hours.
-            d0 = rng.randrange(0, 20)
-            d_end = HISTORY_DAYS - (rng.randrange(95, 300) if is_dormant else rng.randrange(1, 12))
-            d_end = max(d_end, d0 + 1)
-            span = d_end - d0
-            mean_k = per_il * (0.25 if is_dormant else 1.0)
-            k = max(1, round(mean_k * rng.uniform(0.4, 1.6)))
-            t = sorted((d0 + int(rng.random() * span)) * 86400 + rng.randrange(8 * 3600, 18 * 3600) for _ in range(k))
-            events: list[tuple[int, int, int, str | None]] = [(s, 0, 0, None) for s in t]  # (second, kind, qty, lot)
-            for s, q, lot in pending.pop(jj, []):
-                events.append((s, 1, q, lot))
-            events.sort(key=lambda e: e[0])
-            use = annual * share * scale * span / HISTORY_DAYS
-            issue = max(1.0, use / max(1.0, 0.65 * k))
-            reorder = issue * 2
-            book = _Book(lot_tracked, day_dates)
-            fifo, moves, receive, take, stock = book.fifo, book.moves, book.receive, book.take, book.total
-
-            start_q = max(pack_q, math.ceil(issue * rng.uniform(3, 8) / pack_q) * pack_q)
-            receive(d0 * 86400 + 8 * 3600, start_q)
-            for s, kind, q, lot in events:
-                if kind == 1:  # transfer in
-                    if lot_tracked:
-                        hit = next((e for e in fifo if e[0] == lot), None)
-                        if hit:
-                            hit[1] += q
-                        else:
-                            fifo.append([lot, q])
-                    else:
-                        fifo[0][1] += q
-                    moves.append((s, TRANSFER, q, lot))
-                    continue
-                on_hand = stock()
-                r = rng.random()
-                if on_hand <= 0 or (on_hand <= reorder and r < 0.85) or r >= 0.9:
-                    receive(s, max(pack_q, math.ceil(issue * rng.uniform(3, 6) / pack_q) * pack_q))
-                elif r < 0.8 or (r < 0.86 and jj == hi_j - lo_j - 1):
-                    typ = (PRODUCTION_ISSUE if cat.production and rng.random() < 0.3
-                           else ISSUE)
-                    take(s, max(1, round(issue * rng.uniform(0.3, 1.7))), typ)
-                elif r < 0.86:  # transfer out to a later item-location of the same item
-                    got, lot = take(s, max(1, round(issue * rng.uniform(0.5, 2))), TRANSFER)
-                    if got:
-                        dest = rng.randrange(jj + 1, hi_j - lo_j)
-                        pending.setdefault(dest, []).append((s + 600, got, lot))
-                else:  # stock adjustment after a spot check
-                    delta = max(1, round(on_hand * rng.uniform(0.005, 0.03)))
-                    if rng.random() < 0.5:
-                        fifo[0][1] += delta
-                        moves.append((s, ADJUSTMENT, delta, fifo[0][0]))
-                    else:
-                        take(s, delta, ADJUSTMENT)
-            last_s = max(m[0] for m in moves)
-            if state in ("zero", "zero_recent", "neg"):
-                if state == "zero_recent":
-                    s_fin = (HISTORY_DAYS - rng.randrange(1, 3)) * 86400 + rng.randrange(8 * 3600, 18 * 3600)
-                else:
-                    s_fin = last_s + rng.randrange(3600, 3 * 86400)
-                s_fin = max(min(s_fin, HISTORY_DAYS * 86400 - 3600), last_s + 60)
-                typ = PRODUCTION_ISSUE if cat.production else ISSUE
-                if stock() <= 0:
-                    receive(s_fin - 30, pack_q)
-                while stock() > 0:
-                    take(s_fin, stock(), typ)
-                if state == "neg":  # issued before the receipt was posted
-                    over = max(1, round(issue * rng.uniform(0.1, 0.6)))
-                    fifo[-1][1] -= over
-                    moves.append((s_fin + 60, typ, -over, fifo[-1][0]))
-            elif stock() <= 0:  # ordinary stock ends positive: the replenishment arrived
-                s_fin = min(last_s + rng.randrange(3600, 2 * 86400), HISTORY_DAYS * 86400 - 3600)
-                receive(max(s_fin, last_s + 60), max(pack_q, math.ceil(issue * 4 / pack_q) * pack_q))
-
-            # Book, trigger fields and ledger rows.
-            qty = stock()
-            if qty < 0:
-                summary.negative += 1
-            elif qty == 0:
-                summary.zero += 1
-            counted_s: int | None = None
-            if rng.random() < 0.3:
-                counted_s = (HISTORY_DAYS - rng.randrange(1, 61)) * 86400 + rng.randrange(9 * 3600, 17 * 3600)
-            turnover = 0
-            last = 0
-            for s, typ, q, lot in moves:
-                if counted_s is None or s > counted_s:
-                    turnover += abs(q)
-                last = max(last, s)
-                occurred = midnights[s // 86400] + timedelta(seconds=s % 86400)
-                mv_rows.append((
-                    mv_id, item_id, loc_id0 + loc, il_id, lot, _dec(q, scale), typ, occurred, occurred + recorded_lag,
-                    f"{type_doc[typ]}{day_dates[s // 86400]:%Y%m%d}{mv_id % 100000:05d}", None,
-                ))
-                mv_id += 1
-            if lot_tracked:
-                by_lot: dict[str, int] = {}
-                for _s, _t, q, lot in moves:
-                    by_lot[lot] = by_lot.get(lot, 0) + q
-                for lot, q in by_lot.items():
-                    if q:
-                        lot_rows.append((
-                            lot_id, il_id, lot, _dec(q, scale),
-                            date(2000 + int(lot[1:3]), int(lot[3:5]), int(lot[5:7])) + timedelta(days=540)
-                            if cat.prefix == "CH" else None,
-                        ))
-                        lot_id += 1
-            w = zones[bisect.bisect_right(zone_starts, loc) - 1].wh
-            il_rows.append((
-                il_id, item_id, loc_id0 + loc, wh_ids[w], _dec(qty, scale), None, rotation[j],
-                midnights[last // 86400] + timedelta(seconds=last % 86400),
-                midnights[counted_s // 86400] + timedelta(seconds=counted_s % 86400) if counted_s is not None else None,
-                Decimal(turnover * cost_cents).scaleb(-2 if scale == 1 else -3),
+    try:
+        for i in range(n_items):
+            if i % 64 == 0:
+                await asyncio.sleep(0)
+            cat = CATEGORIES[cat_of[i]]
+            item_id = item_id0 + i
+            base, spec_fn, unit = _pick(rng, cat.names)
+            material = _pick(rng, cat.materials) if cat.materials else ""
+            name = f"{material}{base}" if material and not base[0].isascii() else base
+            spec = spec_fn(rng)
+            lo, hi = cat.price
+            cost = lo * (hi / lo) ** rng.random()
+            cost_cents = max(1, round(cost * 100))
+            lot_tracked = rng.random() < cat.lot_share
+            scale = cat.scale
+            pack = _pick(rng, cat.packs) if rng.random() < cat.pack_share else None
+            # Annual consumption: Pareto-distributed, so a few items carry most of the value.
+            annual = cat.annual * min(rng.paretovariate(1.6), 400.0) * 0.4
+            item_rows.append((
+                item_id, f"{cat.prefix}-{cat_seq[i] + 1:07d}", name, spec, unit, Decimal(cost_cents).scaleb(-2),
+                owners[rng.randrange(len(owners))] if rng.random() < 0.01 else None, lot_tracked, "C",
+                "A" if cat.prefix == "FG" and rng.random() < 0.02 else None, created,
             ))
-        if (i + 1) % CHUNK_ITEMS == 0:
-            await flush_rows()
-            say(f"物料 {i + 1}/{n_items} / items {i + 1}/{n_items}")
-    await flush_rows()
+            if pack:
+                unit_rows.append((unit_id, item_id, pack[0], Decimal(pack[1])))
+                unit_id += 1
+            for b in range(2 if rng.random() < 0.3 else 1):
+                code = ean13(f"{gs1[bc_count % len(gs1)]}{bc_count // len(gs1):05d}")
+                bc_count += 1
+                bc_rows.append((bc_id, code, item_id, pack[0] if b == 1 and pack else None))
+                bc_id += 1
+
+            lo_j, hi_j = first[i], first[i + 1]
+            weights = [3.0] + [1.0] * (hi_j - lo_j - 1)
+            wsum = sum(weights)
+            pack_q = pack[1] * scale if pack else scale  # receipt multiple, in scaled units
+            pending: dict[int, list[tuple[int, int, str | None]]] = {}  # transfers in: (second, qty, lot)
+            is_dormant = dormant[i]
+            for jj, j in enumerate(range(lo_j, hi_j)):
+                il_id = il_id0 + j
+                loc = il_loc[j]
+                state = states.get(j)
+                share = weights[jj] / wsum
+                # Timeline in seconds from midnight of history day 0 (local), in working hours.
+                d0 = rng.randrange(0, 20)
+                d_end = HISTORY_DAYS - (rng.randrange(95, 300) if is_dormant else rng.randrange(1, 12))
+                d_end = max(d_end, d0 + 1)
+                span = d_end - d0
+                mean_k = per_il * (0.25 if is_dormant else 1.0)
+                k = max(1, round(mean_k * rng.uniform(0.4, 1.6)))
+                t = sorted((d0 + int(rng.random() * span)) * 86400 + rng.randrange(8 * 3600, 18 * 3600) for _ in range(k))
+                events: list[tuple[int, int, int, str | None]] = [(s, 0, 0, None) for s in t]  # (second, kind, qty, lot)
+                for s, q, lot in pending.pop(jj, []):
+                    events.append((s, 1, q, lot))
+                events.sort(key=lambda e: e[0])
+                use = annual * share * scale * span / HISTORY_DAYS
+                issue = max(1.0, use / max(1.0, 0.65 * k))
+                reorder = issue * 2
+                book = _Book(lot_tracked, day_dates)
+                fifo, moves, receive, take, stock = book.fifo, book.moves, book.receive, book.take, book.total
+
+                start_q = max(pack_q, math.ceil(issue * rng.uniform(3, 8) / pack_q) * pack_q)
+                receive(d0 * 86400 + 8 * 3600, start_q)
+                for s, kind, q, lot in events:
+                    if kind == 1:  # transfer in
+                        if lot_tracked:
+                            hit = next((e for e in fifo if e[0] == lot), None)
+                            if hit:
+                                hit[1] += q
+                            else:
+                                fifo.append([lot, q])
+                        else:
+                            fifo[0][1] += q
+                        moves.append((s, TRANSFER, q, lot))
+                        continue
+                    on_hand = stock()
+                    r = rng.random()
+                    if on_hand <= 0 or (on_hand <= reorder and r < 0.85) or r >= 0.9:
+                        receive(s, max(pack_q, math.ceil(issue * rng.uniform(3, 6) / pack_q) * pack_q))
+                    elif r < 0.8 or (r < 0.86 and jj == hi_j - lo_j - 1):
+                        typ = (PRODUCTION_ISSUE if cat.production and rng.random() < 0.3
+                               else ISSUE)
+                        take(s, max(1, round(issue * rng.uniform(0.3, 1.7))), typ)
+                    elif r < 0.86:  # transfer out to a later item-location of the same item
+                        got, lot = take(s, max(1, round(issue * rng.uniform(0.5, 2))), TRANSFER)
+                        if got:
+                            dest = rng.randrange(jj + 1, hi_j - lo_j)
+                            pending.setdefault(dest, []).append((s + 600, got, lot))
+                    else:  # stock adjustment after a spot check
+                        delta = max(1, round(on_hand * rng.uniform(0.005, 0.03)))
+                        if rng.random() < 0.5:
+                            fifo[0][1] += delta
+                            moves.append((s, ADJUSTMENT, delta, fifo[0][0]))
+                        else:
+                            take(s, delta, ADJUSTMENT)
+                last_s = max(m[0] for m in moves)
+                if state in ("zero", "zero_recent", "neg"):
+                    if state == "zero_recent":
+                        s_fin = (HISTORY_DAYS - rng.randrange(1, 3)) * 86400 + rng.randrange(8 * 3600, 18 * 3600)
+                    else:
+                        s_fin = last_s + rng.randrange(3600, 3 * 86400)
+                    s_fin = max(min(s_fin, HISTORY_DAYS * 86400 - 3600), last_s + 60)
+                    typ = PRODUCTION_ISSUE if cat.production else ISSUE
+                    if stock() <= 0:
+                        receive(s_fin - 30, pack_q)
+                    while stock() > 0:
+                        take(s_fin, stock(), typ)
+                    if state == "neg":  # issued before the receipt was posted
+                        over = max(1, round(issue * rng.uniform(0.1, 0.6)))
+                        fifo[-1][1] -= over
+                        moves.append((s_fin + 60, typ, -over, fifo[-1][0]))
+                elif stock() <= 0:  # ordinary stock ends positive: the replenishment arrived
+                    s_fin = min(last_s + rng.randrange(3600, 2 * 86400), HISTORY_DAYS * 86400 - 3600)
+                    receive(max(s_fin, last_s + 60), max(pack_q, math.ceil(issue * 4 / pack_q) * pack_q))
+
+                # Book, trigger fields and ledger rows.
+                qty = stock()
+                if qty < 0:
+                    summary.negative += 1
+                elif qty == 0:
+                    summary.zero += 1
+                counted_s: int | None = None
+                if rng.random() < 0.3:
+                    counted_s = (HISTORY_DAYS - rng.randrange(1, 61)) * 86400 + rng.randrange(9 * 3600, 17 * 3600)
+                turnover = 0
+                last = 0
+                for s, typ, q, lot in moves:
+                    if counted_s is None or s > counted_s:
+                        turnover += abs(q)
+                    last = max(last, s)
+                    occurred = midnights[s // 86400] + timedelta(seconds=s % 86400)
+                    mv_rows.append((
+                        mv_id, item_id, loc_id0 + loc, il_id, lot, _dec(q, scale), typ, occurred, occurred + recorded_lag,
+                        f"{type_doc[typ]}{day_dates[s // 86400]:%Y%m%d}{mv_id % 100000:05d}", None,
+                    ))
+                    mv_id += 1
+                if lot_tracked:
+                    by_lot: dict[str, int] = {}
+                    for _s, _t, q, lot in moves:
+                        by_lot[lot] = by_lot.get(lot, 0) + q
+                    for lot, q in by_lot.items():
+                        if q:
+                            lot_rows.append((
+                                lot_id, il_id, lot, _dec(q, scale),
+                                date(2000 + int(lot[1:3]), int(lot[3:5]), int(lot[5:7])) + timedelta(days=540)
+                                if cat.prefix == "CH" else None,
+                            ))
+                            lot_id += 1
+                w = zones[bisect.bisect_right(zone_starts, loc) - 1].wh
+                il_rows.append((
+                    il_id, item_id, loc_id0 + loc, wh_ids[w], _dec(qty, scale), None, rotation[j],
+                    midnights[last // 86400] + timedelta(seconds=last % 86400),
+                    midnights[counted_s // 86400] + timedelta(seconds=counted_s % 86400) if counted_s is not None else None,
+                    Decimal(turnover * cost_cents).scaleb(-2 if scale == 1 else -3),
+                ))
+            if (i + 1) % CHUNK_ITEMS == 0:
+                await flush_rows()
+                say(f"物料 {i + 1}/{n_items} / items {i + 1}/{n_items}")
+        await flush_rows()
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+        await writer.finish()
     summary.items, summary.item_locations = n_items, n_il
 
     if (await session.connection()).dialect.name == "postgresql":
