@@ -655,7 +655,8 @@ async def generate_demo(
     bc_id = await _next_id(session, ItemBarcode)
     mv_id = await _next_id(session, Movement)
     lot_id = await _next_id(session, LotBalance)
-    gs1 = sorted({f"69{rng.randrange(20000, 99999):05d}" for _ in range(60)})  # 7-digit company prefixes
+    # 7-digit GS1 company prefixes ("69" is China), each with 100,000 item references: enough for 2 per item.
+    gs1 = sorted({f"69{rng.randrange(20000, 99999):05d}" for _ in range(max(60, n_items // 40_000 + 1))})
     bc_count = 0
     created = datetime.combine(day_dates[0], time(9), tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
     recorded_lag = timedelta(minutes=7)

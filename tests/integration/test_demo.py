@@ -230,3 +230,20 @@ async def test_rotation_follows_the_walk(demo: DemoSummary, session: AsyncSessio
 async def test_refuses_to_run_twice(demo: DemoSummary, session: AsyncSession) -> None:
     with pytest.raises(ValueError, match="SH01"):
         await generate_demo(session, items=10, today=TODAY, tz=TZ)
+
+
+async def test_never_commits(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as s:
+        await generate_demo(s, items=20, today=TODAY, tz=TZ)
+        assert await s.scalar(select(func.count()).select_from(ItemLocation))
+        await s.rollback()
+    async with sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(Item)) == 0
+        assert await s.scalar(select(func.count()).select_from(Movement)) == 0
+
+
+async def test_exact_item_location_count(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as s, s.begin():
+        summary = await generate_demo(s, today=TODAY, tz=TZ, item_locations=777, movements_per_item=1)
+        assert summary.item_locations == 777 == await s.scalar(select(func.count()).select_from(ItemLocation))
+        assert summary.movements < 777 * 4
