@@ -78,20 +78,6 @@ async def _values(
     return out
 
 
-def effective_class_expr() -> Any:
-    """An item-location's class: its warehouse class when classified per warehouse, else the item's."""
-    per_warehouse = (
-        select(ItemWarehouseClass.abc_class)
-        .where(
-            ItemWarehouseClass.item_id == ItemLocation.item_id,
-            ItemWarehouseClass.warehouse_id == ItemLocation.warehouse_id,
-        )
-        .scalar_subquery()
-    )
-    company = select(Item.abc_class).where(Item.id == ItemLocation.item_id).scalar_subquery()
-    return func.coalesce(per_warehouse, company)
-
-
 async def refresh_item_location_classes(
     session: AsyncSession,
     *,
@@ -99,18 +85,51 @@ async def refresh_item_location_classes(
     item_ids: list[int] | None = None,
     warehouse_id: int | None = None,
 ) -> None:
-    """Copy the effective class onto item-locations (the planner ranks rotations from there)."""
-    conds = []
-    if only_missing:
-        conds.append(ItemLocation.abc_class.is_(None))
-    if warehouse_id is not None:
-        conds.append(ItemLocation.warehouse_id == warehouse_id)
-    stmt = update(ItemLocation).values(abc_class=effective_class_expr())
-    if item_ids is None:
-        await session.execute(stmt.where(*conds))
-        return
-    for i in range(0, len(item_ids), BATCH):
-        await session.execute(stmt.where(*conds, ItemLocation.item_id.in_(item_ids[i : i + BATCH])))
+    """Copy each item-location's effective class onto it: its warehouse class when the item is classified
+    per warehouse, else the item's class. The planner ranks rotations from there.
+
+    Two set-based ``UPDATE ... FROM`` statements (PostgreSQL, SQLite >= 3.33); rows already right are left
+    alone, so a refresh after a small reclassification touches only what changed.
+    """
+    il, iwc = ItemLocation, ItemWarehouseClass
+    chunks: list[list[int] | None] = (
+        [None] if item_ids is None else [item_ids[i : i + BATCH] for i in range(0, len(item_ids), BATCH)]
+    )
+    for chunk in chunks:
+        conds = []
+        if only_missing:
+            conds.append(il.abc_class.is_(None))
+        if warehouse_id is not None:
+            conds.append(il.warehouse_id == warehouse_id)
+        if chunk is not None:
+            conds.append(il.item_id.in_(chunk))
+        await session.execute(
+            update(il)
+            .where(
+                iwc.item_id == il.item_id,
+                iwc.warehouse_id == il.warehouse_id,
+                il.abc_class.is_distinct_from(iwc.abc_class),
+                *conds,
+            )
+            .values(abc_class=iwc.abc_class)
+            .execution_options(synchronize_session=False)
+        )
+        has_warehouse_class = (
+            select(iwc.item_id)
+            .where(iwc.item_id == il.item_id, iwc.warehouse_id == il.warehouse_id)
+            .exists()
+        )
+        await session.execute(
+            update(il)
+            .where(
+                Item.id == il.item_id,
+                il.abc_class.is_distinct_from(Item.abc_class),
+                ~has_warehouse_class,
+                *conds,
+            )
+            .values(abc_class=Item.abc_class)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
