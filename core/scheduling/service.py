@@ -359,19 +359,18 @@ async def _write(session: AsyncSession, day: date, decisions: list[Decision]) ->
         ]
         stmt = _insert(session, CountTask).on_conflict_do_nothing().returning(CountTask.id)
         created += len((await session.execute(stmt, rows)).scalars().all())
-    satisfied: dict[str, list[int]] = defaultdict(list)
+    # What the plan covered, as few UPDATEs as possible: one per (rotation cycle, planned today) group.
+    groups: dict[tuple[str | None, bool], list[int]] = defaultdict(list)
     for d in decisions:
-        if d.satisfies_cycle is not None:
-            satisfied[d.satisfies_cycle].append(d.item_location_id)
-    for key, ids in satisfied.items():
+        groups[(d.satisfies_cycle, d.proposal is not None)].append(d.item_location_id)
+    for (cycle, planned), ids in groups.items():
+        values: dict[str, Any] = {}
+        if cycle is not None:
+            values["last_rotation_cycle"] = cycle
+        if planned:
+            values["last_planned_on"] = day
         for chunk in _chunks(ids):
-            await session.execute(
-                update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(last_rotation_cycle=key)
-            )
-    for chunk in _chunks([p.item_location_id for p in proposals]):
-        await session.execute(
-            update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(last_planned_on=day)
-        )
+            await session.execute(update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(**values))
     requests = [p.request_id for p in proposals if p.request_id is not None]
     for chunk in _chunks(requests):
         await session.execute(update(CountRequest).where(CountRequest.id.in_(chunk)).values(planned_on=day))
