@@ -143,7 +143,12 @@ def triggers(c: Candidate, now: datetime, rules: Rules) -> list[TaskReason]:
         and (c.last_counted_at is None or c.last_counted_at <= c.last_miss_at)
     ):
         fired.append(TaskReason.INACCURATE)
-    if rules.turnover_threshold > 0 and c.turnover_value >= rules.turnover_threshold:
+    # Turnover since the last count: an item never counted yet is reached by its rotation first.
+    if (
+        rules.turnover_threshold > 0
+        and c.last_counted_at is not None
+        and c.turnover_value >= rules.turnover_threshold
+    ):
         fired.append(TaskReason.TURNOVER)
     dormant_since = now - timedelta(days=rules.dormant_days)
     if (

@@ -283,7 +283,9 @@ def _trigger_queries(warehouse_id: int, now: datetime, rules: Rules) -> list[Sel
         )
     ]
     if rules.turnover_threshold > 0:
-        discretionary.append(il.turnover_value >= rules.turnover_threshold)
+        discretionary.append(
+            and_(il.last_counted_at.is_not(None), il.turnover_value >= rules.turnover_threshold)
+        )
     if rules.discretionary_daily_cap > 0:
         no_open_task = ~exists().where(
             CountTask.item_location_id == il.id,

@@ -161,8 +161,10 @@ def test_dormant_turnover_inaccurate_adhoc() -> None:
     )
     assert triggers(recently_counted, NOW, RULES) == []
     assert triggers(cand(1, qty=Decimal(5), last_movement_at=NOW - timedelta(days=89)), NOW, RULES) == []
-    busy = cand(1, qty=Decimal(5), turnover_value=Decimal(50000))
+    busy = cand(1, qty=Decimal(5), turnover_value=Decimal(50000), last_counted_at=NOW - timedelta(days=20))
     assert triggers(busy, NOW, RULES) == [TaskReason.TURNOVER]
+    never_counted = cand(1, qty=Decimal(5), turnover_value=Decimal(10**6))
+    assert triggers(never_counted, NOW, RULES) == []  # its rotation reaches it first
     missed = cand(
         1, qty=Decimal(5), last_miss_at=NOW - timedelta(days=3), last_counted_at=NOW - timedelta(days=3)
     )
@@ -177,7 +179,14 @@ def test_dormant_turnover_inaccurate_adhoc() -> None:
 
 
 def test_most_urgent_trigger_wins() -> None:
-    c = cand(1, qty=Decimal(-2), request_id=3, turnover_value=Decimal(10**6))
+    c = cand(
+        1,
+        qty=Decimal(-2),
+        request_id=3,
+        turnover_value=Decimal(10**6),
+        last_counted_at=NOW - timedelta(days=9),
+        last_movement_at=NOW - timedelta(days=1),
+    )
     assert triggers(c, NOW, RULES)[0] is TaskReason.NEGATIVE
 
 
