@@ -66,6 +66,7 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, u
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import (
+    Base,
     Item,
     ItemBarcode,
     ItemLocation,
@@ -271,6 +272,7 @@ _ALIASES: dict[str, dict[str, Col]] = {
     kind: {norm_header(a): c for c in cols for a in c.aliases} for kind, cols in SPECS.items()
 }
 _IGNORED = {norm_header(h) for h in IGNORED_HEADERS}
+_COLS: dict[str, dict[str, Col]] = {kind: {c.key: c for c in cols} for kind, cols in SPECS.items()}
 
 
 def _col_names(kind: str, keys: Sequence[str], lang: str) -> str:
@@ -719,7 +721,7 @@ class _Row:
     def __init__(self, n: int, cells: Sequence[Any], cmap: ColumnMap, issues: _Issues) -> None:
         self.n, self.cells, self.cmap, self.issues = n, cells, cmap, issues
         self.ok = True
-        self._cols = {c.key: c for c in SPECS[cmap.kind]}
+        self._cols = _COLS[cmap.kind]
 
     def raw(self, key: str) -> Any:
         i = self.cmap.index.get(key)
@@ -904,7 +906,14 @@ class _Importer:
         return out
 
 
-_IL: Table = ItemLocation.__table__  # type: ignore[assignment]
+def _table(model: type[Base]) -> Table:
+    """The Core table: plain executemany, much less overhead than the ORM bulk layer for big batches."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_IL = _table(ItemLocation)
 _IL_SNAPSHOT = (
     update(_IL).where(_IL.c.id == bindparam("b_id")).values(qty=bindparam("qty"), book_as_of=bindparam("book_as_of"))
 )
@@ -1008,9 +1017,11 @@ class _Items(_Importer):
                 return
         del barcode_seen
         self.owner_ids: dict[str, int] = {}
-        for chunk in chunks(owners):
-            rows = await self.session.execute(select(User.employee_no, User.id).where(User.employee_no.in_(chunk)))
-            self.owner_ids.update((e, i) for e, i in rows)
+        for owner_chunk in chunks(owners):
+            owner_rows = await self.session.execute(
+                select(User.employee_no, User.id).where(User.employee_no.in_(owner_chunk))
+            )
+            self.owner_ids.update((e, i) for e, i in owner_rows)
         for emp, row in owners.items():
             if emp not in self.owner_ids:
                 self.issues.add(row, self.cmap.header["owner"],
@@ -1059,9 +1070,9 @@ class _Items(_Importer):
                         updates.append({"id": cur.id, **diff})
                         changed.add(r.sku)
             ids = {sku: row.id for sku, row in existing.items()}
-            for chunk in chunks(inserts, BATCH):
-                rows = await s.execute(insert(Item).returning(Item.sku, Item.id), chunk)
-                ids.update((sku, i) for sku, i in rows)
+            for ins in chunks(inserts, BATCH):
+                new_ids = await s.execute(insert(_table(Item)).returning(_table(Item).c.sku, _table(Item).c.id), ins)
+                ids.update((sku, i) for sku, i in new_ids)
             if updates:
                 await s.execute(update(Item), updates)
             # barcodes: add the missing ones
@@ -1071,18 +1082,18 @@ class _Items(_Importer):
                 have.update(await s.scalars(select(ItemBarcode.barcode).where(ItemBarcode.barcode.in_(chunk))))
             new_codes = [{"barcode": b, "item_id": ids[sku], "unit": None} for b, sku in wanted.items() if b not in have]
             if new_codes:
-                await s.execute(insert(ItemBarcode), new_codes)
+                await s.execute(insert(_table(ItemBarcode)), new_codes)
                 changed.update(wanted[c["barcode"]] for c in new_codes)
             # pack units
             packs = {(ids[r.sku], r.pack_unit): (r.sku, r.pack_factor) for r in recs if r.pack_unit}
             if packs:
                 cur_units: dict[tuple[int, str], tuple[int, Decimal]] = {}
-                for chunk in chunks({k[0] for k in packs}):
-                    rows = await s.execute(
+                for unit_chunk in chunks({k[0] for k in packs}):
+                    unit_rows = await s.execute(
                         select(ItemUnit.item_id, ItemUnit.unit, ItemUnit.id, ItemUnit.factor)
-                        .where(ItemUnit.item_id.in_(chunk))
+                        .where(ItemUnit.item_id.in_(unit_chunk))
                     )
-                    cur_units.update(((iid, u), (uid, f)) for iid, u, uid, f in rows)
+                    cur_units.update(((iid, u), (uid, f)) for iid, u, uid, f in unit_rows)
                 unit_inserts, unit_updates = [], []
                 for (iid, unit), (sku, factor) in packs.items():
                     if (iid, unit) not in cur_units:
@@ -1176,7 +1187,7 @@ class _Locations(_Importer):
                     .where(Location.barcode.in_(chunk))
                 )
                 for b, wh, code in rows:
-                    rec = pending[b]
+                    rec = pending[str(b)]
                     if (wh, code) != (rec.warehouse, rec.location):
                         self.issues.add(
                             rec.row, self.cmap.header["location_barcode"],
@@ -1222,7 +1233,7 @@ class _Locations(_Importer):
         for batch in self.write_batches(progress):
             recs = [r for r in batch if self.seen[(r.warehouse, r.location)] & 0xFFFFFFFF == r.row]
             report.unchanged += len(batch) - len(recs)
-            existing = {}
+            existing: dict[tuple[int, str], Any] = {}
             for chunk in chunks({(wh_id[r.warehouse], r.location) for r in recs}):
                 rows = await s.execute(
                     select(Location.warehouse_id, Location.code, Location.id, Location.zone_id, Location.barcode,
@@ -1250,7 +1261,7 @@ class _Locations(_Importer):
                     else:
                         report.unchanged += 1
             if inserts:
-                await s.execute(insert(Location), inserts)
+                await s.execute(insert(_table(Location)), inserts)
             if updates:
                 await s.execute(update(Location), updates)
 
@@ -1399,7 +1410,7 @@ class _Stock(_Importer):
                 if (il_key, lot) not in self.seen and qty != 0:
                     updates.append({"id": lb_id, "qty": Decimal(0)})
         if inserts:
-            await s.execute(insert(LotBalance), inserts)
+            await s.execute(insert(_table(LotBalance)), inserts)
         if updates:
             await s.execute(update(LotBalance), updates)
 

@@ -102,18 +102,18 @@ async def ensure_item_locations(session: AsyncSession, pairs: Iterable[tuple[int
     if not missing:
         return 0
     locs: dict[int, tuple[int, int, str]] = {}
-    for chunk in chunks({loc for _, loc in missing}):
-        rows = await session.execute(
+    for loc_chunk in chunks({loc for _, loc in missing}):
+        loc_rows = await session.execute(
             select(Location.id, Location.warehouse_id, Location.sequence, Location.code).where(
-                Location.id.in_(chunk)
+                Location.id.in_(loc_chunk)
             )
         )
-        for lid, wh, seq, code in rows:
+        for lid, wh, seq, code in loc_rows:
             locs[lid] = (wh, seq or 0, code)
     skus: dict[int, str] = {}
-    for chunk in chunks({item for item, _ in missing}):
-        rows = await session.execute(select(Item.id, Item.sku).where(Item.id.in_(chunk)))
-        skus.update((iid, sku) for iid, sku in rows)
+    for item_chunk in chunks({item for item, _ in missing}):
+        sku_rows = await session.execute(select(Item.id, Item.sku).where(Item.id.in_(item_chunk)))
+        skus.update((iid, sku) for iid, sku in sku_rows)
     loc_rank = {
         lid: i
         for i, lid in enumerate(sorted(locs, key=lambda lid: (locs[lid][1], natural_key(locs[lid][2]))))
@@ -121,15 +121,15 @@ async def ensure_item_locations(session: AsyncSession, pairs: Iterable[tuple[int
     missing.sort(key=lambda p: (locs[p[1]][0], loc_rank[p[1]], skus[p[0]]))
     warehouses = {wh for wh, _, _ in locs.values()}
     top: dict[int, int] = {}
-    rows = await session.execute(
+    top_rows = await session.execute(
         select(ItemLocation.warehouse_id, func.max(ItemLocation.rotation_seq))
         .where(ItemLocation.warehouse_id.in_(warehouses))
         .group_by(ItemLocation.warehouse_id)
     )
-    top.update((wh, mx or 0) for wh, mx in rows)
-    for chunk in chunks(missing, 2000):
+    top.update((wh, mx or 0) for wh, mx in top_rows)
+    for part in chunks(missing, 2000):
         values = []
-        for item_id, loc_id in chunk:
+        for item_id, loc_id in part:
             wh = locs[loc_id][0]
             top[wh] = top.get(wh, 0) + 1
             values.append(
