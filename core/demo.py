@@ -52,18 +52,53 @@ from core.models import (
 )
 
 LOC_COLS = ("id", "warehouse_id", "zone_id", "code", "barcode", "sequence")
-ITEM_COLS = ("id", "sku", "name", "spec", "base_unit", "unit_cost", "owner_id", "lot_tracked", "abc_class",
-             "pinned_class", "created_at")
+ITEM_COLS = (
+    "id",
+    "sku",
+    "name",
+    "spec",
+    "base_unit",
+    "unit_cost",
+    "owner_id",
+    "lot_tracked",
+    "abc_class",
+    "pinned_class",
+    "created_at",
+)
 UNIT_COLS = ("id", "item_id", "unit", "factor")
 BARCODE_COLS = ("id", "barcode", "item_id", "unit")
-IL_COLS = ("id", "item_id", "location_id", "warehouse_id", "qty", "book_as_of", "rotation_seq", "last_movement_at",
-           "last_counted_at", "turnover_value")
+IL_COLS = (
+    "id",
+    "item_id",
+    "location_id",
+    "warehouse_id",
+    "qty",
+    "book_as_of",
+    "rotation_seq",
+    "last_movement_at",
+    "last_counted_at",
+    "turnover_value",
+)
 LOT_COLS = ("id", "item_location_id", "lot", "qty", "expires_on")
-MOVE_COLS = ("id", "item_id", "location_id", "item_location_id", "lot", "qty", "type", "occurred_at",
-             "recorded_at", "source_doc", "import_key")
+MOVE_COLS = (
+    "id",
+    "item_id",
+    "location_id",
+    "item_location_id",
+    "lot",
+    "qty",
+    "type",
+    "occurred_at",
+    "recorded_at",
+    "source_doc",
+    "import_key",
+)
 RECEIPT, ISSUE, PRODUCTION_ISSUE, TRANSFER, ADJUSTMENT = (
-    MovementType.RECEIPT.value, MovementType.ISSUE.value, MovementType.PRODUCTION_ISSUE.value,
-    MovementType.TRANSFER.value, MovementType.ADJUSTMENT.value,
+    MovementType.RECEIPT.value,
+    MovementType.ISSUE.value,
+    MovementType.PRODUCTION_ISSUE.value,
+    MovementType.TRANSFER.value,
+    MovementType.ADJUSTMENT.value,
 )
 
 DEFAULT_SEED = 20261128
@@ -115,8 +150,18 @@ def _spec_taper(rng: random.Random) -> str:
 
 _ELECTRICAL: list[tuple[str, Callable[[random.Random], str]]] = [
     ("电源适配器", lambda r: f"{_pick(r, (5, 9, 12, 19, 24))}V{_pick(r, (1, 2, 3, 5))}A"),
-    ("交流接触器", lambda r: f"CJX2-{_pick(r, ('0910', '1210', '1810', '2510', '3210'))} {_pick(r, ('AC220V', 'AC380V', 'AC36V'))}"),
-    ("小型断路器", lambda r: f"DZ47-63 {_pick(r, ('1P', '2P', '3P', '4P'))} C{_pick(r, (6, 10, 16, 20, 25, 32, 40, 63))}"),
+    (
+        "交流接触器",
+        lambda r: (
+            f"CJX2-{_pick(r, ('0910', '1210', '1810', '2510', '3210'))} {_pick(r, ('AC220V', 'AC380V', 'AC36V'))}"
+        ),
+    ),
+    (
+        "小型断路器",
+        lambda r: (
+            f"DZ47-63 {_pick(r, ('1P', '2P', '3P', '4P'))} C{_pick(r, (6, 10, 16, 20, 25, 32, 40, 63))}"
+        ),
+    ),
     ("中间继电器", lambda r: f"{_pick(r, ('MY2NJ', 'MY4NJ', 'HH52P', 'HH54P'))} DC{_pick(r, (12, 24))}V"),
     ("开关电源", lambda r: f"S-{_pick(r, (50, 100, 150, 250, 350))}-{_pick(r, (5, 12, 24))}"),
     ("接近开关", lambda r: f"LJ{_pick(r, (12, 18, 30))}A3-{_pick(r, (4, 5, 8, 10))}-Z/BX"),
@@ -126,7 +171,10 @@ _ELECTRICAL: list[tuple[str, Callable[[random.Random], str]]] = [
 ]
 
 _CABLE: list[tuple[str, Callable[[random.Random], str]]] = [
-    ("护套电缆 RVV", lambda r: f"{_pick(r, (2, 3, 4, 5))}×{_pick(r, ('0.5', '0.75', '1.0', '1.5', '2.5', '4'))}"),
+    (
+        "护套电缆 RVV",
+        lambda r: f"{_pick(r, (2, 3, 4, 5))}×{_pick(r, ('0.5', '0.75', '1.0', '1.5', '2.5', '4'))}",
+    ),
     ("屏蔽线 RVVP", lambda r: f"{_pick(r, (2, 4, 6, 8))}×{_pick(r, ('0.3', '0.5', '0.75'))}"),
     ("网线", lambda r: f"{_pick(r, ('CAT5e', 'CAT6', 'CAT6A'))} {_pick(r, ('UTP', 'FTP'))}"),
     ("电力电缆 YJV", lambda r: f"{_pick(r, (3, 4))}×{_pick(r, (10, 16, 25, 35, 50))}"),
@@ -134,7 +182,13 @@ _CABLE: list[tuple[str, Callable[[random.Random], str]]] = [
 ]
 
 _PACKAGING: list[tuple[str, Callable[[random.Random], str], str]] = [
-    ("包装纸箱", lambda r: f"{_pick(r, ('三层', '五层'))} {_pick(r, (300, 400, 500, 600))}×{_pick(r, (200, 300, 400))}×{_pick(r, (200, 300, 400))}", "个"),
+    (
+        "包装纸箱",
+        lambda r: (
+            f"{_pick(r, ('三层', '五层'))} {_pick(r, (300, 400, 500, 600))}×{_pick(r, (200, 300, 400))}×{_pick(r, (200, 300, 400))}"
+        ),
+        "个",
+    ),
     ("缠绕膜", lambda r: f"{_pick(r, (450, 500))}mm×{_pick(r, (15, 20, 23, 25))}μm", "卷"),
     ("封箱胶带", lambda r: f"{_pick(r, (45, 48, 60))}mm×{_pick(r, (50, 100, 150))}m", "卷"),
     ("气泡膜", lambda r: f"{_pick(r, ('0.6', '1.0', '1.2'))}m×50m", "卷"),
@@ -156,8 +210,18 @@ _CHEMICALS: list[tuple[str, Callable[[random.Random], str]]] = [
 ]
 
 _ELECTRONICS: list[tuple[str, Callable[[random.Random], str]]] = [
-    ("贴片电阻", lambda r: f"{_pick(r, ('0402', '0603', '0805'))} {_pick(r, ('100Ω', '1kΩ', '4.7kΩ', '10kΩ', '100kΩ'))} ±1%"),
-    ("贴片电容", lambda r: f"{_pick(r, ('0402', '0603', '0805'))} {_pick(r, ('10nF', '100nF', '1μF', '10μF'))} {_pick(r, (16, 25, 50))}V"),
+    (
+        "贴片电阻",
+        lambda r: (
+            f"{_pick(r, ('0402', '0603', '0805'))} {_pick(r, ('100Ω', '1kΩ', '4.7kΩ', '10kΩ', '100kΩ'))} ±1%"
+        ),
+    ),
+    (
+        "贴片电容",
+        lambda r: (
+            f"{_pick(r, ('0402', '0603', '0805'))} {_pick(r, ('10nF', '100nF', '1μF', '10μF'))} {_pick(r, (16, 25, 50))}V"
+        ),
+    ),
     ("电解电容", lambda r: f"{_pick(r, (47, 100, 220, 470, 1000))}μF {_pick(r, (16, 25, 35, 50))}V"),
     ("单片机", lambda r: _pick(r, ("STM32F103C8T6", "STM32G030F6P6", "GD32F303RCT6", "ESP32-WROOM-32E"))),
     ("整流二极管", lambda r: _pick(r, ("1N4007", "1N5819", "SS34", "M7"))),
@@ -180,7 +244,11 @@ _FINISHED: list[tuple[str, Callable[[random.Random], str]]] = [
 _TOOLS: list[tuple[str, Callable[[random.Random], str], str]] = [
     ("麻花钻头", lambda r: f"HSS Φ{_pick(r, (3, 4, 5, 6, 6.5, 8, 10, 12, 13))}mm", "支"),
     ("树脂砂轮片", lambda r: f"{_pick(r, (100, 125, 150))}×6×16", "片"),
-    ("金属切割片", lambda r: f"{_pick(r, (105, 125, 355))}×{_pick(r, ('1.2', '1.6', '3.0'))}×{_pick(r, (16, 22, 25))}", "片"),
+    (
+        "金属切割片",
+        lambda r: f"{_pick(r, (105, 125, 355))}×{_pick(r, ('1.2', '1.6', '3.0'))}×{_pick(r, (16, 22, 25))}",
+        "片",
+    ),
     ("劳保手套", lambda r: f"{_pick(r, ('丁腈浸胶', '棉纱', 'PU涂掌'))} {_pick(r, ('M', 'L', 'XL'))}", "双"),
     ("防护眼镜", lambda r: f"{_pick(r, ('防雾', '防冲击'))}", "副"),
     ("美工刀片", lambda r: f"{_pick(r, (9, 18, 25))}mm", "盒"),
@@ -188,7 +256,11 @@ _TOOLS: list[tuple[str, Callable[[random.Random], str], str]] = [
 ]
 
 _PIPES: list[tuple[str, Callable[[random.Random], str], str]] = [
-    ("304不锈钢管", lambda r: f"Φ{_pick(r, (16, 19, 25, 32, 38, 51))}×{_pick(r, ('1.0', '1.2', '1.5', '2.0'))}", "米"),
+    (
+        "304不锈钢管",
+        lambda r: f"Φ{_pick(r, (16, 19, 25, 32, 38, 51))}×{_pick(r, ('1.0', '1.2', '1.5', '2.0'))}",
+        "米",
+    ),
     ("镀锌钢管", lambda r: f"DN{_pick(r, (15, 20, 25, 32, 40, 50))}", "米"),
     ("PVC弯头", lambda r: f"DN{_pick(r, (20, 25, 32, 50, 75, 110))} 90°", "个"),
     ("不锈钢球阀", lambda r: f"DN{_pick(r, (15, 20, 25, 32, 40, 50))} PN16", "个"),
@@ -199,7 +271,11 @@ _RAW: list[tuple[str, Callable[[random.Random], str], str]] = [
     ("冷轧钢板", lambda r: f"SPCC {_pick(r, ('0.8', '1.0', '1.2', '1.5', '2.0'))}×1250×2500", "千克"),
     ("铝型材", lambda r: f"{_pick(r, ('2020', '3030', '4040', '4080', '6060'))} 欧标", "米"),
     ("紫铜排", lambda r: f"T2 {_pick(r, (3, 5, 6, 8, 10))}×{_pick(r, (20, 30, 40, 50, 60))}", "千克"),
-    ("ABS颗粒", lambda r: f"{_pick(r, ('注塑级', '阻燃级', '高光'))} {_pick(r, ('本色', '黑色', '白色'))}", "千克"),
+    (
+        "ABS颗粒",
+        lambda r: f"{_pick(r, ('注塑级', '阻燃级', '高光'))} {_pick(r, ('本色', '黑色', '白色'))}",
+        "千克",
+    ),
     ("PP颗粒", lambda r: f"{_pick(r, ('均聚', '共聚'))} MFR{_pick(r, (3, 12, 25, 35))}", "千克"),
     ("铜漆包线", lambda r: f"QZ-2 Φ{_pick(r, ('0.2', '0.35', '0.5', '0.8', '1.0'))}mm", "千克"),
 ]
@@ -226,33 +302,149 @@ def _with_unit(entries: list[tuple[str, Callable[[random.Random], str]]], unit: 
 
 
 CATEGORIES: tuple[_Category, ...] = (
-    _Category("FS", 0.17, 0.7, (
-        ("六角螺栓", _spec_bolt, "个"), ("内六角圆柱头螺钉", _spec_bolt, "个"), ("十字盘头螺钉", _spec_bolt, "个"),
-        ("六角螺母", _spec_nut, "个"), ("法兰螺母", _spec_nut, "个"), ("平垫圈", _spec_nut, "个"),
-        ("弹簧垫圈", _spec_nut, "个"), ("膨胀螺栓", _spec_bolt, "个"), ("自攻螺钉", _spec_bolt, "个"),
-    ), (0.03, 3.0), 3000, (("盒", 100), ("盒", 200), ("箱", 1000)), 0.6, 0.0, True, 1,
-        ("不锈钢", "304不锈钢", "316不锈钢", "镀锌", "8.8级", "12.9级", "达克罗")),
-    _Category("BR", 0.06, 0.65, (
-        ("深沟球轴承", _spec_bearing, "个"), ("圆锥滚子轴承", _spec_taper, "个"),
-        ("角接触球轴承", lambda r: f"{_pick(r, ('72', '73'))}{_pick(r, range(0, 13)):02d}{_pick(r, ('B', 'C', 'AC'))}", "个"),
-        ("推力球轴承", lambda r: f"51{_pick(r, range(0, 13)):03d}", "个"),
-    ), (8.0, 400.0), 60, (("箱", 12), ("箱", 24), ("箱", 48)), 0.4, 0.0, True, 1, ("NSK", "SKF", "HRB", "ZWZ", "")),
-    _Category("EL", 0.12, 0.6, _with_unit(_ELECTRICAL, "个"), (6.0, 2500.0), 50,
-              (("箱", 12), ("箱", 24), ("箱", 48)), 0.35, 0.05, True, 1, ("正泰", "德力西", "施耐德", "")),
-    _Category("CB", 0.05, 0.6, _with_unit(_CABLE, "米"), (0.8, 90.0), 800, (("卷", 100), ("卷", 200)), 0.7, 0.0,
-              True, 10),
-    _Category("PK", 0.10, 0.45, tuple(_PACKAGING), (0.3, 120.0), 1500, (("捆", 20), ("箱", 12), ("箱", 24)), 0.4,
-              0.0, True, 1),
-    _Category("CH", 0.06, 0.7, _with_unit(_CHEMICALS, "千克"), (8.0, 160.0), 300, (("桶", 18), ("桶", 25)),
-              0.7, 0.6, True, 10),
-    _Category("EC", 0.14, 0.55, _with_unit(_ELECTRONICS, "个"), (0.01, 45.0), 8000,
-              (("盘", 3000), ("盘", 5000), ("管", 50)), 0.6, 0.4, True, 1),
-    _Category("FG", 0.12, 0.15, _with_unit(_FINISHED, "件"), (25.0, 900.0), 600, (("箱", 12), ("箱", 24), ("箱", 48)),
-              0.85, 0.1, False, 1),
-    _Category("TL", 0.07, 0.6, tuple(_TOOLS), (0.8, 90.0), 200, (("盒", 10), ("箱", 12), ("箱", 24)), 0.3, 0.0,
-              False, 1),
+    _Category(
+        "FS",
+        0.17,
+        0.7,
+        (
+            ("六角螺栓", _spec_bolt, "个"),
+            ("内六角圆柱头螺钉", _spec_bolt, "个"),
+            ("十字盘头螺钉", _spec_bolt, "个"),
+            ("六角螺母", _spec_nut, "个"),
+            ("法兰螺母", _spec_nut, "个"),
+            ("平垫圈", _spec_nut, "个"),
+            ("弹簧垫圈", _spec_nut, "个"),
+            ("膨胀螺栓", _spec_bolt, "个"),
+            ("自攻螺钉", _spec_bolt, "个"),
+        ),
+        (0.03, 3.0),
+        3000,
+        (("盒", 100), ("盒", 200), ("箱", 1000)),
+        0.6,
+        0.0,
+        True,
+        1,
+        ("不锈钢", "304不锈钢", "316不锈钢", "镀锌", "8.8级", "12.9级", "达克罗"),
+    ),
+    _Category(
+        "BR",
+        0.06,
+        0.65,
+        (
+            ("深沟球轴承", _spec_bearing, "个"),
+            ("圆锥滚子轴承", _spec_taper, "个"),
+            (
+                "角接触球轴承",
+                lambda r: f"{_pick(r, ('72', '73'))}{_pick(r, range(0, 13)):02d}{_pick(r, ('B', 'C', 'AC'))}",
+                "个",
+            ),
+            ("推力球轴承", lambda r: f"51{_pick(r, range(0, 13)):03d}", "个"),
+        ),
+        (8.0, 400.0),
+        60,
+        (("箱", 12), ("箱", 24), ("箱", 48)),
+        0.4,
+        0.0,
+        True,
+        1,
+        ("NSK", "SKF", "HRB", "ZWZ", ""),
+    ),
+    _Category(
+        "EL",
+        0.12,
+        0.6,
+        _with_unit(_ELECTRICAL, "个"),
+        (6.0, 2500.0),
+        50,
+        (("箱", 12), ("箱", 24), ("箱", 48)),
+        0.35,
+        0.05,
+        True,
+        1,
+        ("正泰", "德力西", "施耐德", ""),
+    ),
+    _Category(
+        "CB",
+        0.05,
+        0.6,
+        _with_unit(_CABLE, "米"),
+        (0.8, 90.0),
+        800,
+        (("卷", 100), ("卷", 200)),
+        0.7,
+        0.0,
+        True,
+        10,
+    ),
+    _Category(
+        "PK",
+        0.10,
+        0.45,
+        tuple(_PACKAGING),
+        (0.3, 120.0),
+        1500,
+        (("捆", 20), ("箱", 12), ("箱", 24)),
+        0.4,
+        0.0,
+        True,
+        1,
+    ),
+    _Category(
+        "CH",
+        0.06,
+        0.7,
+        _with_unit(_CHEMICALS, "千克"),
+        (8.0, 160.0),
+        300,
+        (("桶", 18), ("桶", 25)),
+        0.7,
+        0.6,
+        True,
+        10,
+    ),
+    _Category(
+        "EC",
+        0.14,
+        0.55,
+        _with_unit(_ELECTRONICS, "个"),
+        (0.01, 45.0),
+        8000,
+        (("盘", 3000), ("盘", 5000), ("管", 50)),
+        0.6,
+        0.4,
+        True,
+        1,
+    ),
+    _Category(
+        "FG",
+        0.12,
+        0.15,
+        _with_unit(_FINISHED, "件"),
+        (25.0, 900.0),
+        600,
+        (("箱", 12), ("箱", 24), ("箱", 48)),
+        0.85,
+        0.1,
+        False,
+        1,
+    ),
+    _Category(
+        "TL",
+        0.07,
+        0.6,
+        tuple(_TOOLS),
+        (0.8, 90.0),
+        200,
+        (("盒", 10), ("箱", 12), ("箱", 24)),
+        0.3,
+        0.0,
+        False,
+        1,
+    ),
     _Category("PP", 0.05, 0.7, tuple(_PIPES), (3.0, 600.0), 120, (("箱", 12), ("箱", 24)), 0.2, 0.0, True, 1),
-    _Category("RM", 0.06, 0.75, tuple(_RAW), (6.0, 90.0), 3000, (("捆", 25), ("托", 500)), 0.3, 0.3, True, 10),
+    _Category(
+        "RM", 0.06, 0.75, tuple(_RAW), (6.0, 90.0), 3000, (("捆", 25), ("托", 500)), 0.3, 0.3, True, 10
+    ),
 )
 _PREFIX_ORDER = sorted(range(len(CATEGORIES)), key=lambda c: CATEGORIES[c].prefix)
 
@@ -455,7 +647,9 @@ async def generate_demo(
     """
     if items < 1 and not item_locations:
         raise ValueError("items must be at least 1")
-    if await session.scalar(select(func.count()).select_from(Warehouse).where(Warehouse.code.in_(["SH01", "SZ01"]))):
+    if await session.scalar(
+        select(func.count()).select_from(Warehouse).where(Warehouse.code.in_(["SH01", "SZ01"]))
+    ):
         raise ValueError("演示数据已存在 / the demo warehouses SH01 and SZ01 already exist")
     say = progress or (lambda _msg: None)
     rng = random.Random(seed)
@@ -463,21 +657,27 @@ async def generate_demo(
 
     # Local midnights as UTC instants, one per history day; day HISTORY_DAYS is today (exclusive end).
     day_dates = [today - timedelta(days=HISTORY_DAYS - d) for d in range(HISTORY_DAYS + 1)]
-    midnights = [datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC).replace(tzinfo=None) for d in day_dates]
+    midnights = [
+        datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC).replace(tzinfo=None) for d in day_dates
+    ]
     writer = _Writer(session)
 
     # ------------------------------------------------------------------ teams, warehouses, zones
     teams = [Team(name=n) for n in _TEAMS]
     session.add_all(teams)
     await session.flush()
-    whs = [Warehouse(code=c, name=n, default_team_id=teams[i].id) for i, (c, n, _s, _z) in enumerate(_WAREHOUSES)]
+    whs = [
+        Warehouse(code=c, name=n, default_team_id=teams[i].id) for i, (c, n, _s, _z) in enumerate(_WAREHOUSES)
+    ]
     session.add_all(whs)
     await session.flush()
     zone_rows: list[Zone] = []
     for wi, (_c, _n, _s, nz) in enumerate(_WAREHOUSES):
         for zi in range(nz):
             letter = _ZONE_LETTERS[zi]
-            zone_rows.append(Zone(warehouse_id=whs[wi].id, code=letter, name=f"{letter}区", team_id=teams[wi].id))
+            zone_rows.append(
+                Zone(warehouse_id=whs[wi].id, code=letter, name=f"{letter}区", team_id=teams[wi].id)
+            )
     session.add_all(zone_rows)
     await session.flush()
     summary.warehouses, summary.zones = len(whs), len(zone_rows)
@@ -487,12 +687,17 @@ async def generate_demo(
     for emp, name, wecom, roles, team, _wh, _sl in _USERS:
         users.append(
             User(
-                employee_no=emp, name=name, roles=[r.value for r in roles],
+                employee_no=emp,
+                name=name,
+                roles=[r.value for r in roles],
                 team_id=teams[team].id if team is not None else None,
                 capacity_minutes=rng.randrange(240, 421, 30),
-                wecom_userid=wecom, feishu_open_id=f"ou_{rng.getrandbits(128):032x}",
-                feishu_user_id=f"{rng.getrandbits(32):08x}", dingtalk_userid=f"{rng.randrange(10**14, 10**15)}",
-                locale="zh-CN", active=True,
+                wecom_userid=wecom,
+                feishu_open_id=f"ou_{rng.getrandbits(128):032x}",
+                feishu_user_id=f"{rng.getrandbits(32):08x}",
+                dingtalk_userid=f"{rng.randrange(10**14, 10**15)}",
+                locale="zh-CN",
+                active=True,
             )
         )
     session.add_all(users)
@@ -504,7 +709,8 @@ async def generate_demo(
         zones_by_wh.setdefault(code, []).append(z)
     uz_rows = [
         {"user_id": users[i].id, "zone_id": z.id}
-        for i, (_e, _n, _w, _r, _t, wh, sl) in enumerate(_USERS) if wh
+        for i, (_e, _n, _w, _r, _t, wh, sl) in enumerate(_USERS)
+        if wh
         for z in zones_by_wh[wh][sl]
     ]
     await _bulk(session, UserZone, uz_rows)
@@ -541,10 +747,16 @@ async def generate_demo(
                         seq += 1
                         made += 1
                         code = f"{letter}-{aisle:02d}-{bay:02d}-{level:02d}"
-                        loc_rows.append((
-                            loc_id0 + n_locs, whs[wi].id, zone_rows[zi_global].id, code,
-                            f"LOC-{wcode}-{letter}{aisle:02d}{bay:02d}{level:02d}", seq,
-                        ))
+                        loc_rows.append(
+                            (
+                                loc_id0 + n_locs,
+                                whs[wi].id,
+                                zone_rows[zi_global].id,
+                                code,
+                                f"LOC-{wcode}-{letter}{aisle:02d}{bay:02d}{level:02d}",
+                                seq,
+                            )
+                        )
                         n_locs += 1
                     if made == zb:
                         break
@@ -556,8 +768,10 @@ async def generate_demo(
     await writer.write(Location, LOC_COLS, loc_rows)
     del loc_rows
     summary.locations = n_locs
-    wh_ranges = [(min(z.start for z in zones if z.wh == w), max(z.end for z in zones if z.wh == w))
-                 for w in range(len(whs))]
+    wh_ranges = [
+        (min(z.start for z in zones if z.wh == w), max(z.end for z in zones if z.wh == w))
+        for w in range(len(whs))
+    ]
     zones_of_wh = [[z for z in zones if z.wh == w] for w in range(len(whs))]
     zone_starts = [z.start for z in zones]
     say(f"库位 {n_locs} 个 / {n_locs} bins")
@@ -661,7 +875,11 @@ async def generate_demo(
     created = datetime.combine(day_dates[0], time(9), tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
     recorded_lag = timedelta(minutes=7)
     type_doc = {
-        RECEIPT: "RK", ISSUE: "CK", PRODUCTION_ISSUE: "LL", TRANSFER: "DB", ADJUSTMENT: "TZ",
+        RECEIPT: "RK",
+        ISSUE: "CK",
+        PRODUCTION_ISSUE: "LL",
+        TRANSFER: "DB",
+        ADJUSTMENT: "TZ",
     }
     wh_ids = [w.id for w in whs]
 
@@ -679,7 +897,9 @@ async def generate_demo(
     async def write_chunk(chunk: tuple[list[tuple[Any, ...]], ...]) -> None:
         for model, cols, rows in zip(
             (Item, ItemUnit, ItemBarcode, ItemLocation, LotBalance, Movement),
-            (ITEM_COLS, UNIT_COLS, BARCODE_COLS, IL_COLS, LOT_COLS, MOVE_COLS), chunk, strict=True,
+            (ITEM_COLS, UNIT_COLS, BARCODE_COLS, IL_COLS, LOT_COLS, MOVE_COLS),
+            chunk,
+            strict=True,
         ):
             await writer.write(model, cols, rows)
 
@@ -688,7 +908,9 @@ async def generate_demo(
         if writing is not None:
             await writing
         summary.movements += len(mv_rows)
-        writing = asyncio.create_task(write_chunk((item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows)))
+        writing = asyncio.create_task(
+            write_chunk((item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows))
+        )
         item_rows, unit_rows, bc_rows, il_rows, lot_rows, mv_rows = [], [], [], [], [], []
 
     try:
@@ -709,11 +931,21 @@ async def generate_demo(
             pack = _pick(rng, cat.packs) if rng.random() < cat.pack_share else None
             # Annual consumption: Pareto-distributed, so a few items carry most of the value.
             annual = cat.annual * min(rng.paretovariate(1.6), 400.0) * 0.4
-            item_rows.append((
-                item_id, f"{cat.prefix}-{cat_seq[i] + 1:07d}", name, spec, unit, Decimal(cost_cents).scaleb(-2),
-                owners[rng.randrange(len(owners))] if rng.random() < 0.01 else None, lot_tracked, "C",
-                "A" if cat.prefix == "FG" and rng.random() < 0.02 else None, created,
-            ))
+            item_rows.append(
+                (
+                    item_id,
+                    f"{cat.prefix}-{cat_seq[i] + 1:07d}",
+                    name,
+                    spec,
+                    unit,
+                    Decimal(cost_cents).scaleb(-2),
+                    owners[rng.randrange(len(owners))] if rng.random() < 0.01 else None,
+                    lot_tracked,
+                    "C",
+                    "A" if cat.prefix == "FG" and rng.random() < 0.02 else None,
+                    created,
+                )
+            )
             if pack:
                 unit_rows.append((unit_id, item_id, pack[0], Decimal(pack[1])))
                 unit_id += 1
@@ -741,8 +973,13 @@ async def generate_demo(
                 span = d_end - d0
                 mean_k = per_il * (0.25 if is_dormant else 1.0)
                 k = max(1, round(mean_k * rng.uniform(0.4, 1.6)))
-                t = sorted((d0 + int(rng.random() * span)) * 86400 + rng.randrange(8 * 3600, 18 * 3600) for _ in range(k))
-                events: list[tuple[int, int, int, str | None]] = [(s, 0, 0, None) for s in t]  # (second, kind, qty, lot)
+                t = sorted(
+                    (d0 + int(rng.random() * span)) * 86400 + rng.randrange(8 * 3600, 18 * 3600)
+                    for _ in range(k)
+                )
+                events: list[tuple[int, int, int, str | None]] = [
+                    (s, 0, 0, None) for s in t
+                ]  # (second, kind, qty, lot)
                 for s, q, lot in pending.pop(jj, []):
                     events.append((s, 1, q, lot))
                 events.sort(key=lambda e: e[0])
@@ -771,8 +1008,7 @@ async def generate_demo(
                     if on_hand <= 0 or (on_hand <= reorder and r < 0.85) or r >= 0.9:
                         receive(s, max(pack_q, math.ceil(issue * rng.uniform(3, 6) / pack_q) * pack_q))
                     elif r < 0.8 or (r < 0.86 and jj == hi_j - lo_j - 1):
-                        typ = (PRODUCTION_ISSUE if cat.production and rng.random() < 0.3
-                               else ISSUE)
+                        typ = PRODUCTION_ISSUE if cat.production and rng.random() < 0.3 else ISSUE
                         take(s, max(1, round(issue * rng.uniform(0.3, 1.7))), typ)
                     elif r < 0.86:  # transfer out to a later item-location of the same item
                         got, lot = take(s, max(1, round(issue * rng.uniform(0.5, 2))), TRANSFER)
@@ -789,7 +1025,9 @@ async def generate_demo(
                 last_s = max(m[0] for m in moves)
                 if state in ("zero", "zero_recent", "neg"):
                     if state == "zero_recent":
-                        s_fin = (HISTORY_DAYS - rng.randrange(1, 3)) * 86400 + rng.randrange(8 * 3600, 18 * 3600)
+                        s_fin = (HISTORY_DAYS - rng.randrange(1, 3)) * 86400 + rng.randrange(
+                            8 * 3600, 18 * 3600
+                        )
                     else:
                         s_fin = last_s + rng.randrange(3600, 3 * 86400)
                     s_fin = max(min(s_fin, HISTORY_DAYS * 86400 - 3600), last_s + 60)
@@ -814,7 +1052,9 @@ async def generate_demo(
                     summary.zero += 1
                 counted_s: int | None = None
                 if rng.random() < 0.3:
-                    counted_s = (HISTORY_DAYS - rng.randrange(1, 61)) * 86400 + rng.randrange(9 * 3600, 17 * 3600)
+                    counted_s = (HISTORY_DAYS - rng.randrange(1, 61)) * 86400 + rng.randrange(
+                        9 * 3600, 17 * 3600
+                    )
                 turnover = 0
                 last = 0
                 for s, typ, q, lot in moves:
@@ -822,10 +1062,21 @@ async def generate_demo(
                         turnover += abs(q)
                     last = max(last, s)
                     occurred = midnights[s // 86400] + timedelta(seconds=s % 86400)
-                    mv_rows.append((
-                        mv_id, item_id, loc_id0 + loc, il_id, lot, _dec(q, scale), typ, occurred, occurred + recorded_lag,
-                        f"{type_doc[typ]}{day_dates[s // 86400]:%Y%m%d}{mv_id % 100000:05d}", None,
-                    ))
+                    mv_rows.append(
+                        (
+                            mv_id,
+                            item_id,
+                            loc_id0 + loc,
+                            il_id,
+                            lot,
+                            _dec(q, scale),
+                            typ,
+                            occurred,
+                            occurred + recorded_lag,
+                            f"{type_doc[typ]}{day_dates[s // 86400]:%Y%m%d}{mv_id % 100000:05d}",
+                            None,
+                        )
+                    )
                     mv_id += 1
                 if lot_tracked:
                     by_lot: dict[str, int] = {}
@@ -833,19 +1084,36 @@ async def generate_demo(
                         by_lot[lot] = by_lot.get(lot, 0) + q
                     for lot, q in by_lot.items():
                         if q:
-                            lot_rows.append((
-                                lot_id, il_id, lot, _dec(q, scale),
-                                date(2000 + int(lot[1:3]), int(lot[3:5]), int(lot[5:7])) + timedelta(days=540)
-                                if cat.prefix == "CH" else None,
-                            ))
+                            lot_rows.append(
+                                (
+                                    lot_id,
+                                    il_id,
+                                    lot,
+                                    _dec(q, scale),
+                                    date(2000 + int(lot[1:3]), int(lot[3:5]), int(lot[5:7]))
+                                    + timedelta(days=540)
+                                    if cat.prefix == "CH"
+                                    else None,
+                                )
+                            )
                             lot_id += 1
                 w = zones[bisect.bisect_right(zone_starts, loc) - 1].wh
-                il_rows.append((
-                    il_id, item_id, loc_id0 + loc, wh_ids[w], _dec(qty, scale), None, rotation[j],
-                    midnights[last // 86400] + timedelta(seconds=last % 86400),
-                    midnights[counted_s // 86400] + timedelta(seconds=counted_s % 86400) if counted_s is not None else None,
-                    Decimal(turnover * cost_cents).scaleb(-2 if scale == 1 else -3),
-                ))
+                il_rows.append(
+                    (
+                        il_id,
+                        item_id,
+                        loc_id0 + loc,
+                        wh_ids[w],
+                        _dec(qty, scale),
+                        None,
+                        rotation[j],
+                        midnights[last // 86400] + timedelta(seconds=last % 86400),
+                        midnights[counted_s // 86400] + timedelta(seconds=counted_s % 86400)
+                        if counted_s is not None
+                        else None,
+                        Decimal(turnover * cost_cents).scaleb(-2 if scale == 1 else -3),
+                    )
+                )
             if (i + 1) % CHUNK_ITEMS == 0:
                 await flush_rows()
                 say(f"物料 {i + 1}/{n_items} / items {i + 1}/{n_items}")
@@ -862,10 +1130,12 @@ async def generate_demo(
         # Explicit ids bypass the sequences; move them past what was written.
         for model in (Location, Item, ItemUnit, ItemBarcode, ItemLocation, LotBalance, Movement):
             table = model.__tablename__
-            await session.execute(text(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
-            ))
+            await session.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
+                )
+            )
     say(f"完成 / done: {summary}")
     return summary
 
@@ -881,5 +1151,12 @@ async def bulk_item_locations(
     progress: Progress | None = None,
 ) -> DemoSummary:
     """The demo company sized to exactly ``n`` item-locations (for benchmarks)."""
-    return await generate_demo(session, seed=seed, today=today, tz=tz, progress=progress, item_locations=n,
-                               movements_per_item=movements_per_item)
+    return await generate_demo(
+        session,
+        seed=seed,
+        today=today,
+        tz=tz,
+        progress=progress,
+        item_locations=n,
+        movements_per_item=movements_per_item,
+    )

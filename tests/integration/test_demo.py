@@ -51,7 +51,13 @@ async def _digest(session: AsyncSession) -> str:
     for sku, name, spec, cost in items:
         h.update(f"{sku}|{name}|{spec}|{Decimal(cost).quantize(Q)}\n".encode())
     ils = await session.execute(
-        select(Item.sku, Location.code, ItemLocation.qty, ItemLocation.rotation_seq, ItemLocation.last_movement_at)
+        select(
+            Item.sku,
+            Location.code,
+            ItemLocation.qty,
+            ItemLocation.rotation_seq,
+            ItemLocation.last_movement_at,
+        )
         .join(Item, Item.id == ItemLocation.item_id)
         .join(Location, Location.id == ItemLocation.location_id)
         .order_by(Item.sku, Location.code)
@@ -210,8 +216,13 @@ async def test_consumption_value_is_pareto(demo: DemoSummary, session: AsyncSess
 async def test_rotation_follows_the_walk(demo: DemoSummary, session: AsyncSession) -> None:
     rows = (
         await session.execute(
-            select(ItemLocation.warehouse_id, ItemLocation.rotation_seq, Location.warehouse_id, Location.sequence,
-                   Item.sku)
+            select(
+                ItemLocation.warehouse_id,
+                ItemLocation.rotation_seq,
+                Location.warehouse_id,
+                Location.sequence,
+                Item.sku,
+            )
             .join(Location, Location.id == ItemLocation.location_id)
             .join(Item, Item.id == ItemLocation.item_id)
         )
