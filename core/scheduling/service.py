@@ -38,6 +38,7 @@ from core.models import (
 )
 from core.scheduling.assignment import Counter, Job, assign
 from core.scheduling.planner import (
+    DISCRETIONARY,
     ZERO_RECENT_DAYS,
     Candidate,
     Decision,
@@ -544,6 +545,16 @@ async def plan_day(
             planner = RotationPlanner(
                 windows, day, now, rules_from(settings, policies), zero_due, count_ranks=False
             )
+            # the daily cap counts what an earlier run of this day already planned
+            planner.discretionary[wh.id] = (
+                await session.execute(
+                    select(func.count()).where(
+                        CountTask.warehouse_id == wh.id,
+                        CountTask.plan_date == day,
+                        CountTask.reason.in_(DISCRETIONARY),
+                    )
+                )
+            ).scalar_one()
             decisions = await _decide_warehouse(session, planner, wh.id)
             created = await _write(session, day, decisions)
             result.created += created

@@ -165,3 +165,21 @@ async def test_concurrent_planners_do_not_double_plan(
 
 def test_calendar_sanity() -> None:
     assert all(WorkCalendar().is_working_day(d) for d in WEEK)
+
+
+async def test_discretionary_cap_holds_across_replans(session: AsyncSession) -> None:
+    from datetime import UTC, datetime
+
+    from core.config import PlanningSettings
+
+    settings = Settings(database_url="sqlite://", planning=PlanningSettings(discretionary_daily_cap=3))
+    co = await build_company(session, items=40, classes="C")
+    for il in co.item_locations:  # all dormant: last moved a year ago
+        il.last_movement_at = datetime(2025, 11, 1, tzinfo=UTC)
+    await session.flush()
+    first = await plan_day(session, settings, MONDAY)
+    assert first.by_reason.get("dormant") == 3
+    again = await plan_day(session, settings, MONDAY)
+    assert again.created == 0 and again.by_reason.get("dormant") == 3
+    tuesday = await plan_day(session, settings, WEEK[1])
+    assert tuesday.by_reason.get("dormant") == 6  # three more, and Monday's three carried over
