@@ -115,9 +115,7 @@ async def refresh_item_location_classes(
             .execution_options(synchronize_session=False)
         )
         has_warehouse_class = (
-            select(iwc.item_id)
-            .where(iwc.item_id == il.item_id, iwc.warehouse_id == il.warehouse_id)
-            .exists()
+            select(iwc.item_id).where(iwc.item_id == il.item_id, iwc.warehouse_id == il.warehouse_id).exists()
         )
         await session.execute(
             update(il)
@@ -130,6 +128,61 @@ async def refresh_item_location_classes(
             .values(abc_class=Item.abc_class)
             .execution_options(synchronize_session=False)
         )
+
+
+async def apply_pins(session: AsyncSession) -> int:
+    """Make pinned classes take effect now (a pin set by an import is used by the very next plan), with a
+    history row each. Returns the number of items whose class changed."""
+    now = datetime.now(UTC)
+    rows = (
+        await session.execute(
+            select(Item.id, Item.abc_class, Item.pinned_class).where(
+                Item.pinned_class.is_not(None), Item.abc_class != Item.pinned_class
+            )
+        )
+    ).all()
+    stale_warehouse = (
+        await session.execute(
+            select(
+                ItemWarehouseClass.item_id,
+                ItemWarehouseClass.warehouse_id,
+                ItemWarehouseClass.abc_class,
+                Item.pinned_class,
+            )
+            .join(Item, Item.id == ItemWarehouseClass.item_id)
+            .where(Item.pinned_class.is_not(None), ItemWarehouseClass.abc_class != Item.pinned_class)
+        )
+    ).all()
+    if not rows and not stale_warehouse:
+        return 0
+    history = [
+        {"item_id": i, "warehouse_id": None, "old_class": old, "new_class": pin, "annual_value": 0,
+         "basis": "pinned", "changed_at": now}
+        for i, old, pin in rows
+    ] + [
+        {"item_id": i, "warehouse_id": w, "old_class": old, "new_class": pin, "annual_value": 0,
+         "basis": "pinned", "changed_at": now}
+        for i, w, old, pin in stale_warehouse
+    ]  # fmt: skip
+    await session.execute(
+        update(Item)
+        .where(Item.pinned_class.is_not(None), Item.abc_class != Item.pinned_class)
+        .values(abc_class=Item.pinned_class)
+    )
+    await session.execute(
+        update(ItemWarehouseClass)
+        .where(
+            Item.id == ItemWarehouseClass.item_id,
+            Item.pinned_class.is_not(None),
+            ItemWarehouseClass.abc_class != Item.pinned_class,
+        )
+        .values(abc_class=Item.pinned_class)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(insert(ClassChange), history)
+    changed = sorted({h["item_id"] for h in history})
+    await refresh_item_location_classes(session, item_ids=changed)
+    return len(changed)
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.calendar import WorkCalendar
-from core.classification_service import refresh_item_location_classes
+from core.classification_service import apply_pins, refresh_item_location_classes
 from core.config import CLASSES, Settings
 from core.enums import OPEN_STATUSES, REASON_LABEL_ZH, TaskReason, TaskStatus
 from core.models import (
@@ -538,6 +538,7 @@ async def plan_day(
         tz = settings.tz
         now = datetime.combine(day, time(0), tz).astimezone(UTC)
         zero_due = cal.add_working_days(day, 1)
+        await apply_pins(session)
         await refresh_item_location_classes(session, only_missing=True)
         for wh in warehouses:
             policies = await _policies(session, settings, wh.id)

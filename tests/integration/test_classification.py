@@ -112,3 +112,30 @@ async def test_per_warehouse_scope_and_cutoffs(session: AsyncSession) -> None:
     assert by[(b.warehouse.id, b.items[1].id)] == "B"
     il = dict((await session.execute(select(ItemLocation.id, ItemLocation.abc_class))).all())
     assert il[b.item_locations[1].id] == "B" and il[a.item_locations[1].id] == "A"
+
+
+async def test_a_new_pin_takes_effect_at_the_next_plan(session: AsyncSession) -> None:
+    from core.scheduling.service import plan_day
+
+    co = await build_company(session, items=5, classes="C")
+    await classify(session, Settings(), as_of=AS_OF)  # equal stock values: items 0-3 are A, item 4 is B
+    target = co.items[4]
+    before = (await session.execute(select(Item.abc_class).where(Item.id == target.id))).scalar_one()
+    assert before == "B"
+    target.pinned_class = "C"  # e.g. from an items import with 固定分类 = C
+    await session.flush()
+    await plan_day(session, Settings(), date(2026, 11, 30))
+    il = (
+        await session.execute(select(ItemLocation.abc_class).where(ItemLocation.item_id == target.id))
+    ).scalar_one()
+    assert il == "C"
+    last = (
+        (
+            await session.execute(
+                select(ClassChange).where(ClassChange.item_id == target.id).order_by(ClassChange.id.desc())
+            )
+        )
+        .scalars()
+        .first()
+    )
+    assert last is not None and (last.old_class, last.new_class, last.basis) == ("B", "C", "pinned")
