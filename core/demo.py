@@ -22,7 +22,7 @@ import bisect
 import math
 import random
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -126,7 +126,7 @@ class DemoSummary:
 # ------------------------------------------------------------------------------------------------ catalogue
 
 
-def _pick(rng: random.Random, seq: list[Any] | tuple[Any, ...]) -> Any:
+def _pick(rng: random.Random, seq: Sequence[Any]) -> Any:
     return seq[int(rng.random() * len(seq))]
 
 
@@ -779,8 +779,8 @@ async def generate_demo(
     # ------------------------------------------------------------------ pass 1: layout
     cat_cum: list[float] = []
     acc = 0.0
-    for c in CATEGORIES:
-        acc += c.weight
+    for category in CATEGORIES:
+        acc += category.weight
         cat_cum.append(acc)
     cat_of = bytearray()
     dormant = bytearray()
@@ -923,8 +923,8 @@ async def generate_demo(
             material = _pick(rng, cat.materials) if cat.materials else ""
             name = f"{material}{base}" if material and not base[0].isascii() else base
             spec = spec_fn(rng)
-            lo, hi = cat.price
-            cost = lo * (hi / lo) ** rng.random()
+            p_lo, p_hi = cat.price
+            cost = p_lo * (p_hi / p_lo) ** rng.random()
             cost_cents = max(1, round(cost * 100))
             lot_tracked = rng.random() < cat.lot_share
             scale = cat.scale
@@ -1079,11 +1079,11 @@ async def generate_demo(
                     )
                     mv_id += 1
                 if lot_tracked:
-                    by_lot: dict[str, int] = {}
+                    by_lot: dict[str | None, int] = {}
                     for _s, _t, q, lot in moves:
                         by_lot[lot] = by_lot.get(lot, 0) + q
                     for lot, q in by_lot.items():
-                        if q:
+                        if q and lot is not None:
                             lot_rows.append(
                                 (
                                     lot_id,
