@@ -6,14 +6,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.classification import Classified, ClassSummaryRow, ItemValue, classify_abc, summarise
 from core.config import Settings
+from core.db import dialect_insert
 from core.enums import CONSUMPTION_TYPES
 from core.models import ClassChange, Item, ItemLocation, ItemWarehouseClass, Movement, Warehouse
 
@@ -185,10 +184,6 @@ async def apply_pins(session: AsyncSession) -> int:
     return len(changed)
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    return (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 async def _write(
     session: AsyncSession, result: list[Classified], old: dict[int, str | None], warehouse_id: int | None
 ) -> int:
@@ -203,7 +198,7 @@ async def _write(
             if warehouse_id is None:
                 await session.execute(update(Item).where(Item.id.in_(chunk)).values(abc_class=cls))
             else:
-                stmt = _insert(session, ItemWarehouseClass).values(
+                stmt = dialect_insert(session, ItemWarehouseClass).values(
                     [{"item_id": x, "warehouse_id": warehouse_id, "abc_class": cls} for x in chunk]
                 )
                 await session.execute(

@@ -162,6 +162,15 @@ def triggers(c: Candidate, now: datetime, rules: Rules) -> list[TaskReason]:
     return fired
 
 
+def _proposal(
+    c: Candidate, reason: TaskReason, cycle_key: str, due: date, minutes: float, request_id: int | None = None
+) -> Proposal:
+    return Proposal(
+        c.item_location_id, c.item_id, c.location_id, c.warehouse_id, c.abc_class, reason,
+        REASON_PRIORITY[reason], cycle_key, due, round(minutes, 2), request_id,
+    )  # fmt: skip
+
+
 def decide(
     c: Candidate,
     rank: int,
@@ -183,40 +192,20 @@ def decide(
     minutes = rules.minutes_per_task.get(c.abc_class, 3.0)
     if fired:
         reason = fired[0]
-        return Decision(
-            c.item_location_id,
-            Proposal(
-                c.item_location_id,
-                c.item_id,
-                c.location_id,
-                c.warehouse_id,
-                c.abc_class,
-                reason,
-                REASON_PRIORITY[reason],
-                f"{reason.value}:{day.isoformat()}",
-                zero_due if reason is TaskReason.ZERO and zero_due else day,
-                round(minutes * rules.trigger_minutes_factor, 2),
-                c.request_id if reason is TaskReason.ADHOC else None,
-            ),
-            satisfied,
+        due = zero_due if reason is TaskReason.ZERO and zero_due else day
+        request = c.request_id if reason is TaskReason.ADHOC else None
+        task = _proposal(
+            c,
+            reason,
+            f"{reason.value}:{day.isoformat()}",
+            due,
+            minutes * rules.trigger_minutes_factor,
+            request,
         )
+        return Decision(c.item_location_id, task, satisfied)
     if rotation_due and window is not None:
-        return Decision(
-            c.item_location_id,
-            Proposal(
-                c.item_location_id,
-                c.item_id,
-                c.location_id,
-                c.warehouse_id,
-                c.abc_class,
-                TaskReason.ROTATION,
-                REASON_PRIORITY[TaskReason.ROTATION],
-                window.cycle.key,
-                day,
-                minutes,
-            ),
-            satisfied,
-        )
+        task = _proposal(c, TaskReason.ROTATION, window.cycle.key, day, minutes)
+        return Decision(c.item_location_id, task, satisfied)
     return Decision(c.item_location_id, None, None)
 
 

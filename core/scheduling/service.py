@@ -14,12 +14,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, literal, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.calendar import WorkCalendar
 from core.classification_service import apply_pins, refresh_item_location_classes
 from core.config import CLASSES, Settings
+from core.db import dialect_insert
 from core.enums import OPEN_STATUSES, REASON_LABEL_ZH, TaskReason, TaskStatus
 from core.models import (
     CalendarOverride,
@@ -302,11 +302,6 @@ def _trigger_queries(warehouse_id: int, now: datetime, rules: Rules) -> list[Sel
     return queries
 
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
 def _chunks(seq: Sequence[Any], n: int = BATCH) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
@@ -360,7 +355,7 @@ async def _write(session: AsyncSession, day: date, decisions: list[Decision]) ->
             }
             for p in chunk
         ]
-        stmt = _insert(session, CountTask).on_conflict_do_nothing().returning(CountTask.id)
+        stmt = dialect_insert(session, CountTask).on_conflict_do_nothing().returning(CountTask.id)
         created += len((await session.execute(stmt, rows)).scalars().all())
     # What the plan covered, as few UPDATEs as possible: one per (rotation cycle, planned today) group.
     groups: dict[tuple[str | None, bool], list[int]] = defaultdict(list)
