@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import Column, Integer, Numeric, String, case, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.classification import Classified, ClassSummaryRow, ItemValue, classify_abc, summarise
 from core.config import Settings
-from core.db import dialect_insert
+from core.db import dialect_insert, staged, staging_table
 from core.enums import CONSUMPTION_TYPES
-from core.models import ClassChange, Item, ItemLocation, ItemWarehouseClass, Movement, Warehouse
+from core.models import ClassChange, Item, ItemLocation, ItemWarehouseClass, Movement, UTCDateTime, Warehouse
 
 BATCH = 5000
 
@@ -184,48 +183,67 @@ async def apply_pins(session: AsyncSession) -> int:
     return len(changed)
 
 
+CLASS_STAGING = staging_table(
+    "class_staging",
+    Column("item_id", Integer, nullable=False),
+    Column("old_class", String(1)),
+    Column("new_class", String(1), nullable=False),
+    Column("annual_value", Numeric(18, 4)),
+    Column("basis", String(20)),
+)
+
+
 async def _write(
     session: AsyncSession, result: list[Classified], old: dict[int, str | None], warehouse_id: int | None
 ) -> int:
-    now = datetime.now(UTC)
+    """Write the changed classes, their history and the item-locations' copies, set-based."""
     changed = [r for r in result if old.get(r.item_id) != r.abc_class]
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for r in changed:
-        by_class[r.abc_class].append(r.item_id)
-    for cls, ids in by_class.items():
-        for i in range(0, len(ids), BATCH):
-            chunk = ids[i : i + BATCH]
-            if warehouse_id is None:
-                await session.execute(update(Item).where(Item.id.in_(chunk)).values(abc_class=cls))
-            else:
-                stmt = dialect_insert(session, ItemWarehouseClass).values(
-                    [{"item_id": x, "warehouse_id": warehouse_id, "abc_class": cls} for x in chunk]
+    if not changed:
+        return 0
+    rows = ((r.item_id, old.get(r.item_id), r.abc_class, r.value, r.basis.value) for r in changed)
+    async with staged(session, CLASS_STAGING, rows) as st:
+        c = st.c
+        il = ItemLocation.__table__
+        if warehouse_id is None:
+            await session.execute(
+                update(Item.__table__).where(Item.id == c.item_id).values(abc_class=c.new_class)
+            )
+            no_warehouse_class = ~(
+                select(ItemWarehouseClass.item_id)
+                .where(
+                    ItemWarehouseClass.item_id == il.c.item_id,
+                    ItemWarehouseClass.warehouse_id == il.c.warehouse_id,
                 )
-                await session.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["item_id", "warehouse_id"],
-                        set_={"abc_class": stmt.excluded.abc_class},
-                    )
+                .exists()
+            )
+            await session.execute(
+                update(il).where(il.c.item_id == c.item_id, no_warehouse_class).values(abc_class=c.new_class)
+            )
+        else:
+            upsert = dialect_insert(session, ItemWarehouseClass).from_select(
+                ["item_id", "warehouse_id", "abc_class"],
+                # (SQLite needs a WHERE here to tell the upsert's ON CONFLICT from a join's ON)
+                select(c.item_id, literal(warehouse_id, Integer), c.new_class).where(true()),
+            )
+            await session.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["item_id", "warehouse_id"], set_={"abc_class": upsert.excluded.abc_class}
                 )
-    await refresh_item_location_classes(
-        session, item_ids=[r.item_id for r in changed], warehouse_id=warehouse_id
-    )
-    for i in range(0, len(changed), BATCH):
+            )
+            await session.execute(
+                update(il)
+                .where(il.c.item_id == c.item_id, il.c.warehouse_id == warehouse_id)
+                .values(abc_class=c.new_class)
+            )
         await session.execute(
-            insert(ClassChange),
-            [
-                {
-                    "item_id": r.item_id,
-                    "warehouse_id": warehouse_id,
-                    "old_class": old.get(r.item_id),
-                    "new_class": r.abc_class,
-                    "annual_value": r.value,
-                    "basis": r.basis.value,
-                    "changed_at": now,
-                }
-                for r in changed[i : i + BATCH]
-            ],
-        )
+            insert(ClassChange).from_select(
+                ["item_id", "warehouse_id", "old_class", "new_class", "annual_value", "basis", "changed_at"],
+                select(
+                    c.item_id, literal(warehouse_id, Integer), c.old_class, c.new_class, c.annual_value, c.basis,
+                    literal(datetime.now(UTC), UTCDateTime),
+                ),
+            )
+        )  # fmt: skip
     return len(changed)
 
 

@@ -29,9 +29,10 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Boolean, Date, DateTime, Numeric, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import BulkWriter
 from core.models import (
     Item,
     ItemBarcode,
@@ -46,7 +47,6 @@ from core.models import (
     User,
     UserUnavailability,
     UserZone,
-    UTCDateTime,
     Warehouse,
     Zone,
 )
@@ -492,73 +492,6 @@ async def _bulk(session: AsyncSession, model: Any, rows: list[dict[str, Any]]) -
         await session.execute(insert(model.__table__), rows[i : i + INSERT_BATCH])
 
 
-class _Writer:
-    """Bulk rows (tuples in column order) into one table, the fastest way the backend offers.
-
-    PostgreSQL: ``COPY`` through asyncpg. SQLite: the driver's ``executemany`` with values in the formats
-    SQLAlchemy itself stores (``YYYY-MM-DD HH:MM:SS.ffffff`` for timestamps). Both run on the session's own
-    connection, inside its transaction. Datetimes come in naive UTC (what ``UTCDateTime`` stores).
-    """
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self.dialect = ""
-        self.driver: Any = None
-        self.cache_size: int | None = None
-
-    async def start(self) -> None:
-        conn = await self.session.connection()
-        self.dialect = conn.dialect.name
-        if self.dialect not in ("postgresql", "sqlite"):
-            raise NotImplementedError(f"only SQLite and PostgreSQL are supported, not {self.dialect}")
-        self.driver = (await conn.get_raw_connection()).driver_connection
-        if self.dialect == "sqlite":  # a bigger page cache while the indexes grow; restored by finish()
-            async with self.driver.execute("PRAGMA cache_size") as cur:
-                self.cache_size = (await cur.fetchone())[0]
-            await self.driver.execute("PRAGMA cache_size=-262144")
-
-    async def finish(self) -> None:
-        if self.dialect == "sqlite" and self.cache_size is not None:
-            await self.driver.execute(f"PRAGMA cache_size={int(self.cache_size)}")
-
-    async def write(self, model: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        table = model.__table__
-        if self.dialect == "postgresql":
-            await self.driver.copy_records_to_table(table.name, records=rows, columns=columns)
-        elif self.dialect == "sqlite":
-            convert = [_sqlite_converter(table.c[c].type) for c in columns]
-            pos = [i for i, f in enumerate(convert) if f is not None]
-            if pos:
-                out = []
-                for r in rows:
-                    lst = list(r)
-                    for i in pos:
-                        v = lst[i]
-                        if v is not None:
-                            lst[i] = convert[i](v)  # type: ignore[misc]
-                    out.append(lst)
-                rows = out  # type: ignore[assignment]
-            sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-            for i in range(0, len(rows), 20000):
-                await self.driver.executemany(sql, rows[i : i + 20000])
-        else:
-            raise NotImplementedError(f"bulk writes on {self.dialect}")
-
-
-def _sqlite_converter(type_: Any) -> Callable[[Any], Any] | None:
-    if isinstance(type_, UTCDateTime | DateTime):
-        return lambda v: v.isoformat(" ", "microseconds")
-    if isinstance(type_, Numeric):
-        return float
-    if isinstance(type_, Date):
-        return lambda v: v.isoformat()
-    if isinstance(type_, Boolean):
-        return int
-    return None
-
-
 def _dec(v: int, scale: int) -> Decimal:
     return Decimal(v) if scale == 1 else Decimal(v).scaleb(-1)
 
@@ -660,7 +593,7 @@ async def generate_demo(
     midnights = [
         datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC).replace(tzinfo=None) for d in day_dates
     ]
-    writer = _Writer(session)
+    writer = BulkWriter(session)
 
     # ------------------------------------------------------------------ teams, warehouses, zones
     teams = [Team(name=n) for n in _TEAMS]

@@ -13,13 +13,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, literal, or_, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    Float,
+    Integer,
+    Select,
+    String,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.calendar import WorkCalendar
 from core.classification_service import apply_pins, refresh_item_location_classes
 from core.config import CLASSES, Settings
-from core.db import dialect_insert
+from core.db import dialect_insert, staged, staging_table
 from core.enums import OPEN_STATUSES, REASON_LABEL_ZH, TaskReason, TaskStatus
 from core.models import (
     CalendarOverride,
@@ -33,6 +50,7 @@ from core.models import (
     User,
     UserUnavailability,
     UserZone,
+    UTCDateTime,
     Warehouse,
     Zone,
 )
@@ -329,50 +347,82 @@ async def _decide_warehouse(
     return decisions
 
 
+# The day's decisions are bulk-loaded (COPY on PostgreSQL) into a temporary table, then applied with three
+# set-based statements. That keeps the write close to a plain INSERT ... SELECT, whatever the plan's size.
+STAGING = staging_table(
+    "plan_staging",
+    Column("item_location_id", Integer, nullable=False),
+    Column("item_id", Integer),
+    Column("location_id", Integer),
+    Column("warehouse_id", Integer),
+    Column("abc_class", String(1)),
+    Column("reason", String(32)),  # NULL: nothing to insert, only the rotation mark
+    Column("priority", Integer),
+    Column("cycle_key", String(40)),
+    Column("due_date", Date),
+    Column("est_minutes", Float),
+    Column("request_id", Integer),
+    Column("satisfies_cycle", String(32)),
+)
+
+
 async def _write(session: AsyncSession, day: date, decisions: list[Decision]) -> int:
     """Insert the proposed tasks (nothing twice) and record what the rotation has covered."""
-    created = 0
-    now = datetime.now(UTC)
-    proposals = [d.proposal for d in decisions if d.proposal is not None]
-    for chunk in _chunks(proposals):
-        rows = [
-            {
-                "plan_date": day,
-                "due_date": p.due_date,
-                "warehouse_id": p.warehouse_id,
-                "location_id": p.location_id,
-                "item_id": p.item_id,
-                "item_location_id": p.item_location_id,
-                "abc_class": p.abc_class,
-                "reason": p.reason,
-                "priority": p.priority,
-                "status": TaskStatus.OPEN,
-                "est_minutes": p.est_minutes,
-                "cycle_key": p.cycle_key,
-                "overdue": False,
-                "request_id": p.request_id,
-                "created_at": now,
-            }
-            for p in chunk
-        ]
-        stmt = dialect_insert(session, CountTask).on_conflict_do_nothing().returning(CountTask.id)
-        created += len((await session.execute(stmt, rows)).scalars().all())
-    # What the plan covered, as few UPDATEs as possible: one per (rotation cycle, planned today) group.
-    groups: dict[tuple[str | None, bool], list[int]] = defaultdict(list)
+    if not decisions:
+        return 0
+    rows = []
     for d in decisions:
-        groups[(d.satisfies_cycle, d.proposal is not None)].append(d.item_location_id)
-    for (cycle, planned), ids in groups.items():
-        values: dict[str, Any] = {}
-        if cycle is not None:
-            values["last_rotation_cycle"] = cycle
-        if planned:
-            values["last_planned_on"] = day
-        for chunk in _chunks(ids):
-            await session.execute(update(ItemLocation).where(ItemLocation.id.in_(chunk)).values(**values))
-    requests = [p.request_id for p in proposals if p.request_id is not None]
-    for chunk in _chunks(requests):
-        await session.execute(update(CountRequest).where(CountRequest.id.in_(chunk)).values(planned_on=day))
-    return created
+        p = d.proposal
+        if p is None:
+            rows.append((d.item_location_id, *([None] * 10), d.satisfies_cycle))
+        else:
+            rows.append(
+                (
+                    p.item_location_id, p.item_id, p.location_id, p.warehouse_id, p.abc_class,
+                    p.reason.value, p.priority, p.cycle_key, p.due_date, p.est_minutes, p.request_id,
+                    d.satisfies_cycle,
+                )
+            )  # fmt: skip
+    async with staged(session, STAGING, rows):
+        return await _apply_staged(session, day)
+
+
+async def _apply_staged(session: AsyncSession, day: date) -> int:
+    st = STAGING.c
+    proposed = st.reason.is_not(None)
+    insert_tasks = (
+        dialect_insert(session, CountTask)
+        .from_select(
+            [
+                "plan_date", "due_date", "warehouse_id", "location_id", "item_id", "item_location_id",
+                "abc_class", "reason", "priority", "status", "est_minutes", "cycle_key", "overdue",
+                "request_id", "created_at",
+            ],
+            select(
+                literal(day, Date), st.due_date, st.warehouse_id, st.location_id, st.item_id,
+                st.item_location_id, st.abc_class, st.reason, st.priority,
+                literal(TaskStatus.OPEN.value, String), st.est_minutes, st.cycle_key, literal(False, Boolean),
+                st.request_id, literal(datetime.now(UTC), UTCDateTime),
+            ).where(proposed).order_by(st.warehouse_id, st.item_location_id),
+        )
+        .on_conflict_do_nothing()
+    )  # fmt: skip
+    created = (await session.execute(insert_tasks)).rowcount  # type: ignore[attr-defined]
+    # one write per item-location row (PostgreSQL writes a new row version per UPDATE)
+    il = ItemLocation.__table__
+    await session.execute(
+        update(il)
+        .where(il.c.id == st.item_location_id)
+        .values(
+            last_rotation_cycle=func.coalesce(st.satisfies_cycle, il.c.last_rotation_cycle),
+            last_planned_on=case((proposed, literal(day, Date)), else_=il.c.last_planned_on),
+        )
+    )
+    cr = CountRequest.__table__
+    await session.execute(
+        update(cr).where(cr.c.id == st.request_id, st.request_id.is_not(None)).values(planned_on=day)
+    )
+    return int(created or 0)
 
 
 async def _mark_overdue(

@@ -183,3 +183,14 @@ async def test_discretionary_cap_holds_across_replans(session: AsyncSession) -> 
     assert again.created == 0 and again.by_reason.get("dormant") == 3
     tuesday = await plan_day(session, settings, WEEK[1])
     assert tuesday.by_reason.get("dormant") == 6  # three more, and Monday's three carried over
+
+
+async def test_two_warehouses_in_one_plan(session: AsyncSession, settings: Settings) -> None:
+    await build_company(session, items=10, code="SH01")
+    await build_company(session, items=15, code="SZ01")
+    result = await plan_day(session, settings, MONDAY)
+    by_wh = Tally(t.warehouse for t in result.tasks)
+    assert by_wh == {"SH01": 2, "SZ01": 3}
+    assert (await plan_day(session, settings, MONDAY)).created == 0
+    one = await plan_day(session, settings, MONDAY, warehouse_code="SZ01")
+    assert {t.warehouse for t in one.tasks} == {"SZ01"}
