@@ -17,8 +17,8 @@ from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker
 
 T = TypeVar("T")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def run(coro_fn: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
@@ -116,8 +116,7 @@ def import_cmd(file: Path, kind: str | None) -> None:
     try:
         report = run(go)
     except ImportFailed as exc:
-        err.print(str(exc), markup=False)
-        err.print("文件未导入，数据库没有任何改动 / nothing was imported; the database is unchanged")
+        err.print(str(exc), markup=False)  # says that nothing was changed
         raise SystemExit(1) from None
     console.print(
         f"[green]✓[/] {file.name}（{report.kind}）：{report.rows} 行；新增 {report.created}，更新 {report.updated}，"

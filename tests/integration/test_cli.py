@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cli import main
 from core.db import make_engine, make_sessionmaker
-from core.models import ClassChange, CountTask, Movement
+from core.models import ClassChange, CountTask, Item, Movement
 from tests.integration.builders import build_company
 
 
@@ -98,3 +98,19 @@ def test_ledger_untouched_by_plan(cli: CliRunner, database_url: str) -> None:
     seed(database_url, items=5)
     cli.invoke(main, ["plan", "--date", date(2026, 11, 30).isoformat()])
     assert scalar(database_url, select(func.count()).select_from(Movement)) == 0
+
+
+def test_import_command(cli: CliRunner, database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    locs = tmp_path / "库位.csv"
+    locs.write_bytes("仓库,库位,库位条码,库区\nSH01,A-01-01,LOC-A0101,A\nSH01,A-01-02,LOC-A0102,A\n".encode("gbk"))
+    ok = cli.invoke(main, ["import", str(locs)])
+    assert ok.exit_code == 0, ok.output
+    assert "locations" in ok.output and "2 created" in ok.output
+    again = cli.invoke(main, ["import", str(locs)])
+    assert "0 created, 0 updated, 2 unchanged" in again.output
+    bad = tmp_path / "items.csv"
+    bad.write_text("物料编码,物料名称,单价\nSKU1,螺栓,1.5\nSKU2,螺母,abc\n", encoding="utf-8")
+    r = cli.invoke(main, ["import", str(bad), "--kind", "items"])
+    assert r.exit_code == 1
+    assert "items.csv" in r.output and "第 3 行" in r.output and "单价" in r.output and "row 3" in r.output
+    assert scalar(database_url, select(func.count()).select_from(Item)) == 0  # all or nothing
