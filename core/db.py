@@ -151,7 +151,9 @@ def staging_table(name: str, *columns: Column[Any]) -> Table:
 
 
 @asynccontextmanager
-async def staged(session: AsyncSession, table: Table, rows: Iterable[tuple[Any, ...]]) -> AsyncIterator[Table]:
+async def staged(
+    session: AsyncSession, table: Table, rows: Iterable[tuple[Any, ...]]
+) -> AsyncIterator[Table]:
     """Create ``table`` (a ``staging_table``), bulk-load ``rows`` into it (COPY on PostgreSQL), and drop it
     after the block. Set-based statements joining it replace thousands of per-row or IN-list statements.
     On an error the caller's rollback removes the table."""

@@ -135,7 +135,9 @@ class ImportFailed(Exception):
         lines = ["导入失败，数据库未做任何修改 / import failed, nothing was changed"]
         lines += [f"- {i}" for i in self.issues]
         if self.truncated:
-            lines.append(f"（只列出前 {MAX_ISSUES} 个问题 / only the first {MAX_ISSUES} problems are listed）")
+            lines.append(
+                f"（只列出前 {MAX_ISSUES} 个问题 / only the first {MAX_ISSUES} problems are listed）"
+            )
         return "\n".join(lines)
 
 
@@ -315,14 +317,16 @@ def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[Colu
             known_zh = "、".join(c.zh for c in SPECS[kind])
             known_en = ", ".join(c.en for c in SPECS[kind])
             issues.add(
-                1, h,
+                1,
+                h,
                 f"无法识别的列，{KIND_ZH[kind]}文件可用的列有：{known_zh}；请改正列名或删除这一列",
                 f"unknown column; a {kind} file accepts: {known_en}; fix the header or delete the column",
             )
             continue
         if col.key in cmap.index:
             issues.add(
-                1, h,
+                1,
+                h,
                 f"与“{cmap.header[col.key]}”列重复（都是{col.zh}），请删除其中一列",
                 f'duplicates column "{cmap.header[col.key]}" (both are {col.en}); delete one of them',
             )
@@ -332,7 +336,8 @@ def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[Colu
     for group in REQUIRED[kind]:
         if not any(k in cmap for k in group):
             issues.add(
-                None, None,
+                None,
+                None,
                 f"缺少必填列 {_group_text(kind, group, 'zh')}，请在第一行加上这一列",
                 f"missing required column {_group_text(kind, group, 'en')}; add it to the header row",
             )
@@ -354,7 +359,9 @@ def guess_kind(headers: list[str], file: str = "") -> str:
     needs_zh = "；".join(
         f"{KIND_ZH[k]}({k})需要 " + "、".join(_group_text(k, g, "zh") for g in REQUIRED[k]) for k in KINDS
     )
-    needs_en = "; ".join(f"{k} needs " + ", ".join(_group_text(k, g, "en") for g in REQUIRED[k]) for k in KINDS)
+    needs_en = "; ".join(
+        f"{k} needs " + ", ".join(_group_text(k, g, "en") for g in REQUIRED[k]) for k in KINDS
+    )
     what_zh = "无法确定" if not fits else "可能是多种类型（" + "、".join(f[2] for f in fits) + "）"
     what_en = "cannot tell" if not fits else "could be several kinds (" + ", ".join(f[2] for f in fits) + ")"
     raise _fail(
@@ -393,8 +400,10 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
 def parse_decimal(v: Any) -> Decimal:
     """A number, rounded to 4 decimal places; ``1,234.5`` and full-width digits are accepted."""
     if isinstance(v, bool):
-        raise BadValue(f"“{cell_text(v)}” 不是数字，请填写数字，例如 12.5",
-                       f'"{cell_text(v)}" is not a number; enter a number such as 12.5')
+        raise BadValue(
+            f"“{cell_text(v)}” 不是数字，请填写数字，例如 12.5",
+            f'"{cell_text(v)}" is not a number; enter a number such as 12.5',
+        )
     if isinstance(v, int | Decimal):
         d = Decimal(v)
     elif isinstance(v, float):
@@ -408,8 +417,10 @@ def parse_decimal(v: Any) -> Decimal:
         except InvalidOperation:
             d = Decimal("NaN")
     if not d.is_finite():
-        raise BadValue(f"“{cell_text(v)}” 不是数字，请填写数字，例如 12.5",
-                       f'"{cell_text(v)}" is not a number; enter a number such as 12.5')
+        raise BadValue(
+            f"“{cell_text(v)}” 不是数字，请填写数字，例如 12.5",
+            f'"{cell_text(v)}" is not a number; enter a number such as 12.5',
+        )
     if abs(d) >= _MAX_NUMBER:
         raise BadValue(f"“{cell_text(v)}” 太大，请检查", f'"{cell_text(v)}" is too large; check the value')
     return d.quantize(_Q4, ROUND_HALF_UP)
@@ -418,8 +429,10 @@ def parse_decimal(v: Any) -> Decimal:
 def parse_int(v: Any) -> int:
     d = parse_decimal(v)
     if d != d.to_integral_value():
-        raise BadValue(f"“{cell_text(v)}” 不是整数，请填写整数，例如 240",
-                       f'"{cell_text(v)}" is not a whole number; enter one such as 240')
+        raise BadValue(
+            f"“{cell_text(v)}” 不是整数，请填写整数，例如 240",
+            f'"{cell_text(v)}" is not a whole number; enter one such as 240',
+        )
     return int(d)
 
 
@@ -435,22 +448,28 @@ def parse_bool(v: Any) -> bool:
         return True
     if s in _NO:
         return False
-    raise BadValue(f"“{cell_text(v)}” 无法识别，请填写 是 或 否", f'"{cell_text(v)}" is not yes/no; enter yes or no')
+    raise BadValue(
+        f"“{cell_text(v)}” 无法识别，请填写 是 或 否", f'"{cell_text(v)}" is not yes/no; enter yes or no'
+    )
 
 
 def parse_class(v: Any) -> str:
     s = unicodedata.normalize("NFKC", cell_text(v)).upper().removesuffix("类")
     if s in ("A", "B", "C"):
         return s
-    raise BadValue(f"“{cell_text(v)}” 不是有效的分类，请填写 A、B 或 C，或留空",
-                   f'"{cell_text(v)}" is not a class; enter A, B or C, or leave it empty')
+    raise BadValue(
+        f"“{cell_text(v)}” 不是有效的分类，请填写 A、B 或 C，或留空",
+        f'"{cell_text(v)}" is not a class; enter A, B or C, or leave it empty',
+    )
 
 
 _MOVEMENT_TYPES: dict[str, MovementType] = {
     **{s: MovementType.RECEIPT for s in ("入库", "收货", "采购入库", "receipt", "receive", "in")},
     **{s: MovementType.ISSUE for s in ("出库", "发货", "销售出库", "issue", "out")},
     **{s: MovementType.TRANSFER for s in ("调拨", "移库", "transfer")},
-    **{s: MovementType.PRODUCTION_ISSUE for s in ("生产领料", "领料", "production_issue", "production issue")},
+    **{
+        s: MovementType.PRODUCTION_ISSUE for s in ("生产领料", "领料", "production_issue", "production issue")
+    },
     **{s: MovementType.ADJUSTMENT for s in ("调整", "库存调整", "adjustment", "adjust")},
 }
 
@@ -526,8 +545,13 @@ def parse_datetime(v: Any, tz: ZoneInfo) -> datetime:
         g = list(m.groups()) + [None] * (8 - len(m.groups()))
         try:
             dt = datetime(
-                int(g[0]), int(g[1]), int(g[2]),
-                int(g[3] or 0), int(g[4] or 0), int(g[5] or 0), int((g[6] or "0").ljust(6, "0")),
+                int(g[0]),
+                int(g[1]),
+                int(g[2]),
+                int(g[3] or 0),
+                int(g[4] or 0),
+                int(g[5] or 0),
+                int((g[6] or "0").ljust(6, "0")),
             )
         except ValueError:
             raise _bad_date(v) from None
@@ -586,8 +610,10 @@ def parse_date_list(v: Any) -> list[date]:
             a, _, b = part.replace("至", "~").partition("~")
             d0, d1 = parse_date(a), parse_date(b)
             if d1 < d0 or (d1 - d0).days > 366:
-                raise BadValue(f"日期范围“{part}”不正确，请写成 2025-05-01~2025-05-05",
-                               f'date range "{part}" is invalid; write it as 2025-05-01~2025-05-05')
+                raise BadValue(
+                    f"日期范围“{part}”不正确，请写成 2025-05-01~2025-05-05",
+                    f'date range "{part}" is invalid; write it as 2025-05-01~2025-05-05',
+                )
             out.extend(d0 + timedelta(days=i) for i in range((d1 - d0).days + 1))
         else:
             out.append(parse_date(part))
@@ -615,8 +641,11 @@ def _detect_encoding(path: Path) -> str:
     with path.open("rb") as f:
         head = f.read(4096)
         if head.startswith(b"PK\x03\x04"):
-            raise _fail(name, "这是 Excel 文件而不是 CSV，请把扩展名改为 .xlsx",
-                        "this is an Excel workbook, not a CSV; rename it to .xlsx")
+            raise _fail(
+                name,
+                "这是 Excel 文件而不是 CSV，请把扩展名改为 .xlsx",
+                "this is an Excel workbook, not a CSV; rename it to .xlsx",
+            )
         f.seek(0)
         for enc in ("utf-8-sig", "gb18030"):
             dec = codecs.getincrementaldecoder(enc)()
@@ -624,14 +653,19 @@ def _detect_encoding(path: Path) -> str:
             try:
                 while chunk := f.read(1 << 20):
                     if b"\x00" in chunk:
-                        raise _fail(name, "这不是文本格式的 CSV 文件，请另存为 CSV（UTF-8）或 .xlsx",
-                                    "this is not a text CSV file; save it as CSV (UTF-8) or .xlsx")
+                        raise _fail(
+                            name,
+                            "这不是文本格式的 CSV 文件，请另存为 CSV（UTF-8）或 .xlsx",
+                            "this is not a text CSV file; save it as CSV (UTF-8) or .xlsx",
+                        )
                     dec.decode(chunk)
                 dec.decode(b"", final=True)
                 return enc
             except UnicodeDecodeError:
                 continue
-    raise _fail(name, "无法识别文件编码，请另存为 CSV（UTF-8）", "unknown text encoding; save it as CSV (UTF-8)")
+    raise _fail(
+        name, "无法识别文件编码，请另存为 CSV（UTF-8）", "unknown text encoding; save it as CSV (UTF-8)"
+    )
 
 
 class Sheet:
@@ -649,11 +683,17 @@ class Sheet:
             self.format = "csv"
             self.encoding = _detect_encoding(path)
         elif ext == ".xls":
-            raise _fail(self.name, "不支持旧版 .xls 格式，请在 Excel/WPS 中另存为 .xlsx",
-                        "the old .xls format is not supported; save it as .xlsx in Excel or WPS")
+            raise _fail(
+                self.name,
+                "不支持旧版 .xls 格式，请在 Excel/WPS 中另存为 .xlsx",
+                "the old .xls format is not supported; save it as .xlsx in Excel or WPS",
+            )
         else:
-            raise _fail(self.name, f"不支持“{ext or '无扩展名'}”文件，请导入 .xlsx 或 .csv 文件",
-                        f'"{ext or "no extension"}" files are not supported; import a .xlsx or .csv file')
+            raise _fail(
+                self.name,
+                f"不支持“{ext or '无扩展名'}”文件，请导入 .xlsx 或 .csv 文件",
+                f'"{ext or "no extension"}" files are not supported; import a .xlsx or .csv file',
+            )
         self.headers: list[str] = []
         self.header_row = 0
         with closing(self._rows()) as rows:
@@ -664,8 +704,11 @@ class Sheet:
         while self.headers and not self.headers[-1]:
             self.headers.pop()
         if not self.headers:
-            raise _fail(self.name, "文件是空的，请在第一行填写表头，从第二行起填写数据",
-                        "the file is empty; put the headers in row 1 and the data below")
+            raise _fail(
+                self.name,
+                "文件是空的，请在第一行填写表头，从第二行起填写数据",
+                "the file is empty; put the headers in row 1 and the data below",
+            )
 
     def _rows(self) -> Generator[tuple[int, Sequence[Any]], None, None]:
         """Every non-blank row, header included."""
@@ -745,8 +788,11 @@ class _Row:
             return None
         s = cell_text(v)
         if col.max_len and len(s) > col.max_len:
-            self.bad(key, f"“{s[:20]}…” 太长（最多 {col.max_len} 个字符），请缩短",
-                     f'"{s[:20]}..." is too long (at most {col.max_len} characters); shorten it')
+            self.bad(
+                key,
+                f"“{s[:20]}…” 太长（最多 {col.max_len} 个字符），请缩短",
+                f'"{s[:20]}..." is too long (at most {col.max_len} characters); shorten it',
+            )
             return None
         return s
 
@@ -763,25 +809,33 @@ class _Row:
             self.bad(key, e.zh, e.en)
             return None
 
-    def number(self, key: str, required: bool = False, min_value: Decimal | None = None,
-               positive: bool = False) -> Decimal | None:
+    def number(
+        self, key: str, required: bool = False, min_value: Decimal | None = None, positive: bool = False
+    ) -> Decimal | None:
         d: Decimal | None = self.parsed(key, parse_decimal, required)
         if d is None:
             return None
         if positive and d <= 0:
-            self.bad(key, f"“{cell_text(self.raw(key))}” 必须大于 0，请填写正数",
-                     f'"{cell_text(self.raw(key))}" must be greater than 0; enter a positive number')
+            self.bad(
+                key,
+                f"“{cell_text(self.raw(key))}” 必须大于 0，请填写正数",
+                f'"{cell_text(self.raw(key))}" must be greater than 0; enter a positive number',
+            )
             return None
         if min_value is not None and d < min_value:
-            self.bad(key, f"“{cell_text(self.raw(key))}” 不能为负数，请填写 0 或正数",
-                     f'"{cell_text(self.raw(key))}" must not be negative; enter 0 or a positive number')
+            self.bad(
+                key,
+                f"“{cell_text(self.raw(key))}” 不能为负数，请填写 0 或正数",
+                f'"{cell_text(self.raw(key))}" must not be negative; enter 0 or a positive number',
+            )
             return None
         return d
 
 
 def _dup_issue(issues: _Issues, row: int, what_zh: str, what_en: str, first_row: int) -> None:
     issues.add(
-        row, None,
+        row,
+        None,
         f"{what_zh}在第 {first_row} 行已出现且内容不同，请删除重复的行或把两行改成一致",
         f"{what_en} already appears in row {first_row} with different data; delete the duplicate or make them match",
     )
@@ -793,7 +847,9 @@ def _dup_issue(issues: _Issues, row: int, what_zh: str, what_en: str, first_row:
 class _Importer:
     kind: ClassVar[str]
 
-    def __init__(self, session: AsyncSession, sheet: Sheet, cmap: ColumnMap, tz: ZoneInfo, now: datetime) -> None:
+    def __init__(
+        self, session: AsyncSession, sheet: Sheet, cmap: ColumnMap, tz: ZoneInfo, now: datetime
+    ) -> None:
         self.session, self.sheet, self.cmap, self.tz, self.now = session, sheet, cmap, tz, now
         self.issues = _Issues(sheet.name)
         self.rows = 0
@@ -881,22 +937,29 @@ class _Importer:
             if item_id is None and ("sku", r.sku) not in self._reported:
                 self._reported.add(("sku", r.sku))
                 self.issues.add(
-                    r.row, self.cmap.header["sku"],
+                    r.row,
+                    self.cmap.header["sku"],
                     f"物料编码“{r.sku}”不存在，请先导入物料（--kind items）或改正编码",
                     f'SKU "{r.sku}" does not exist; import items first (--kind items) or fix the code',
                 )
             if wh_id is None and ("wh", r.warehouse) not in self._reported:
                 self._reported.add(("wh", r.warehouse))
                 self.issues.add(
-                    r.row, self.cmap.header["warehouse"],
+                    r.row,
+                    self.cmap.header["warehouse"],
                     f"仓库“{r.warehouse}”不存在，请先导入库位（--kind locations）或改正仓库编码",
                     f'warehouse "{r.warehouse}" does not exist; import locations first (--kind locations) '
                     "or fix the code",
                 )
-            elif loc_id is None and wh_id is not None and ("loc", f"{r.warehouse}/{r.location}") not in self._reported:
+            elif (
+                loc_id is None
+                and wh_id is not None
+                and ("loc", f"{r.warehouse}/{r.location}") not in self._reported
+            ):
                 self._reported.add(("loc", f"{r.warehouse}/{r.location}"))
                 self.issues.add(
-                    r.row, self.cmap.header["location"],
+                    r.row,
+                    self.cmap.header["location"],
                     f"库位“{r.location}”在仓库“{r.warehouse}”中不存在，请先导入库位（--kind locations）或改正库位编码",
                     f'location "{r.location}" does not exist in warehouse "{r.warehouse}"; import locations first '
                     "(--kind locations) or fix the code",
@@ -915,7 +978,9 @@ def _table(model: type[Base]) -> Table:
 
 _IL = _table(ItemLocation)
 _IL_SNAPSHOT = (
-    update(_IL).where(_IL.c.id == bindparam("b_id")).values(qty=bindparam("qty"), book_as_of=bindparam("book_as_of"))
+    update(_IL)
+    .where(_IL.c.id == bindparam("b_id"))
+    .values(qty=bindparam("qty"), book_as_of=bindparam("book_as_of"))
 )
 
 
@@ -946,8 +1011,18 @@ class _ItemRec:
     pinned_class: str | None
 
     def digest(self) -> int:
-        return _digest(self.name, self.spec, self.unit, self.unit_cost, self.barcodes, self.pack_unit,
-                       self.pack_factor, self.owner, self.lot_tracked, self.pinned_class)
+        return _digest(
+            self.name,
+            self.spec,
+            self.unit,
+            self.unit_cost,
+            self.barcodes,
+            self.pack_unit,
+            self.pack_factor,
+            self.owner,
+            self.lot_tracked,
+            self.pinned_class,
+        )
 
 
 class _Items(_Importer):
@@ -958,16 +1033,32 @@ class _Items(_Importer):
         barcodes = tuple(dict.fromkeys(split_list(r.raw("barcode"))))
         for b in barcodes:
             if len(b) > 100:
-                r.bad("barcode", f"条码“{b[:20]}…”太长（最多 100 个字符）", f'barcode "{b[:20]}..." is too long (max 100)')
+                r.bad(
+                    "barcode",
+                    f"条码“{b[:20]}…”太长（最多 100 个字符）",
+                    f'barcode "{b[:20]}..." is too long (max 100)',
+                )
         pack_unit, pack_factor = r.text("pack_unit"), r.number("pack_factor", positive=True)
         if r.ok and (pack_unit is None) != (pack_factor is None):
             missing = "pack_factor" if pack_unit else "pack_unit"
             col = next(c for c in SPECS["items"] if c.key == missing)
-            r.bad(missing if missing in self.cmap else None,
-                  f"包装单位和换算要一起填写，请填写“{col.zh}”", f'pack unit and factor go together; fill in "{col.en}"')
+            r.bad(
+                missing if missing in self.cmap else None,
+                f"包装单位和换算要一起填写，请填写“{col.zh}”",
+                f'pack unit and factor go together; fill in "{col.en}"',
+            )
         rec = _ItemRec(
-            r.n, sku or "", name or "", r.text("spec"), r.text("unit"), r.number("unit_cost", min_value=Decimal(0)),
-            barcodes, pack_unit, pack_factor, r.text("owner"), r.parsed("lot_tracked", parse_bool),
+            r.n,
+            sku or "",
+            name or "",
+            r.text("spec"),
+            r.text("unit"),
+            r.number("unit_cost", min_value=Decimal(0)),
+            barcodes,
+            pack_unit,
+            pack_factor,
+            r.text("owner"),
+            r.parsed("lot_tracked", parse_bool),
             r.parsed("pinned_class", parse_class),
         )
         return rec
@@ -984,14 +1075,21 @@ class _Items(_Importer):
                 first = self.seen.setdefault(rec.sku, packed)
                 if first != packed:
                     if first >> 32 != packed >> 32:
-                        _dup_issue(self.issues, rec.row, f"物料编码“{rec.sku}”", f'SKU "{rec.sku}"', first & 0xFFFFFFFF)
+                        _dup_issue(
+                            self.issues,
+                            rec.row,
+                            f"物料编码“{rec.sku}”",
+                            f'SKU "{rec.sku}"',
+                            first & 0xFFFFFFFF,
+                        )
                     continue
                 sku_hash = _digest(rec.sku)
                 for b in rec.barcodes:
                     prev = barcode_seen.setdefault(b, sku_hash << 32 | rec.row)
                     if prev >> 32 != sku_hash:
                         self.issues.add(
-                            rec.row, self.cmap.header["barcode"],
+                            rec.row,
+                            self.cmap.header["barcode"],
                             f"条码“{b}”在第 {prev & 0xFFFFFFFF} 行已属于另一个物料，一个条码只能属于一个物料",
                             f'barcode "{b}" already belongs to another item in row {prev & 0xFFFFFFFF}; '
                             "a barcode can belong to one item only",
@@ -1001,14 +1099,16 @@ class _Items(_Importer):
                     owners.setdefault(rec.owner, rec.row)
             for chunk in chunks(pending):
                 rows = await self.session.execute(
-                    select(ItemBarcode.barcode, Item.sku).join(Item, Item.id == ItemBarcode.item_id)
+                    select(ItemBarcode.barcode, Item.sku)
+                    .join(Item, Item.id == ItemBarcode.item_id)
                     .where(ItemBarcode.barcode.in_(chunk))
                 )
                 for b, owner_sku in rows:
                     sku, row = pending[b]
                     if owner_sku != sku:
                         self.issues.add(
-                            row, self.cmap.header["barcode"],
+                            row,
+                            self.cmap.header["barcode"],
                             f"条码“{b}”已属于物料“{owner_sku}”，一个条码只能属于一个物料；请改正条码或先修改物料“{owner_sku}”",
                             f'barcode "{b}" already belongs to item "{owner_sku}"; a barcode can belong to one item '
                             f'only; fix the barcode or change item "{owner_sku}" first',
@@ -1024,9 +1124,12 @@ class _Items(_Importer):
             self.owner_ids.update((e, i) for e, i in owner_rows)
         for emp, row in owners.items():
             if emp not in self.owner_ids:
-                self.issues.add(row, self.cmap.header["owner"],
-                                f"工号“{emp}”的人员不存在，请先导入人员（--kind users）或改正工号",
-                                f'no user with employee number "{emp}"; import users first (--kind users) or fix it')
+                self.issues.add(
+                    row,
+                    self.cmap.header["owner"],
+                    f"工号“{emp}”的人员不存在，请先导入人员（--kind users）或改正工号",
+                    f'no user with employee number "{emp}"; import users first (--kind users) or fix it',
+                )
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
         s = self.session
@@ -1036,8 +1139,17 @@ class _Items(_Importer):
             existing: dict[str, Any] = {}
             for chunk in chunks([r.sku for r in recs]):
                 rows = await s.execute(
-                    select(Item.sku, Item.id, Item.name, Item.spec, Item.base_unit, Item.unit_cost, Item.owner_id,
-                           Item.lot_tracked, Item.pinned_class).where(Item.sku.in_(chunk))
+                    select(
+                        Item.sku,
+                        Item.id,
+                        Item.name,
+                        Item.spec,
+                        Item.base_unit,
+                        Item.unit_cost,
+                        Item.owner_id,
+                        Item.lot_tracked,
+                        Item.pinned_class,
+                    ).where(Item.sku.in_(chunk))
                 )
                 existing.update((row.sku, row) for row in rows)
             inserts: list[dict[str, Any]] = []
@@ -1059,11 +1171,20 @@ class _Items(_Importer):
                     vals["pinned_class"] = r.pinned_class
                 cur = existing.get(r.sku)
                 if cur is None:
-                    inserts.append({
-                        "sku": r.sku, "spec": None, "base_unit": "个", "unit_cost": Decimal(0), "owner_id": None,
-                        "lot_tracked": False, "pinned_class": None, "created_at": self.now,
-                        **vals, "abc_class": vals.get("pinned_class") or "C",
-                    })
+                    inserts.append(
+                        {
+                            "sku": r.sku,
+                            "spec": None,
+                            "base_unit": "个",
+                            "unit_cost": Decimal(0),
+                            "owner_id": None,
+                            "lot_tracked": False,
+                            "pinned_class": None,
+                            "created_at": self.now,
+                            **vals,
+                            "abc_class": vals.get("pinned_class") or "C",
+                        }
+                    )
                 else:
                     diff = {k: v for k, v in vals.items() if getattr(cur, k) != v}
                     if diff:
@@ -1071,7 +1192,9 @@ class _Items(_Importer):
                         changed.add(r.sku)
             ids = {sku: row.id for sku, row in existing.items()}
             for ins in chunks(inserts, BATCH):
-                new_ids = await s.execute(insert(_table(Item)).returning(_table(Item).c.sku, _table(Item).c.id), ins)
+                new_ids = await s.execute(
+                    insert(_table(Item)).returning(_table(Item).c.sku, _table(Item).c.id), ins
+                )
                 ids.update((sku, i) for sku, i in new_ids)
             if updates:
                 await s.execute(update(Item), updates)
@@ -1079,8 +1202,14 @@ class _Items(_Importer):
             wanted = {b: r.sku for r in recs for b in r.barcodes}
             have: set[str] = set()
             for chunk in chunks(wanted):
-                have.update(await s.scalars(select(ItemBarcode.barcode).where(ItemBarcode.barcode.in_(chunk))))
-            new_codes = [{"barcode": b, "item_id": ids[sku], "unit": None} for b, sku in wanted.items() if b not in have]
+                have.update(
+                    await s.scalars(select(ItemBarcode.barcode).where(ItemBarcode.barcode.in_(chunk)))
+                )
+            new_codes = [
+                {"barcode": b, "item_id": ids[sku], "unit": None}
+                for b, sku in wanted.items()
+                if b not in have
+            ]
             if new_codes:
                 await s.execute(insert(_table(ItemBarcode)), new_codes)
                 changed.update(wanted[c["barcode"]] for c in new_codes)
@@ -1090,8 +1219,9 @@ class _Items(_Importer):
                 cur_units: dict[tuple[int, str], tuple[int, Decimal]] = {}
                 for unit_chunk in chunks({k[0] for k in packs}):
                     unit_rows = await s.execute(
-                        select(ItemUnit.item_id, ItemUnit.unit, ItemUnit.id, ItemUnit.factor)
-                        .where(ItemUnit.item_id.in_(unit_chunk))
+                        select(ItemUnit.item_id, ItemUnit.unit, ItemUnit.id, ItemUnit.factor).where(
+                            ItemUnit.item_id.in_(unit_chunk)
+                        )
                     )
                     cur_units.update(((iid, u), (uid, f)) for iid, u, uid, f in unit_rows)
                 unit_inserts, unit_updates = [], []
@@ -1137,8 +1267,13 @@ class _Locations(_Importer):
 
     def parse(self, r: _Row) -> _LocRec:
         return _LocRec(
-            r.n, r.text("warehouse", True) or "", r.text("location", True) or "", r.text("location_barcode"),
-            r.text("zone"), r.text("warehouse_name"), r.parsed("sequence", parse_int),
+            r.n,
+            r.text("warehouse", True) or "",
+            r.text("location", True) or "",
+            r.text("location_barcode"),
+            r.text("zone"),
+            r.text("warehouse_name"),
+            r.parsed("sequence", parse_int),
         )
 
     async def validate(self) -> None:
@@ -1155,14 +1290,20 @@ class _Locations(_Importer):
                 first = self.seen.setdefault(key, packed)
                 if first != packed:
                     if first >> 32 != packed >> 32:
-                        _dup_issue(self.issues, rec.row, f"库位“{rec.warehouse}/{rec.location}”",
-                                   f'location "{rec.warehouse}/{rec.location}"', first & 0xFFFFFFFF)
+                        _dup_issue(
+                            self.issues,
+                            rec.row,
+                            f"库位“{rec.warehouse}/{rec.location}”",
+                            f'location "{rec.warehouse}/{rec.location}"',
+                            first & 0xFFFFFFFF,
+                        )
                     continue
                 if rec.warehouse_name:
                     name, row = self.wh_names.setdefault(rec.warehouse, (rec.warehouse_name, rec.row))
                     if name != rec.warehouse_name:
                         self.issues.add(
-                            rec.row, self.cmap.header["warehouse_name"],
+                            rec.row,
+                            self.cmap.header["warehouse_name"],
                             f"仓库“{rec.warehouse}”在第 {row} 行的名称是“{name}”，这里是“{rec.warehouse_name}”，请统一",
                             f'warehouse "{rec.warehouse}" is named "{name}" in row {row} but "{rec.warehouse_name}" '
                             "here; use one name",
@@ -1174,7 +1315,8 @@ class _Locations(_Importer):
                     prev = barcode_seen.setdefault(rec.barcode, kh << 32 | rec.row)
                     if prev >> 32 != kh:
                         self.issues.add(
-                            rec.row, self.cmap.header["location_barcode"],
+                            rec.row,
+                            self.cmap.header["location_barcode"],
                             f"库位条码“{rec.barcode}”在第 {prev & 0xFFFFFFFF} 行已用于另一个库位，请改正",
                             f'location barcode "{rec.barcode}" is already used by another location in row '
                             f"{prev & 0xFFFFFFFF}; fix it",
@@ -1190,7 +1332,8 @@ class _Locations(_Importer):
                     rec = pending[str(b)]
                     if (wh, code) != (rec.warehouse, rec.location):
                         self.issues.add(
-                            rec.row, self.cmap.header["location_barcode"],
+                            rec.row,
+                            self.cmap.header["location_barcode"],
                             f"库位条码“{b}”已属于库位“{wh}/{code}”，请改正",
                             f'location barcode "{b}" already belongs to location "{wh}/{code}"; fix it',
                         )
@@ -1201,8 +1344,12 @@ class _Locations(_Importer):
         s = self.session
         # warehouses
         file_whs = {wh for wh, _ in self.seen}
-        whs = dict((c, (i, n)) for c, i, n in await s.execute(
-            select(Warehouse.code, Warehouse.id, Warehouse.name).where(Warehouse.code.in_(file_whs))))
+        whs = dict(
+            (c, (i, n))
+            for c, i, n in await s.execute(
+                select(Warehouse.code, Warehouse.id, Warehouse.name).where(Warehouse.code.in_(file_whs))
+            )
+        )
         for code in sorted(file_whs - whs.keys()):
             name = self.wh_names.get(code, (code, 0))[0]
             wid = await s.scalar(insert(Warehouse).values(code=code, name=name).returning(Warehouse.id))
@@ -1216,11 +1363,16 @@ class _Locations(_Importer):
         zone_ids: dict[tuple[int, str], int] = {}
         for chunk in chunks({(wh_id[w], z) for w, z in self.zones}):
             rows = await s.execute(
-                select(Zone.warehouse_id, Zone.code, Zone.id).where(tuple_(Zone.warehouse_id, Zone.code).in_(chunk))
+                select(Zone.warehouse_id, Zone.code, Zone.id).where(
+                    tuple_(Zone.warehouse_id, Zone.code).in_(chunk)
+                )
             )
             zone_ids.update(((w, c), i) for w, c, i in rows)
-        new_zones = [{"warehouse_id": wh_id[w], "code": z} for w, z in sorted(self.zones)
-                     if (wh_id[w], z) not in zone_ids]
+        new_zones = [
+            {"warehouse_id": wh_id[w], "code": z}
+            for w, z in sorted(self.zones)
+            if (wh_id[w], z) not in zone_ids
+        ]
         if new_zones:
             rows = await s.execute(insert(Zone).returning(Zone.warehouse_id, Zone.code, Zone.id), new_zones)
             zone_ids.update(((w, c), i) for w, c, i in rows)
@@ -1236,8 +1388,14 @@ class _Locations(_Importer):
             existing: dict[tuple[int, str], Any] = {}
             for chunk in chunks({(wh_id[r.warehouse], r.location) for r in recs}):
                 rows = await s.execute(
-                    select(Location.warehouse_id, Location.code, Location.id, Location.zone_id, Location.barcode,
-                           Location.sequence).where(tuple_(Location.warehouse_id, Location.code).in_(chunk))
+                    select(
+                        Location.warehouse_id,
+                        Location.code,
+                        Location.id,
+                        Location.zone_id,
+                        Location.barcode,
+                        Location.sequence,
+                    ).where(tuple_(Location.warehouse_id, Location.code).in_(chunk))
                 )
                 existing.update(((row.warehouse_id, row.code), row) for row in rows)
             inserts, updates = [], []
@@ -1251,7 +1409,9 @@ class _Locations(_Importer):
                 vals["sequence"] = r.sequence if r.sequence is not None else rank[(r.warehouse, r.location)]
                 cur = existing.get((wid, r.location))
                 if cur is None:
-                    inserts.append({"warehouse_id": wid, "code": r.location, "zone_id": None, "barcode": None, **vals})
+                    inserts.append(
+                        {"warehouse_id": wid, "code": r.location, "zone_id": None, "barcode": None, **vals}
+                    )
                     report.created += 1
                 else:
                     diff = {k: v for k, v in vals.items() if getattr(cur, k) != v}
@@ -1285,8 +1445,13 @@ class _Stock(_Importer):
 
     def parse(self, r: _Row) -> _StockRec:
         return _StockRec(
-            r.n, r.text("sku", True) or "", r.text("warehouse", True) or "", r.text("location", True) or "",
-            r.number("qty", True) or Decimal(0), r.text("lot"), r.parsed("as_of", lambda v: parse_datetime(v, self.tz)),
+            r.n,
+            r.text("sku", True) or "",
+            r.text("warehouse", True) or "",
+            r.text("location", True) or "",
+            r.number("qty", True) or Decimal(0),
+            r.text("lot"),
+            r.parsed("as_of", lambda v: parse_datetime(v, self.tz)),
         )
 
     async def validate(self) -> None:
@@ -1302,14 +1467,19 @@ class _Stock(_Importer):
                 packed = _digest(rec.qty, rec.as_of) << 32 | rec.row
                 first = self.seen.setdefault(key, packed)
                 what = f"{rec.sku} @ {rec.warehouse}/{rec.location}" + (f" 批次 {rec.lot}" if rec.lot else "")
-                what_en = f"{rec.sku} @ {rec.warehouse}/{rec.location}" + (f" lot {rec.lot}" if rec.lot else "")
+                what_en = f"{rec.sku} @ {rec.warehouse}/{rec.location}" + (
+                    f" lot {rec.lot}" if rec.lot else ""
+                )
                 if first != packed:
                     if first >> 32 != packed >> 32:
-                        _dup_issue(self.issues, rec.row, f"库存“{what}”", f'stock "{what_en}"', first & 0xFFFFFFFF)
+                        _dup_issue(
+                            self.issues, rec.row, f"库存“{what}”", f'stock "{what_en}"', first & 0xFFFFFFFF
+                        )
                     continue
                 if (rec.lot and il in self.seen) or (not rec.lot and il in self.lot_sum):
                     self.issues.add(
-                        rec.row, self.cmap.header.get("lot"),
+                        rec.row,
+                        self.cmap.header.get("lot"),
                         f"“{rec.sku} @ {rec.warehouse}/{rec.location}”既有带批次的行又有不带批次的行，请统一",
                         f'"{rec.sku} @ {rec.warehouse}/{rec.location}" has rows with and without a lot; '
                         "use lots on all of them or on none",
@@ -1335,9 +1505,13 @@ class _Stock(_Importer):
             ils: dict[int, Any] = {}
             for chunk in chunks({(i, loc) for _, i, loc in resolved}):
                 rows = await s.execute(
-                    select(ItemLocation.item_id, ItemLocation.location_id, ItemLocation.id, ItemLocation.qty,
-                           ItemLocation.book_as_of)
-                    .where(tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk))
+                    select(
+                        ItemLocation.item_id,
+                        ItemLocation.location_id,
+                        ItemLocation.id,
+                        ItemLocation.qty,
+                        ItemLocation.book_as_of,
+                    ).where(tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk))
                 )
                 ils.update((_pack(row.item_id, row.location_id), row) for row in rows)
             lot_rows: list[tuple[_StockRec, Any]] = []
@@ -1379,14 +1553,18 @@ class _Stock(_Importer):
                 await self._write_lots(lot_rows, after, report)
 
     async def _write_lots(
-        self, lot_rows: list[tuple[_StockRec, Any]], after: dict[tuple[int, str | None], Decimal], report: ImportReport
+        self,
+        lot_rows: list[tuple[_StockRec, Any]],
+        after: dict[tuple[int, str | None], Decimal],
+        report: ImportReport,
     ) -> None:
         s = self.session
         cur: dict[int, dict[str, tuple[int, Decimal]]] = {}
         for chunk in chunks({il.id for _, il in lot_rows}):
             rows = await s.execute(
-                select(LotBalance.item_location_id, LotBalance.lot, LotBalance.id, LotBalance.qty)
-                .where(LotBalance.item_location_id.in_(chunk))
+                select(LotBalance.item_location_id, LotBalance.lot, LotBalance.id, LotBalance.qty).where(
+                    LotBalance.item_location_id.in_(chunk)
+                )
             )
             for il_id, lot, lb_id, qty in rows:
                 cur.setdefault(il_id, {})[lot] = (lb_id, qty)
@@ -1431,8 +1609,16 @@ class _MoveRec:
     lot: str | None
 
     def natural_key(self) -> str:
-        parts = (self.source_doc or "", self.sku, self.warehouse, self.location, self.lot or "",
-                 format(self.qty.normalize(), "f"), self.occurred_at.isoformat(), self.type.value)
+        parts = (
+            self.source_doc or "",
+            self.sku,
+            self.warehouse,
+            self.location,
+            self.lot or "",
+            format(self.qty.normalize(), "f"),
+            self.occurred_at.isoformat(),
+            self.type.value,
+        )
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
@@ -1450,8 +1636,11 @@ class _Movements(_Importer):
                 r.bad("time", e.zh, e.en)
                 return None
             if d is None:
-                r.bad("date", "只有时刻没有日期，请填写日期，例如 2025-05-01",
-                      "a time of day without a date; fill in the date, e.g. 2025-05-01")
+                r.bad(
+                    "date",
+                    "只有时刻没有日期，请填写日期，例如 2025-05-01",
+                    "a time of day without a date; fill in the date, e.g. 2025-05-01",
+                )
                 return None
             day = r.parsed("date", parse_date)
             if day is None:
@@ -1459,7 +1648,11 @@ class _Movements(_Importer):
             return datetime.combine(day, tod.replace(tzinfo=None), self.tz).astimezone(UTC)
         if d is None:
             key = "date" if "date" in self.cmap else "time"
-            r.bad(key, "不能为空，请填写日期，例如 2025-05-01", "must not be empty; fill in the date, e.g. 2025-05-01")
+            r.bad(
+                key,
+                "不能为空，请填写日期，例如 2025-05-01",
+                "must not be empty; fill in the date, e.g. 2025-05-01",
+            )
             return None
         result: datetime | None = r.parsed("date", lambda v: parse_datetime(v, self.tz))
         return result
@@ -1492,8 +1685,9 @@ class _Movements(_Importer):
             il_ids: dict[int, int] = {}
             for chunk in chunks({(i, loc) for _, i, loc in resolved}):
                 rows = await s.execute(
-                    select(ItemLocation.item_id, ItemLocation.location_id, ItemLocation.id)
-                    .where(tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk))
+                    select(ItemLocation.item_id, ItemLocation.location_id, ItemLocation.id).where(
+                        tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk)
+                    )
                 )
                 il_ids.update((_pack(i, loc), il) for i, loc, il in rows)
             lines = []
@@ -1501,11 +1695,19 @@ class _Movements(_Importer):
                 base = rec.natural_key()
                 short = int(base[:16], 16)
                 n = occurrences[short] = occurrences.get(short, 0) + 1
-                lines.append(MovementLine(
-                    item_id=item_id, location_id=loc_id, item_location_id=il_ids[_pack(item_id, loc_id)],
-                    qty=rec.qty, type=rec.type, occurred_at=rec.occurred_at, lot=rec.lot,
-                    source_doc=rec.source_doc, import_key=f"{base}:{n}",
-                ))
+                lines.append(
+                    MovementLine(
+                        item_id=item_id,
+                        location_id=loc_id,
+                        item_location_id=il_ids[_pack(item_id, loc_id)],
+                        qty=rec.qty,
+                        type=rec.type,
+                        occurred_at=rec.occurred_at,
+                        lot=rec.lot,
+                        source_doc=rec.source_doc,
+                        import_key=f"{base}:{n}",
+                    )
+                )
             created = await apply_movements(s, lines, recorded_at=self.now)
             report.created += created
             report.unchanged += len(batch) - created
@@ -1529,8 +1731,17 @@ class _UserRec:
     unavailable: list[date] | None
 
     def digest(self) -> int:
-        return _digest(self.name, self.roles, self.team, self.zones, self.wecom_userid, self.feishu_open_id,
-                       self.dingtalk_userid, self.capacity_minutes, self.unavailable)
+        return _digest(
+            self.name,
+            self.roles,
+            self.team,
+            self.zones,
+            self.wecom_userid,
+            self.feishu_open_id,
+            self.dingtalk_userid,
+            self.capacity_minutes,
+            self.unavailable,
+        )
 
 
 _PLATFORM_IDS = ("wecom_userid", "feishu_open_id", "dingtalk_userid")
@@ -1542,12 +1753,23 @@ class _Users(_Importer):
     def parse(self, r: _Row) -> _UserRec:
         cap = r.parsed("capacity_minutes", parse_int)
         if cap is not None and not 0 <= cap <= 24 * 60:
-            r.bad("capacity_minutes", f"“{cap}” 不在 0 到 1440 分钟之间，请填写每天可用于盘点的分钟数",
-                  f'"{cap}" is not between 0 and 1440; enter the minutes per day available for counting')
+            r.bad(
+                "capacity_minutes",
+                f"“{cap}” 不在 0 到 1440 分钟之间，请填写每天可用于盘点的分钟数",
+                f'"{cap}" is not between 0 and 1440; enter the minutes per day available for counting',
+            )
         return _UserRec(
-            r.n, r.text("name", True) or "", r.text("employee_no", True) or "", r.parsed("roles", parse_roles),
-            r.text("team"), split_list(r.raw("zones")) or None, r.text("wecom_userid"), r.text("feishu_open_id"),
-            r.text("dingtalk_userid"), cap, r.parsed("unavailable", parse_date_list),
+            r.n,
+            r.text("name", True) or "",
+            r.text("employee_no", True) or "",
+            r.parsed("roles", parse_roles),
+            r.text("team"),
+            split_list(r.raw("zones")) or None,
+            r.text("wecom_userid"),
+            r.text("feishu_open_id"),
+            r.text("dingtalk_userid"),
+            cap,
+            r.parsed("unavailable", parse_date_list),
         )
 
     async def _zone_index(self) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -1573,8 +1795,13 @@ class _Users(_Importer):
                 first = self.seen.setdefault(rec.employee_no, packed)
                 if first != packed:
                     if first >> 32 != packed >> 32:
-                        _dup_issue(self.issues, rec.row, f"工号“{rec.employee_no}”", f'employee number "{rec.employee_no}"',
-                                   first & 0xFFFFFFFF)
+                        _dup_issue(
+                            self.issues,
+                            rec.row,
+                            f"工号“{rec.employee_no}”",
+                            f'employee number "{rec.employee_no}"',
+                            first & 0xFFFFFFFF,
+                        )
                     continue
                 for z in rec.zones or ():
                     zf = z.casefold()
@@ -1583,23 +1810,32 @@ class _Users(_Importer):
                     elif len(bare.get(zf, [])) == 1:
                         self.zone_ids[z] = bare[zf][0]
                     elif zf in bare:
-                        self.issues.add(rec.row, self.cmap.header["zones"],
-                                        f"库区“{z}”在多个仓库中都有，请写成 仓库/库区，例如 SH01/{z}",
-                                        f'zone "{z}" exists in several warehouses; write WAREHOUSE/ZONE, e.g. SH01/{z}')
+                        self.issues.add(
+                            rec.row,
+                            self.cmap.header["zones"],
+                            f"库区“{z}”在多个仓库中都有，请写成 仓库/库区，例如 SH01/{z}",
+                            f'zone "{z}" exists in several warehouses; write WAREHOUSE/ZONE, e.g. SH01/{z}',
+                        )
                     else:
-                        self.issues.add(rec.row, self.cmap.header["zones"],
-                                        f"库区“{z}”不存在，请写成 仓库/库区（例如 SH01/A），或先导入库位",
-                                        f'zone "{z}" does not exist; write WAREHOUSE/ZONE (e.g. SH01/A) or import '
-                                        "locations first")
+                        self.issues.add(
+                            rec.row,
+                            self.cmap.header["zones"],
+                            f"库区“{z}”不存在，请写成 仓库/库区（例如 SH01/A），或先导入库位",
+                            f'zone "{z}" does not exist; write WAREHOUSE/ZONE (e.g. SH01/A) or import '
+                            "locations first",
+                        )
                 for col in _PLATFORM_IDS:
                     v = getattr(rec, col)
                     if v:
                         other, row = ids_seen.setdefault((col, v), (rec.employee_no, rec.row))
                         if other != rec.employee_no:
-                            self.issues.add(rec.row, self.cmap.header[col],
-                                            f"“{v}”在第 {row} 行已用于工号“{other}”，每个账号只能绑定一个人",
-                                            f'"{v}" is already used for employee "{other}" in row {row}; '
-                                            "an account belongs to one person only")
+                            self.issues.add(
+                                rec.row,
+                                self.cmap.header[col],
+                                f"“{v}”在第 {row} 行已用于工号“{other}”，每个账号只能绑定一个人",
+                                f'"{v}" is already used for employee "{other}" in row {row}; '
+                                "an account belongs to one person only",
+                            )
             if self.issues.full:
                 return
         for col in _PLATFORM_IDS:
@@ -1609,10 +1845,13 @@ class _Users(_Importer):
                 rows = await self.session.execute(select(column, User.employee_no).where(column.in_(chunk)))
                 for v, emp in rows:
                     if emp != values[v]:
-                        self.issues.add(ids_seen[(col, v)][1], self.cmap.header[col],
-                                        f"“{v}”已绑定工号“{emp}”，每个账号只能绑定一个人，请改正",
-                                        f'"{v}" already belongs to employee "{emp}"; an account belongs to one person '
-                                        "only; fix it")
+                        self.issues.add(
+                            ids_seen[(col, v)][1],
+                            self.cmap.header[col],
+                            f"“{v}”已绑定工号“{emp}”，每个账号只能绑定一个人，请改正",
+                            f'"{v}" already belongs to employee "{emp}"; an account belongs to one person '
+                            "only; fix it",
+                        )
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
         s = self.session
@@ -1627,9 +1866,17 @@ class _Users(_Importer):
             existing: dict[str, Any] = {}
             for chunk in chunks([r.employee_no for r in recs]):
                 rows = await s.execute(
-                    select(User.employee_no, User.id, User.name, User.roles, User.team_id, User.capacity_minutes,
-                           User.wecom_userid, User.feishu_open_id, User.dingtalk_userid)
-                    .where(User.employee_no.in_(chunk))
+                    select(
+                        User.employee_no,
+                        User.id,
+                        User.name,
+                        User.roles,
+                        User.team_id,
+                        User.capacity_minutes,
+                        User.wecom_userid,
+                        User.feishu_open_id,
+                        User.dingtalk_userid,
+                    ).where(User.employee_no.in_(chunk))
                 )
                 existing.update((row.employee_no, row) for row in rows)
             changed: set[str] = set()
@@ -1648,8 +1895,9 @@ class _Users(_Importer):
                 cur = existing.get(r.employee_no)
                 if cur is None:
                     vals.setdefault("roles", [Role.COUNTER.value])
-                    uid = await s.scalar(insert(User).values(employee_no=r.employee_no, active=True, **vals)
-                                         .returning(User.id))
+                    uid = await s.scalar(
+                        insert(User).values(employee_no=r.employee_no, active=True, **vals).returning(User.id)
+                    )
                     assert uid is not None
                     ids[r.employee_no] = uid
                 else:
@@ -1670,26 +1918,38 @@ class _Users(_Importer):
                 have = cur_zones.get(uid, set())
                 if want != have:
                     if have - want:
-                        await s.execute(delete(UserZone).where(UserZone.user_id == uid,
-                                                               UserZone.zone_id.in_(have - want)))
+                        await s.execute(
+                            delete(UserZone).where(UserZone.user_id == uid, UserZone.zone_id.in_(have - want))
+                        )
                     if want - have:
-                        await s.execute(insert(UserZone), [{"user_id": uid, "zone_id": z} for z in want - have])
+                        await s.execute(
+                            insert(UserZone), [{"user_id": uid, "zone_id": z} for z in want - have]
+                        )
                     changed.add(r.employee_no)
             with_days = {ids[r.employee_no]: r for r in recs if r.unavailable}
             cur_days: set[tuple[int, date]] = set()
             for chunk in chunks(with_days):
                 cur_days.update(
-                    (u, d) for u, d in await s.execute(
-                        select(UserUnavailability.user_id, UserUnavailability.day)
-                        .where(UserUnavailability.user_id.in_(chunk))
+                    (u, d)
+                    for u, d in await s.execute(
+                        select(UserUnavailability.user_id, UserUnavailability.day).where(
+                            UserUnavailability.user_id.in_(chunk)
+                        )
                     )
                 )
-            new_days = [{"user_id": uid, "day": d, "note": None} for uid, r in with_days.items()
-                        for d in sorted(set(r.unavailable or ())) if (uid, d) not in cur_days]
+            new_days = [
+                {"user_id": uid, "day": d, "note": None}
+                for uid, r in with_days.items()
+                for d in sorted(set(r.unavailable or ()))
+                if (uid, d) not in cur_days
+            ]
             if new_days:
                 await s.execute(insert(UserUnavailability), new_days)
-                changed.update(r.employee_no for uid, r in with_days.items()
-                               if any(x["user_id"] == uid for x in new_days))
+                changed.update(
+                    r.employee_no
+                    for uid, r in with_days.items()
+                    if any(x["user_id"] == uid for x in new_days)
+                )
             for r in recs:
                 if r.employee_no not in existing:
                     report.created += 1
@@ -1700,7 +1960,11 @@ class _Users(_Importer):
 
 
 _IMPORTERS: dict[str, type[_Importer]] = {
-    "items": _Items, "locations": _Locations, "stock": _Stock, "movements": _Movements, "users": _Users,
+    "items": _Items,
+    "locations": _Locations,
+    "stock": _Stock,
+    "movements": _Movements,
+    "users": _Users,
 }
 
 
@@ -1726,8 +1990,11 @@ async def import_file(
     if kind is None:
         kind = guess_kind(sheet.headers, file=sheet.name)
     elif kind not in KINDS:
-        raise _fail(sheet.name, f"未知的导入类型“{kind}”，请使用 {'、'.join(KINDS)} 之一",
-                    f'unknown import kind "{kind}"; use one of {", ".join(KINDS)}')
+        raise _fail(
+            sheet.name,
+            f"未知的导入类型“{kind}”，请使用 {'、'.join(KINDS)} 之一",
+            f'unknown import kind "{kind}"; use one of {", ".join(KINDS)}',
+        )
     cmap, header_issues = map_headers(kind, sheet.headers, sheet.name)
     if header_issues:
         for i in header_issues:
@@ -1738,8 +2005,11 @@ async def import_file(
     await importer.validate()
     importer.issues.raise_if_any()
     if importer.rows == 0:
-        raise _fail(sheet.name, "只有表头，没有数据行，请从第二行起填写数据",
-                    "the file has headers but no data rows; fill in data from row 2")
+        raise _fail(
+            sheet.name,
+            "只有表头，没有数据行，请从第二行起填写数据",
+            "the file has headers but no data rows; fill in data from row 2",
+        )
     report = ImportReport(kind=kind, rows=importer.rows)
     await importer.write(report, progress)
     await session.flush()

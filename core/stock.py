@@ -36,8 +36,11 @@ _IL: Table = ItemLocation.__table__  # type: ignore[assignment]
 _IL_MOVED = (
     update(_IL)
     .where(_IL.c.id == bindparam("b_id"))
-    .values(qty=bindparam("qty"), last_movement_at=bindparam("last_movement_at"),
-            turnover_value=bindparam("turnover_value"))
+    .values(
+        qty=bindparam("qty"),
+        last_movement_at=bindparam("last_movement_at"),
+        turnover_value=bindparam("turnover_value"),
+    )
 )
 _T = TypeVar("_T")
 
@@ -223,7 +226,9 @@ async def apply_movements(
                     last_mv = ln.occurred_at
                 if last_counted is None or ln.occurred_at > last_counted:
                     turnover += abs(ln.qty) * (unit_cost or Decimal(0))
-            updates.append({"b_id": il_id, "qty": qty, "last_movement_at": last_mv, "turnover_value": turnover})
+            updates.append(
+                {"b_id": il_id, "qty": qty, "last_movement_at": last_mv, "turnover_value": turnover}
+            )
     for upd in chunks(updates, 2000):
         await session.execute(_IL_MOVED, upd)
 

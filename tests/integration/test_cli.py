@@ -102,7 +102,9 @@ def test_ledger_untouched_by_plan(cli: CliRunner, database_url: str) -> None:
 
 def test_import_command(cli: CliRunner, database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     locs = tmp_path / "库位.csv"
-    locs.write_bytes("仓库,库位,库位条码,库区\nSH01,A-01-01,LOC-A0101,A\nSH01,A-01-02,LOC-A0102,A\n".encode("gbk"))
+    locs.write_bytes(
+        "仓库,库位,库位条码,库区\nSH01,A-01-01,LOC-A0101,A\nSH01,A-01-02,LOC-A0102,A\n".encode("gbk")
+    )
     ok = cli.invoke(main, ["import", str(locs)])
     assert ok.exit_code == 0, ok.output
     assert "locations" in ok.output and "2 created" in ok.output

@@ -63,7 +63,13 @@ def test_dependency_direction() -> None:
     pure = {"classification.py", "calendar.py", "enums.py", "quantity.py"}
     for path in (ROOT / "core").rglob("*.py"):
         mods = _imports(path)
-        assert not any(m.split(".")[0] in ("bot", "integrations") for m in mods), f"{path} imports bot/integrations"
+        assert not any(m.split(".")[0] in ("bot", "integrations") for m in mods), (
+            f"{path} imports bot/integrations"
+        )
         rel = path.relative_to(ROOT / "core").as_posix()
-        if path.name in pure or rel in ("scheduling/planner.py", "scheduling/policy.py", "scheduling/assignment.py"):
+        if path.name in pure or rel in (
+            "scheduling/planner.py",
+            "scheduling/policy.py",
+            "scheduling/assignment.py",
+        ):
             assert not any(m.startswith("sqlalchemy") for m in mods), f"{rel} is pure but imports SQLAlchemy"

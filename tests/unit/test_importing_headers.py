@@ -90,8 +90,13 @@ def test_guess_kind_fails_naming_file_headers_and_needs() -> None:
 
 
 def test_issue_text_names_file_row_and_column() -> None:
-    i = ImportIssue("items.xlsx", 7, "单价", "“abc” 不是数字，请填写数字，例如 12.5",
-                    '"abc" is not a number; enter a number such as 12.5')
+    i = ImportIssue(
+        "items.xlsx",
+        7,
+        "单价",
+        "“abc” 不是数字，请填写数字，例如 12.5",
+        '"abc" is not a number; enter a number such as 12.5',
+    )
     assert str(i) == (
         "items.xlsx 第 7 行 “单价” 列：“abc” 不是数字，请填写数字，例如 12.5 / "
         'items.xlsx row 7, column "单价": "abc" is not a number; enter a number such as 12.5'
@@ -107,8 +112,15 @@ def test_cell_text() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [("12.5", Decimal("12.5")), (3, Decimal(3)), (0.1, Decimal("0.1")), ("1,234.50", Decimal("1234.5")),
-     ("１２", Decimal(12)), ("-3", Decimal(-3)), ("0.123456", Decimal("0.1235"))],
+    [
+        ("12.5", Decimal("12.5")),
+        (3, Decimal(3)),
+        (0.1, Decimal("0.1")),
+        ("1,234.50", Decimal("1234.5")),
+        ("１２", Decimal(12)),
+        ("-3", Decimal(-3)),
+        ("0.123456", Decimal("0.1235")),
+    ],
 )
 def test_parse_decimal(raw: object, value: Decimal) -> None:
     assert parse_decimal(raw) == value
@@ -134,8 +146,15 @@ def test_parse_int() -> None:
 
 
 def test_parse_bool_and_class() -> None:
-    assert [parse_bool(v) for v in ("是", "否", "Yes", "no", "1", 0, True)] == [True, False, True, False, True,
-                                                                               False, True]
+    assert [parse_bool(v) for v in ("是", "否", "Yes", "no", "1", 0, True)] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
     with pytest.raises(BadValue):
         parse_bool("maybe")
     assert parse_class("a") == "A" and parse_class("B类") == "B"
@@ -195,6 +214,10 @@ def test_time_of_day_and_date_lists() -> None:
     assert parse_time_of_day("08:30") == time(8, 30)
     assert parse_time_of_day("2025-05-01 08:30") is None
     assert parse_date_list("2025-05-01, 2025-05-03~2025-05-05") == [
-        date(2025, 5, 1), date(2025, 5, 3), date(2025, 5, 4), date(2025, 5, 5)]
+        date(2025, 5, 1),
+        date(2025, 5, 3),
+        date(2025, 5, 4),
+        date(2025, 5, 5),
+    ]
     with pytest.raises(BadValue):
         parse_date_list("2025-05-05~2025-05-01")
