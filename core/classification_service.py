@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import Column, Integer, Numeric, String, case, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 
 from core.classification import Classified, ClassSummaryRow, ItemValue, classify_abc, summarise
 from core.config import Settings
@@ -94,7 +95,7 @@ async def refresh_item_location_classes(
         [None] if item_ids is None else [item_ids[i : i + BATCH] for i in range(0, len(item_ids), BATCH)]
     )
     for chunk in chunks:
-        conds = []
+        conds: list[ColumnElement[bool]] = []
         if only_missing:
             conds.append(il.abc_class.is_(None))
         if warehouse_id is not None:
@@ -178,7 +179,7 @@ async def apply_pins(session: AsyncSession) -> int:
         .execution_options(synchronize_session=False)
     )
     await session.execute(insert(ClassChange), history)
-    changed = sorted({h["item_id"] for h in history})
+    changed = sorted({int(str(h["item_id"])) for h in history})
     await refresh_item_location_classes(session, item_ids=changed)
     return len(changed)
 
@@ -203,21 +204,27 @@ async def _write(
     rows = ((r.item_id, old.get(r.item_id), r.abc_class, r.value, r.basis.value) for r in changed)
     async with staged(session, CLASS_STAGING, rows) as st:
         c = st.c
-        il = ItemLocation.__table__
+        il = ItemLocation
         if warehouse_id is None:
             await session.execute(
-                update(Item.__table__).where(Item.id == c.item_id).values(abc_class=c.new_class)
+                update(Item)
+                .where(Item.id == c.item_id)
+                .values(abc_class=c.new_class)
+                .execution_options(synchronize_session=False)
             )
             no_warehouse_class = ~(
                 select(ItemWarehouseClass.item_id)
                 .where(
-                    ItemWarehouseClass.item_id == il.c.item_id,
-                    ItemWarehouseClass.warehouse_id == il.c.warehouse_id,
+                    ItemWarehouseClass.item_id == il.item_id,
+                    ItemWarehouseClass.warehouse_id == il.warehouse_id,
                 )
                 .exists()
             )
             await session.execute(
-                update(il).where(il.c.item_id == c.item_id, no_warehouse_class).values(abc_class=c.new_class)
+                update(il)
+                .where(il.item_id == c.item_id, no_warehouse_class)
+                .values(abc_class=c.new_class)
+                .execution_options(synchronize_session=False)
             )
         else:
             upsert = dialect_insert(session, ItemWarehouseClass).from_select(
@@ -232,8 +239,9 @@ async def _write(
             )
             await session.execute(
                 update(il)
-                .where(il.c.item_id == c.item_id, il.c.warehouse_id == warehouse_id)
+                .where(il.item_id == c.item_id, il.warehouse_id == warehouse_id)
                 .values(abc_class=c.new_class)
+                .execution_options(synchronize_session=False)
             )
         await session.execute(
             insert(ClassChange).from_select(

@@ -370,7 +370,7 @@ async def _write(session: AsyncSession, day: date, decisions: list[Decision]) ->
     """Insert the proposed tasks (nothing twice) and record what the rotation has covered."""
     if not decisions:
         return 0
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for d in decisions:
         p = d.proposal
         if p is None:
@@ -409,18 +409,20 @@ async def _apply_staged(session: AsyncSession, day: date) -> int:
     )  # fmt: skip
     created = (await session.execute(insert_tasks)).rowcount  # type: ignore[attr-defined]
     # one write per item-location row (PostgreSQL writes a new row version per UPDATE)
-    il = ItemLocation.__table__
     await session.execute(
-        update(il)
-        .where(il.c.id == st.item_location_id)
+        update(ItemLocation)
+        .where(ItemLocation.id == st.item_location_id)
         .values(
-            last_rotation_cycle=func.coalesce(st.satisfies_cycle, il.c.last_rotation_cycle),
-            last_planned_on=case((proposed, literal(day, Date)), else_=il.c.last_planned_on),
+            last_rotation_cycle=func.coalesce(st.satisfies_cycle, ItemLocation.last_rotation_cycle),
+            last_planned_on=case((proposed, literal(day, Date)), else_=ItemLocation.last_planned_on),
         )
+        .execution_options(synchronize_session=False)
     )
-    cr = CountRequest.__table__
     await session.execute(
-        update(cr).where(cr.c.id == st.request_id, st.request_id.is_not(None)).values(planned_on=day)
+        update(CountRequest)
+        .where(CountRequest.id == st.request_id, st.request_id.is_not(None))
+        .values(planned_on=day)
+        .execution_options(synchronize_session=False)
     )
     return int(created or 0)
 
