@@ -71,3 +71,31 @@ class TaskStatus(StrEnum):
 
 
 OPEN_STATUSES = (TaskStatus.OPEN, TaskStatus.IN_PROGRESS)
+
+
+class CountOutcome(StrEnum):
+    COUNTED = "counted"
+    EMPTY = "empty"  # "location empty"
+    NOT_HERE = "not_here"  # "item not here"
+    FOUND_UNLISTED = "found_unlisted"  # "found an item that was not on my list"
+
+
+class EntryMethod(StrEnum):
+    SCAN = "scan"
+    TYPED = "typed"
+    CLI = "cli"
+
+
+class ApprovalDecision(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RECOUNT = "recount"
+    ESCALATED = "escalated"
+    CANCELLED = "cancelled"
+
+
+class AdjustmentKind(StrEnum):
+    GAIN = "gain"
+    LOSS = "loss"
+    TRANSFER = "transfer"

@@ -39,6 +39,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from core.enums import (  # noqa: F401  (re-exported: models are where most code looks for them)
     CONSUMPTION_TYPES,
     OPEN_STATUSES,
+    AdjustmentKind,
+    ApprovalDecision,
+    CountOutcome,
+    EntryMethod,
     MovementType,
     Role,
     TaskReason,
@@ -365,3 +369,152 @@ class CountRequest(Base):
     note: Mapped[str | None] = mapped_column(Text)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     planned_on: Mapped[date | None] = mapped_column(Date)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The count-to-adjustment workflow (issue 3). Workflow states are plain strings validated by the transition
+# tables in core.variance.workflow, so a new state needs no schema change.
+
+
+class CountEntry(Base):
+    """One count by one counter. A second full count by the same person supersedes the first (kept)."""
+
+    __tablename__ = "count_entry"
+    __table_args__ = (Index("ix_count_entry_task", "task_id", "counter_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("count_task.id"))
+    counter_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
+    outcome: Mapped[CountOutcome] = mapped_column(_enum(CountOutcome, "count_outcome"))
+    qty: Mapped[Decimal | None] = mapped_column(Qty)  # base units; None when the item was not there
+    lot: Mapped[str | None] = mapped_column(String(64))
+    partial: Mapped[bool] = mapped_column(Boolean, default=False)
+    counted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    method: Mapped[EntryMethod] = mapped_column(_enum(EntryMethod, "entry_method"))
+    raw_text: Mapped[str | None] = mapped_column(String(200))  # what the counter typed ("3箱5个")
+    photos: Mapped[list[str]] = mapped_column(JSON, default=list)
+    note: Mapped[str | None] = mapped_column(Text)
+    recount: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("count_entry.id"))
+    # Set when a blind recount overturned this count (the counter's quality record).
+    overturned: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The inbound event's id (platform message id, CLI invocation): recording the same event twice is a no-op.
+    dedup_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+
+
+class Variance(Base):
+    """The difference between a task's count and the book as of the moment of counting."""
+
+    __tablename__ = "variance"
+    __table_args__ = (
+        Index("ix_variance_state", "warehouse_id", "state"),
+        Index("ix_variance_il", "item_location_id", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("count_task.id"), unique=True)
+    item_location_id: Mapped[int] = mapped_column(ForeignKey("item_location.id"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("location.id"))
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    abc_class: Mapped[str] = mapped_column(String(1))
+    state: Mapped[str] = mapped_column(String(32))
+    count_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    book_qty: Mapped[Decimal] = mapped_column(Qty)
+    counted_qty: Mapped[Decimal] = mapped_column(Qty)
+    qty: Mapped[Decimal] = mapped_column(Qty)  # counted - book
+    pct: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))  # None when the book is 0
+    unit_cost: Mapped[Decimal] = mapped_column(Money)
+    value: Mapped[Decimal] = mapped_column(Money)
+    severity: Mapped[str] = mapped_column(String(16))
+    within_tolerance: Mapped[bool] = mapped_column(Boolean)
+    hit: Mapped[bool] = mapped_column(Boolean)
+    moved_during_count: Mapped[bool] = mapped_column(Boolean, default=False)
+    recounts: Mapped[int] = mapped_column(Integer, default=0)
+    suggested_reason: Mapped[str | None] = mapped_column(String(40))
+    suggestion_text: Mapped[str | None] = mapped_column(Text)
+    reason_code: Mapped[str | None] = mapped_column(String(40))
+    reason_note: Mapped[str | None] = mapped_column(Text)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Optimistic lock: every state change bumps it, and an UPDATE that finds another version changes nothing.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ApprovalStep(Base):
+    __tablename__ = "approval_step"
+    __table_args__ = (UniqueConstraint("variance_id", "seq"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    variance_id: Mapped[int] = mapped_column(ForeignKey("variance.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(20))
+    decision: Mapped[ApprovalDecision] = mapped_column(
+        _enum(ApprovalDecision, "approval_decision"), default=ApprovalDecision.PENDING
+    )
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class Adjustment(Base):
+    """An inventory adjustment document: gain and loss lines, or a transfer for a mis-slot pair."""
+
+    __tablename__ = "adjustment"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    kind: Mapped[AdjustmentKind] = mapped_column(_enum(AdjustmentKind, "adjustment_kind"))
+    state: Mapped[str] = mapped_column(String(32))  # pending_write_back | exported | posted | failed
+    value: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    export_batch: Mapped[str | None] = mapped_column(String(64))
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    erp_doc_no: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AdjustmentLine(Base):
+    __tablename__ = "adjustment_line"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adjustment_id: Mapped[int] = mapped_column(ForeignKey("adjustment.id", ondelete="CASCADE"), index=True)
+    variance_id: Mapped[int | None] = mapped_column(ForeignKey("variance.id"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("item.id"))
+    location_id: Mapped[int] = mapped_column(ForeignKey("location.id"))
+    to_location_id: Mapped[int | None] = mapped_column(ForeignKey("location.id"))  # transfers
+    qty: Mapped[Decimal] = mapped_column(Qty)  # signed for gain/loss; positive for a transfer
+    unit_cost: Mapped[Decimal] = mapped_column(Money)
+    value: Mapped[Decimal] = mapped_column(Money)
+
+
+class AuditEvent(Base):
+    """Append-only trail of every state change, with actor and time."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_entity", "entity", "entity_id", "id"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(20))  # task | count | variance | approval | adjustment
+    entity_id: Mapped[int] = mapped_column(Integer)
+    variance_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    action: Mapped[str] = mapped_column(String(40))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ImprovementItem(Base):
+    """A recurring reason (K times in W days in a warehouse): a process improvement for the manager."""
+
+    __tablename__ = "improvement_item"
+    __table_args__ = (UniqueConstraint("warehouse_id", "reason_code", "window_start"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    warehouse_id: Mapped[int] = mapped_column(ForeignKey("warehouse.id"))
+    reason_code: Mapped[str] = mapped_column(String(40))
+    window_start: Mapped[date] = mapped_column(Date)
+    variance_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    state: Mapped[str] = mapped_column(String(20), default="open")
