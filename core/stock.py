@@ -275,20 +275,17 @@ async def moved_after(
 
 
 async def book_at(session: AsyncSession, item_location_id: int, at: datetime) -> Decimal:
-    """The book quantity at ``at``: current qty minus the movements after ``at`` that moved the book.
+    """The book quantity at ``at``: the current book minus every movement after ``at``.
 
-    Movements at or before the snapshot (``book_as_of``) never moved the book, so they are not taken back.
+    This holds on both sides of a stock snapshot: the snapshot already contains the movements before it
+    (which is why they never moved ``qty``), so taking them back still lands on the book as it stood at ``at``.
     """
-    row = (
-        await session.execute(
-            select(ItemLocation.qty, ItemLocation.book_as_of).where(ItemLocation.id == item_location_id)
-        )
-    ).one()
-    qty, book_as_of = row
-    since = at if book_as_of is None or at > book_as_of else book_as_of
+    qty = await session.scalar(select(ItemLocation.qty).where(ItemLocation.id == item_location_id))
+    if qty is None:
+        raise LookupError(f"no item-location {item_location_id}")
     moved = await session.scalar(
         select(func.coalesce(func.sum(Movement.qty), 0)).where(
-            Movement.item_location_id == item_location_id, Movement.occurred_at > since
+            Movement.item_location_id == item_location_id, Movement.occurred_at > at
         )
     )
-    return Decimal(qty or 0) - Decimal(str(moved or 0))
+    return Decimal(qty) - Decimal(str(moved or 0))

@@ -297,9 +297,8 @@ async def test_movements_snapshot_rule_book_at_and_reimport(session: AsyncSessio
     assert times == {datetime(2025, 5, 1, 16, tzinfo=UTC)}
 
     assert await book_at(session, a10.id, datetime(2025, 5, 2, 12, tzinfo=UTC)) == Decimal(105)
-    assert await book_at(session, a10.id, datetime(2025, 4, 1, tzinfo=UTC)) == Decimal(
-        100
-    )  # not before snapshot
+    # before the snapshot: the -10 at 07:00 is in the snapshot, so the book before it was 110
+    assert await book_at(session, a10.id, datetime(2025, 4, 1, tzinfo=UTC)) == Decimal(110)
     assert await book_at(session, a10.id, NOW) == Decimal(85)
     assert await book_at(session, b1.id, datetime(2025, 5, 1, tzinfo=UTC)) == Decimal(0)
 
