@@ -68,9 +68,13 @@ class InvalidReason(RuleViolation):
 class ReasonSettings(BaseModel):
     codes: list[ReasonCode] = Field(default_factory=_default_codes)
     suggest_window_hours: int = Field(
-        default=24, ge=1, description="movements this close to a count explain it"
+        default=DEFAULT_SUGGEST_WINDOW // timedelta(hours=1),
+        ge=1,
+        description="movements this close to a count explain it",
     )
-    misslot_window_days: int = Field(default=7, ge=0, description="gain and loss this close in time pair up")
+    misslot_window_days: int = Field(
+        default=DEFAULT_MISSLOT_WINDOW.days, ge=0, description="gain and loss this close in time pair up"
+    )
     recurrence_k: int = Field(default=DEFAULT_RECURRENCE_K, ge=1, description="this many of one reason...")
     recurrence_window_days: int = Field(
         default=DEFAULT_RECURRENCE_WINDOW_DAYS, ge=1, description="...in this many days opens an improvement"
@@ -85,6 +89,14 @@ class ReasonSettings(BaseModel):
                 raise ValueError(f"reason codes must be non-empty and unique: {c.code!r}")
             seen.add(c.code)
         return v
+
+    @property
+    def suggest_window(self) -> timedelta:
+        return timedelta(hours=self.suggest_window_hours)
+
+    @property
+    def misslot_window(self) -> timedelta:
+        return timedelta(days=self.misslot_window_days)
 
     def get(self, code: str) -> ReasonCode | None:
         return next((c for c in self.codes if c.code == code), None)
