@@ -36,7 +36,6 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CLASSES = ("A", "B", "C")
-_ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
 
 
