@@ -23,6 +23,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from core.variance.rules import ApprovalSettings, ReasonSettings
+from core.variance.tolerance import ToleranceSettings
+
 CLASSES = ("A", "B", "C")
 
 
@@ -103,6 +106,15 @@ class CalendarSettings(BaseModel):
     extra_days_off: list[date] = Field(default_factory=list)
 
 
+class CountingSettings(BaseModel):
+    moved_window_minutes: int = Field(
+        default=30, ge=0, description="a movement this close to a count marks it 'moved during count'"
+    )
+    max_recounts: int = Field(
+        default=1, ge=0, le=5, description="blind recounts per task before a supervisor decides"
+    )
+
+
 def _default_db_url() -> str:
     return f"sqlite+aiosqlite:///{Path.cwd() / 'pandian.db'}"
 
@@ -121,6 +133,10 @@ class Settings(BaseSettings):
     classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
     planning: PlanningSettings = Field(default_factory=PlanningSettings)
     calendar: CalendarSettings = Field(default_factory=CalendarSettings)
+    counting: CountingSettings = Field(default_factory=CountingSettings)
+    tolerance: ToleranceSettings = Field(default_factory=ToleranceSettings)
+    reasons: ReasonSettings = Field(default_factory=ReasonSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
 
     @field_validator("timezone")
     @classmethod

@@ -355,6 +355,8 @@ class CountTask(Base):
     cycle_key: Mapped[str] = mapped_column(String(40))
     overdue: Mapped[bool] = mapped_column(Boolean, default=False)
     request_id: Mapped[int | None] = mapped_column(ForeignKey("count_request.id"))
+    # A recount (or an unscheduled find) points at the task it follows up.
+    parent_task_id: Mapped[int | None] = mapped_column(ForeignKey("count_task.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -1,0 +1,735 @@
+"""The count-to-adjustment workflow: use cases called by the CLI and the chat bot. Never commits.
+
+record_count → (auto-accept | blind recount by someone else) → review with a reason → approval steps by
+severity (segregation of duties, one outcome when two decide at once) → adjustment (book and ledger) →
+export. Every state change goes through the transition tables in ``core.variance.workflow`` and leaves an
+audit event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core import audit
+from core.config import Settings
+from core.enums import (
+    OPEN_STATUSES,
+    AdjustmentKind,
+    ApprovalDecision,
+    CountOutcome,
+    EntryMethod,
+    MovementType,
+    Role,
+    TaskReason,
+    TaskStatus,
+)
+from core.models import (
+    Adjustment,
+    AdjustmentLine,
+    ApprovalStep,
+    CountEntry,
+    CountTask,
+    Item,
+    ItemLocation,
+    ItemUnit,
+    Location,
+    Movement,
+    User,
+    Variance,
+)
+from core.quantity import QuantityError, UnitSpec, parse_quantity
+from core.stock import book_at
+from core.variance import rules, workflow
+from core.variance.tolerance import Severity, assess, compute_variance
+from core.variance.workflow import AdjustmentState, VarianceEvent, VarianceState
+
+WEIGHED_UNITS = {"kg", "千克", "公斤", "克", "g", "吨", "t", "米", "m", "升", "l", "斤"}
+
+
+class WorkflowError(Exception):
+    """A request the workflow refuses, with a message for people in Chinese and English."""
+
+    def __init__(self, zh: str, en: str) -> None:
+        super().__init__(f"{zh} / {en}")
+        self.zh, self.en = zh, en
+
+
+@dataclass
+class CountResult:
+    entry: CountEntry
+    variance: Variance | None = None
+    duplicate: bool = False
+    recount_task: CountTask | None = None
+    message_zh: str = ""
+    understood: str | None = None
+    events: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+async def _user(session: AsyncSession, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None or not user.active:
+        raise WorkflowError("未登记或已停用的用户", "unknown or inactive user")
+    return user
+
+
+async def unit_spec(session: AsyncSession, item: Item) -> UnitSpec:
+    packs = dict(
+        (
+            await session.execute(select(ItemUnit.unit, ItemUnit.factor).where(ItemUnit.item_id == item.id))
+        ).all()
+    )
+    decimals = 3 if item.base_unit.lower() in WEIGHED_UNITS else 0
+    return UnitSpec(base_unit=item.base_unit, packs={k: Decimal(v) for k, v in packs.items() if k != item.base_unit},
+                    decimals=decimals)  # fmt: skip
+
+
+def _move_variance(
+    v: Variance, event: VarianceEvent, actor_id: int | None, now: datetime, **data: Any
+) -> None:
+    old = VarianceState(v.state)
+    new = workflow.transition(old, event)
+    v.state = new.value
+    v.version += 1
+    audit.record(
+        _session_of(v), "variance", v.id, event.value, actor_id=actor_id, from_state=old.value,
+        to_state=new.value, at=now, **data,
+    )  # fmt: skip
+
+
+def _session_of(obj: Any) -> AsyncSession:
+    from sqlalchemy.orm import object_session
+
+    s = object_session(obj)
+    assert s is not None
+    return s  # type: ignore[return-value]
+
+
+async def _counters_of(session: AsyncSession, task_id: int) -> set[int]:
+    """Everyone who counted this task or any of its recounts."""
+    ids = {task_id}
+    ids |= set(
+        (await session.execute(select(CountTask.id).where(CountTask.parent_task_id == task_id))).scalars()
+    )
+    return set(
+        (await session.execute(select(CountEntry.counter_id).where(CountEntry.task_id.in_(ids)))).scalars()
+    )
+
+
+async def _moved_near(session: AsyncSession, il_id: int, at: datetime, minutes: int) -> bool:
+    if minutes <= 0:
+        return False
+    window = timedelta(minutes=minutes)
+    n = await session.scalar(
+        select(func.count()).where(
+            Movement.item_location_id == il_id,
+            Movement.occurred_at >= at - window,
+            Movement.occurred_at <= at + window,
+        )
+    )
+    return bool(n)
+
+
+async def _movements_around(
+    session: AsyncSession, il_id: int, at: datetime, hours: float
+) -> list[rules.Movement]:
+    window = timedelta(hours=hours)
+    rows = await session.execute(
+        select(Movement.qty, Movement.type, Movement.occurred_at).where(
+            Movement.item_location_id == il_id,
+            Movement.occurred_at >= at - window,
+            Movement.occurred_at <= at + window,
+        )
+    )
+    return [rules.Movement(Decimal(q), MovementType(t), o) for q, t, o in rows]
+
+
+# ----------------------------------------------------------------------------------------------- counting
+
+
+async def record_count(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    task_id: int,
+    counter_id: int,
+    text: str | None = None,
+    outcome: CountOutcome = CountOutcome.COUNTED,
+    partial: bool = False,
+    counted_at: datetime,
+    method: EntryMethod = EntryMethod.TYPED,
+    photos: list[str] | None = None,
+    note: str | None = None,
+    lot: str | None = None,
+    dedup_key: str | None = None,
+    now: datetime | None = None,
+) -> CountResult:
+    """Record one count. A repeated ``dedup_key`` (a platform retry) returns the first result unchanged."""
+    now = now or datetime.now(UTC)
+    if dedup_key is not None:
+        seen = (
+            await session.execute(select(CountEntry).where(CountEntry.dedup_key == dedup_key))
+        ).scalar_one_or_none()
+        if seen is not None:
+            seen_task = await session.get(CountTask, seen.task_id)
+            root = seen_task.parent_task_id or seen_task.id if seen_task else seen.task_id
+            v = (await session.execute(select(Variance).where(Variance.task_id == root))).scalar_one_or_none()
+            return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
+    task = (
+        await session.execute(select(CountTask).where(CountTask.id == task_id).with_for_update())
+    ).scalar_one_or_none()
+    if task is None:
+        raise WorkflowError(f"没有任务 #{task_id}", f"no task #{task_id}")
+    if task.status not in OPEN_STATUSES:
+        raise WorkflowError(
+            f"任务 #{task_id} 已结束（{task.status}），不能再盘点", f"task #{task_id} is {task.status}"
+        )
+    counter = await _user(session, counter_id)
+    if "counter" not in (counter.roles or []):
+        raise WorkflowError(f"{counter.name} 不是盘点员", f"{counter.name} is not a counter")
+    if task.reason == TaskReason.RECOUNT and task.parent_task_id is not None:
+        earlier = await _counters_of(session, task.parent_task_id) - await _entries_of(session, task.id)
+        if counter_id in earlier:
+            raise WorkflowError("复盘必须由另一位盘点员完成", "a recount must be done by a different counter")
+    item = await session.get(Item, task.item_id)
+    assert item is not None
+    understood = None
+    if outcome is CountOutcome.COUNTED:
+        if text is None:
+            raise WorkflowError("请填写数量", "a quantity is required")
+        try:
+            parsed = parse_quantity(text, await unit_spec(session, item))
+        except QuantityError as exc:
+            raise WorkflowError(exc.message_zh, exc.message_en) from exc
+        qty, understood = parsed.qty, parsed.understood
+    elif outcome in (CountOutcome.EMPTY, CountOutcome.NOT_HERE):
+        qty = Decimal(0)
+    else:
+        raise WorkflowError("请用 record_unlisted 登记计划外物料", "use record_unlisted for unlisted finds")
+    entry = CountEntry(
+        task_id=task.id, counter_id=counter_id, outcome=outcome, qty=qty, lot=lot, partial=partial,
+        counted_at=counted_at, recorded_at=now, method=method, raw_text=text, photos=list(photos or []),
+        note=note, recount=task.reason == TaskReason.RECOUNT, dedup_key=dedup_key,
+    )  # fmt: skip
+    session.add(entry)
+    await session.flush()
+    # a second full count by the same person replaces the first (which stays in history)
+    await session.execute(
+        update(CountEntry)
+        .where(
+            CountEntry.task_id == task.id,
+            CountEntry.counter_id == counter_id,
+            CountEntry.id != entry.id,
+            CountEntry.superseded_by_id.is_(None),
+            CountEntry.partial.is_(partial),
+        )
+        .values(superseded_by_id=entry.id)
+        .execution_options(synchronize_session=False)
+    )
+    audit.record(session, "count", entry.id, "counted", actor_id=counter_id, at=now, task_id=task.id,
+                 qty=qty, partial=partial, outcome=outcome.value, text=text)  # fmt: skip
+    result = CountResult(entry, understood=understood)
+    if partial:
+        if task.status == TaskStatus.OPEN:
+            _task_to(task, workflow.TaskEvent.STARTED, counter_id, now)
+        result.message_zh = f"已记录部分数量 {qty}{item.base_unit}；全部数完后请提交合计或完成任务"
+        return result
+    await _complete_task(session, settings, task, item, counter_id, now, result)
+    return result
+
+
+async def _entries_of(session: AsyncSession, task_id: int) -> set[int]:
+    return set(
+        (await session.execute(select(CountEntry.counter_id).where(CountEntry.task_id == task_id))).scalars()
+    )
+
+
+async def finish_partial_count(
+    session: AsyncSession, settings: Settings, *, task_id: int, actor_id: int, now: datetime | None = None
+) -> CountResult:
+    """Close a task counted in parts: the current partial counts are summed."""
+    now = now or datetime.now(UTC)
+    task = await session.get(CountTask, task_id)
+    if task is None or task.status not in OPEN_STATUSES:
+        raise WorkflowError(f"任务 #{task_id} 不能完成", f"task #{task_id} cannot be finished")
+    entries = (
+        (
+            await session.execute(
+                select(CountEntry).where(CountEntry.task_id == task_id, CountEntry.superseded_by_id.is_(None))
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not entries:
+        raise WorkflowError("还没有任何盘点数量", "nothing has been counted yet")
+    item = await session.get(Item, task.item_id)
+    assert item is not None
+    result = CountResult(entries[-1])
+    await _complete_task(session, settings, task, item, actor_id, now, result)
+    return result
+
+
+def _task_to(task: CountTask, event: workflow.TaskEvent, actor_id: int | None, now: datetime) -> None:
+    old = TaskStatus(task.status)
+    new = workflow.COUNT_TASK.transition(old, event)
+    task.status = new
+    if new in (TaskStatus.DONE, TaskStatus.CANCELLED):
+        task.closed_at = now
+    audit.record(_session_of(task), "task", task.id, event.value, actor_id=actor_id, from_state=old.value,
+                 to_state=new.value, at=now)  # fmt: skip
+
+
+async def _counted_total(session: AsyncSession, task_id: int) -> tuple[Decimal, datetime]:
+    """The task's counted quantity: the latest full count, else the sum of the current partial counts."""
+    entries = (
+        (
+            await session.execute(
+                select(CountEntry)
+                .where(CountEntry.task_id == task_id, CountEntry.superseded_by_id.is_(None))
+                .order_by(CountEntry.counted_at, CountEntry.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    full = [e for e in entries if not e.partial]
+    if full:
+        return Decimal(full[-1].qty or 0), full[-1].counted_at
+    return sum((Decimal(e.qty or 0) for e in entries), Decimal(0)), max(e.counted_at for e in entries)
+
+
+async def _complete_task(
+    session: AsyncSession, settings: Settings, task: CountTask, item: Item, actor_id: int, now: datetime,
+    result: CountResult,
+) -> None:  # fmt: skip
+    counted, at = await _counted_total(session, task.id)
+    _task_to(task, workflow.TaskEvent.COMPLETED, actor_id, now)
+    if task.reason == TaskReason.RECOUNT and task.parent_task_id is not None:
+        await _evaluate_recount(session, settings, task, item, counted, at, actor_id, now, result)
+    else:
+        await _evaluate_first_count(session, settings, task, item, counted, at, actor_id, now, result)
+
+
+async def _evaluate_first_count(
+    session: AsyncSession, settings: Settings, task: CountTask, item: Item, counted: Decimal, at: datetime,
+    actor_id: int, now: datetime, result: CountResult,
+) -> None:  # fmt: skip
+    il = await session.get(ItemLocation, task.item_location_id)
+    assert il is not None
+    book = await book_at(session, il.id, at)
+    var = compute_variance(book, counted, Decimal(item.unit_cost))
+    a = assess(var, task.abc_class, item.sku, settings.tolerance)
+    moved = await _moved_near(session, il.id, at, settings.counting.moved_window_minutes)
+    state = workflow.initial_state(a.within_tolerance and not moved)
+    v = Variance(
+        task_id=task.id, item_location_id=il.id, item_id=item.id, location_id=task.location_id,
+        warehouse_id=task.warehouse_id, abc_class=task.abc_class, state=state.value, count_time=at,
+        book_qty=book, counted_qty=counted, qty=var.qty, pct=var.pct, unit_cost=var.unit_cost, value=var.value,
+        severity=a.severity.value if not moved or not a.within_tolerance else Severity.MINOR.value,
+        within_tolerance=a.within_tolerance, hit=a.hit, moved_during_count=moved, created_at=now,
+    )  # fmt: skip
+    session.add(v)
+    await session.flush()
+    audit.record(session, "variance", v.id, "created", actor_id=actor_id, to_state=state.value, at=now,
+                 book=book, counted=counted, qty=var.qty, value=var.value, severity=v.severity, moved=moved)  # fmt: skip
+    il.last_counted_at = at
+    il.turnover_value = Decimal(0)
+    if not a.hit:
+        il.last_miss_at = at
+    result.variance = v
+    if state is VarianceState.AUTO_ACCEPTED:
+        if var.qty != 0:
+            await _adjust(session, settings, v, actor_id, now)
+        result.message_zh = "与账面相符 ✓" if var.qty == 0 else "差异在容差内，已自动调整"
+        return
+    # out of tolerance, or stock moved while counting: a blind recount by someone else
+    if settings.counting.max_recounts > 0:
+        result.recount_task = await _open_recount(session, v, task, actor_id, now)
+        result.message_zh = "已记录，请稍候：这一项需要另一位同事复盘"
+    else:
+        _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now)
+        result.message_zh = "已记录，差异已提交主管审核"
+
+
+async def _open_recount(
+    session: AsyncSession, v: Variance, task: CountTask, actor_id: int | None, now: datetime
+) -> CountTask | None:
+    """A blind recount by a different counter, preferably from the same team."""
+    exclude = await _counters_of(session, task.id)
+    first = await session.get(User, next(iter(exclude))) if exclude else None
+    candidates = [
+        u
+        for u in (
+            await session.execute(select(User).where(User.active.is_(True)).order_by(User.employee_no))
+        ).scalars()
+        if "counter" in (u.roles or []) and u.id not in exclude
+    ]
+    if not candidates:
+        _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now, why="no other counter available")
+        return None
+    team = first.team_id if first else None
+    # same team first; then whoever has the fewest open tasks; then employee number
+    loads = dict(
+        (await session.execute(
+            select(CountTask.assignee_id, func.count()).where(CountTask.status.in_(OPEN_STATUSES))
+            .group_by(CountTask.assignee_id)
+        )).all()
+    )  # fmt: skip
+    chosen = min(candidates, key=lambda u: (u.team_id != team, loads.get(u.id, 0), u.employee_no))
+    v.recounts += 1
+    recount = CountTask(
+        plan_date=now.date(), due_date=now.date(), warehouse_id=task.warehouse_id, location_id=task.location_id,
+        item_id=task.item_id, item_location_id=task.item_location_id, abc_class=task.abc_class,
+        reason=TaskReason.RECOUNT, priority=1, status=TaskStatus.OPEN, assignee_id=chosen.id,
+        est_minutes=float(task.est_minutes), cycle_key=f"recount:{v.id}:{v.recounts}", parent_task_id=task.id,
+        created_at=now,
+    )  # fmt: skip
+    session.add(recount)
+    await session.flush()
+    _move_variance(
+        v, VarianceEvent.RECOUNT_ASSIGNED, actor_id, now, recount_task=recount.id, assignee=chosen.employee_no
+    )
+    return recount
+
+
+async def _evaluate_recount(
+    session: AsyncSession, settings: Settings, task: CountTask, item: Item, counted: Decimal, at: datetime,
+    actor_id: int, now: datetime, result: CountResult,
+) -> None:  # fmt: skip
+    v = (await session.execute(select(Variance).where(Variance.task_id == task.parent_task_id))).scalar_one()
+    result.variance = v
+    book = await book_at(session, v.item_location_id, at)
+    vs_book = assess(
+        compute_variance(book, counted, Decimal(item.unit_cost)), v.abc_class, item.sku, settings.tolerance
+    )
+    # the first count, carried to the recount's moment by the movements in between
+    moved_between = book - Decimal(v.book_qty)
+    first_then = Decimal(v.counted_qty) + moved_between
+    vs_first = assess(compute_variance(first_then, counted, Decimal(item.unit_cost)), v.abc_class, item.sku,
+                      settings.tolerance)  # fmt: skip
+    il = await session.get(ItemLocation, v.item_location_id)
+    assert il is not None
+    il.last_counted_at = at
+    if vs_book.within_tolerance and not vs_first.hit:
+        # the recount agrees with the book: the first count was wrong
+        _move_variance(v, VarianceEvent.RECOUNT_MATCHED_BOOK, actor_id, now, recount=counted, book=book)
+        v.closed_at = now
+        for e in (await session.execute(select(CountEntry).where(CountEntry.task_id == v.task_id))).scalars():
+            e.overturned = True  # the first counter's quality record
+        result.message_zh = "复盘与账面相符，首次盘点有误；差异关闭，不调整"
+    elif vs_first.hit:
+        _move_variance(v, VarianceEvent.RECOUNT_CONFIRMED_COUNT, actor_id, now, recount=counted)
+        _move_variance(v, VarianceEvent.REVIEW_STARTED, None, now)
+        await _suggest(session, settings, v)
+        result.message_zh = "复盘确认了差异，已提交主管审核"
+    else:
+        _move_variance(
+            v, VarianceEvent.RECOUNT_DISAGREED, actor_id, now, recount=counted, first=v.counted_qty
+        )
+        if v.recounts < settings.counting.max_recounts:
+            parent = await session.get(CountTask, v.task_id)
+            assert parent is not None
+            result.recount_task = await _open_recount(session, v, parent, actor_id, now)
+            result.message_zh = "两次盘点不一致，已安排第三次盘点"
+        else:
+            result.message_zh = "两次盘点不一致，请主管裁定"
+
+
+async def _suggest(session: AsyncSession, settings: Settings, v: Variance) -> None:
+    moves = await _movements_around(
+        session, v.item_location_id, v.count_time, settings.reasons.suggest_window_hours
+    )
+    item = await session.get(Item, v.item_id)
+    s = rules.suggest_reason(Decimal(v.qty), v.count_time, moves, window=settings.reasons.suggest_window,
+                             unit=item.base_unit if item else "个")  # fmt: skip
+    if s is not None:
+        v.suggested_reason, v.suggestion_text = s.reason_code, s.zh
+
+
+async def resolve_dispute(
+    session: AsyncSession, settings: Settings, *, variance_id: int, supervisor_id: int, count_is_right: bool,
+    now: datetime | None = None,
+) -> Variance:  # fmt: skip
+    """The supervisor decides a disputed variance: the count stands (to review) or the book stands (closed)."""
+    now = now or datetime.now(UTC)
+    v = await _variance(session, variance_id)
+    sup = await _user(session, supervisor_id)
+    if "supervisor" not in (sup.roles or []):
+        raise WorkflowError("只有主管可以裁定", "only a supervisor can decide")
+    if count_is_right:
+        _move_variance(v, VarianceEvent.SUPERVISOR_CONFIRMED_COUNT, supervisor_id, now)
+        _move_variance(v, VarianceEvent.REVIEW_STARTED, supervisor_id, now)
+        await _suggest(session, settings, v)
+    else:
+        _move_variance(v, VarianceEvent.SUPERVISOR_CONFIRMED_BOOK, supervisor_id, now)
+        v.closed_at = now
+    return v
+
+
+# ------------------------------------------------------------------------------------------------- review
+
+
+async def _variance(session: AsyncSession, variance_id: int, lock: bool = True) -> Variance:
+    stmt = select(Variance).where(Variance.id == variance_id)
+    v = (await session.execute(stmt.with_for_update() if lock else stmt)).scalar_one_or_none()
+    if v is None:
+        raise WorkflowError(f"没有差异 #{variance_id}", f"no variance #{variance_id}")
+    return v
+
+
+def _guard(v: Variance, event: VarianceEvent) -> None:
+    try:
+        workflow.transition(VarianceState(v.state), event)
+    except workflow.IllegalTransition as exc:
+        raise WorkflowError(exc.zh, exc.en) from exc
+
+
+async def review_variance(
+    session: AsyncSession, settings: Settings, *, variance_id: int, reviewer_id: int, reason_code: str | None,
+    note: str | None = None, now: datetime | None = None,
+) -> Variance:  # fmt: skip
+    """The supervisor's review: a standard reason (and a note when it needs one); opens the approval steps."""
+    now = now or datetime.now(UTC)
+    v = await _variance(session, variance_id)
+    _guard(v, VarianceEvent.REVIEW_SUBMITTED)
+    reviewer = await _user(session, reviewer_id)
+    if "supervisor" not in (reviewer.roles or []):
+        raise WorkflowError("只有主管可以审核差异", "only a supervisor can review a variance")
+    try:
+        reason = rules.validate_reason(reason_code, note, settings.reasons)
+    except rules.RuleViolation as exc:
+        raise WorkflowError(exc.zh, exc.en) from exc
+    v.reason_code, v.reason_note, v.reviewer_id, v.reviewed_at = reason.code, note, reviewer_id, now
+    _move_variance(v, VarianceEvent.REVIEW_SUBMITTED, reviewer_id, now, reason=reason.code, note=note)
+    steps = rules.route(Severity(v.severity), settings.approval)
+    for step in steps:
+        session.add(
+            ApprovalStep(
+                variance_id=v.id, seq=step.seq, role=step.role,
+                opened_at=now if step.seq == steps[0].seq else None,
+                due_at=now + step.sla if step.seq == steps[0].seq else None,
+            )
+        )  # fmt: skip
+    await session.flush()
+    return v
+
+
+# ----------------------------------------------------------------------------------------------- approval
+
+
+@dataclass
+class Decision:
+    variance: Variance
+    step: ApprovalStep
+    outcome: str  # approved (step) | approved (final) | rejected | recount
+    final: bool
+
+
+async def decide(
+    session: AsyncSession, settings: Settings, *, variance_id: int, actor_id: int, decision: ApprovalDecision,
+    comment: str | None = None, now: datetime | None = None,
+) -> Decision:  # fmt: skip
+    """Approve, reject or send back the current approval step. Two people deciding the same step at the same
+    moment get exactly one outcome: the second is told who decided first."""
+    now = now or datetime.now(UTC)
+    if decision not in (ApprovalDecision.APPROVED, ApprovalDecision.REJECTED, ApprovalDecision.RECOUNT):
+        raise WorkflowError("无效的决定", f"invalid decision {decision}")
+    v = await _variance(session, variance_id, lock=False)
+    step = (
+        await session.execute(
+            select(ApprovalStep)
+            .where(ApprovalStep.variance_id == v.id, ApprovalStep.opened_at.is_not(None))
+            .order_by(ApprovalStep.seq.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if step is None or VarianceState(v.state) is not VarianceState.PENDING_APPROVAL:
+        raise WorkflowError(
+            f"差异 #{v.id} 当前不在审批中（{v.state}）",
+            f"variance #{v.id} is not awaiting approval ({v.state})",
+        )
+    if step.decision != ApprovalDecision.PENDING:
+        raise await _already(session, step)
+    actor = await _user(session, actor_id)
+    try:
+        roles = {Role(r) for r in actor.roles or [] if r in Role._value2member_map_}
+        counted_by = await _counters_of(session, v.task_id)
+        reviewed_by = {v.reviewer_id} if v.reviewer_id else set()
+        rules.check_can_decide(actor_id, roles, Role(step.role), counted_by, reviewed_by)
+    except rules.RuleViolation as exc:
+        raise WorkflowError(exc.zh, exc.en) from exc
+    if decision is ApprovalDecision.REJECTED and not (comment and comment.strip()):
+        raise WorkflowError("驳回时请写明原因", "a rejection needs a reason")
+    # the atomic claim: only one decision turns a pending step into a decided one
+    claimed = await session.execute(
+        update(ApprovalStep)
+        .where(ApprovalStep.id == step.id, ApprovalStep.decision == ApprovalDecision.PENDING)
+        .values(decision=decision, decided_by_id=actor_id, decided_at=now, comment=comment)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        raise await _already(session, step)
+    await session.refresh(step)
+    v = await _variance(session, variance_id)  # lock the variance for the state change
+    audit.record(session, "approval", step.id, decision.value, actor_id=actor_id, variance_id=v.id, at=now,
+                 role=step.role, comment=comment)  # fmt: skip
+    if decision is ApprovalDecision.REJECTED:
+        _move_variance(v, VarianceEvent.REJECTED, actor_id, now, comment=comment)
+        v.closed_at = now
+        return Decision(v, step, "rejected", True)
+    if decision is ApprovalDecision.RECOUNT:
+        _move_variance(v, VarianceEvent.SENT_BACK, actor_id, now, comment=comment)
+        task = await session.get(CountTask, v.task_id)
+        assert task is not None
+        await _open_recount(session, v, task, actor_id, now)
+        return Decision(v, step, "recount", True)
+    nxt = (
+        await session.execute(
+            select(ApprovalStep).where(ApprovalStep.variance_id == v.id, ApprovalStep.seq > step.seq)
+            .order_by(ApprovalStep.seq).limit(1)
+        )
+    ).scalar_one_or_none()  # fmt: skip
+    if nxt is not None:
+        sla = next(
+            (s.sla for s in rules.route(Severity(v.severity), settings.approval) if s.seq == nxt.seq), None
+        )
+        nxt.opened_at, nxt.due_at = now, (now + sla if sla else None)
+        return Decision(v, step, "approved", False)
+    _move_variance(v, VarianceEvent.APPROVED, actor_id, now)
+    await _adjust(session, settings, v, actor_id, now)
+    return Decision(v, step, "approved", True)
+
+
+async def _already(session: AsyncSession, step: ApprovalStep) -> WorkflowError:
+    await session.refresh(step)
+    who = await session.get(User, step.decided_by_id) if step.decided_by_id else None
+    name = who.name if who else "其他人"
+    return WorkflowError(
+        f"{name} 已先一步处理了这一步（{step.decision}）",
+        f"{name} already decided this step ({step.decision})",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- adjustment
+
+
+async def _adjust(
+    session: AsyncSession, settings: Settings, v: Variance, actor_id: int | None, now: datetime
+) -> Adjustment:
+    """Turn an accepted variance into an adjustment and apply it to the book and the ledger.
+
+    A gain here and a loss of the same item at another location of the warehouse, recently adjusted and not
+    yet exported, become one transfer document instead of a gain plus a loss.
+    """
+    qty = Decimal(v.qty)
+    partner = None
+    if qty != 0:
+        since = now - settings.reasons.misslot_window
+        partner_row = (
+            await session.execute(
+                select(AdjustmentLine, Adjustment)
+                .join(Adjustment, Adjustment.id == AdjustmentLine.adjustment_id)
+                .where(
+                    Adjustment.warehouse_id == v.warehouse_id,
+                    Adjustment.state == AdjustmentState.PENDING_WRITE_BACK.value,
+                    Adjustment.kind == (AdjustmentKind.LOSS if qty > 0 else AdjustmentKind.GAIN),
+                    Adjustment.created_at >= since,
+                    AdjustmentLine.item_id == v.item_id,
+                    AdjustmentLine.location_id != v.location_id,
+                )
+                .order_by(Adjustment.created_at)
+                .limit(1)
+            )
+        ).first()
+        if partner_row is not None:
+            partner = partner_row
+    unit_cost = Decimal(v.unit_cost)
+    if partner is not None:
+        line, doc = partner
+        moved = min(abs(qty), abs(Decimal(line.qty)))
+        src, dst = (line.location_id, v.location_id) if qty > 0 else (v.location_id, line.location_id)
+        transfer = Adjustment(warehouse_id=v.warehouse_id, kind=AdjustmentKind.TRANSFER,
+                              state=AdjustmentState.PENDING_WRITE_BACK.value, value=Decimal(0), created_at=now)  # fmt: skip
+        session.add(transfer)
+        await session.flush()
+        session.add(AdjustmentLine(adjustment_id=transfer.id, variance_id=v.id, item_id=v.item_id, location_id=src,
+                                   to_location_id=dst, qty=moved, unit_cost=unit_cost, value=Decimal(0)))  # fmt: skip
+        # the partner's line shrinks by what is now a transfer; an emptied partner document disappears
+        rest = abs(Decimal(line.qty)) - moved
+        if rest == 0:
+            await session.delete(line)
+            await session.flush()
+            await session.delete(doc)
+        else:
+            line.qty = rest if line.qty > 0 else -rest
+            line.value = line.qty * Decimal(line.unit_cost)
+            doc.value = line.value
+        audit.record(session, "adjustment", transfer.id, "misslot_paired", actor_id=actor_id, variance_id=v.id,
+                     at=now, partner_adjustment=doc.id, qty=moved)  # fmt: skip
+        qty_left = abs(qty) - moved
+        adjustment = transfer
+    else:
+        qty_left = abs(qty)
+        adjustment = None
+    if qty_left != 0:
+        signed = qty_left if qty > 0 else -qty_left
+        doc2 = Adjustment(warehouse_id=v.warehouse_id, kind=AdjustmentKind.GAIN if qty > 0 else AdjustmentKind.LOSS,
+                          state=AdjustmentState.PENDING_WRITE_BACK.value, value=signed * unit_cost, created_at=now)  # fmt: skip
+        session.add(doc2)
+        await session.flush()
+        session.add(AdjustmentLine(adjustment_id=doc2.id, variance_id=v.id, item_id=v.item_id,
+                                   location_id=v.location_id, qty=signed, unit_cost=unit_cost,
+                                   value=signed * unit_cost))  # fmt: skip
+        audit.record(session, "adjustment", doc2.id, "created", actor_id=actor_id, variance_id=v.id, at=now,
+                     to_state=AdjustmentState.PENDING_WRITE_BACK.value, qty=signed)  # fmt: skip
+        adjustment = adjustment or doc2
+    # the book and the ledger follow the count
+    il = await session.get(ItemLocation, v.item_location_id)
+    assert il is not None
+    if qty != 0:
+        il.qty = Decimal(il.qty) + qty
+        session.add(Movement(item_id=v.item_id, location_id=v.location_id, item_location_id=il.id, qty=qty,
+                             type=MovementType.ADJUSTMENT, occurred_at=now, recorded_at=now,
+                             source_doc=f"PD-{v.id}"))  # fmt: skip
+    _move_variance(
+        v, VarianceEvent.ADJUSTMENT_RECORDED, actor_id, now, adjustment=adjustment.id if adjustment else None
+    )
+    v.closed_at = now
+    await session.flush()
+    assert adjustment is not None
+    return adjustment
+
+
+# ------------------------------------------------------------------------------------------------- queries
+
+
+async def counter_tasks(
+    session: AsyncSession, user_id: int, day: Any
+) -> list[tuple[CountTask, Item, Location]]:
+    """A counter's open tasks due by ``day``, in walking order (never the book quantity: counts are blind)."""
+    rows = await session.execute(
+        select(CountTask, Item, Location)
+        .join(Item, Item.id == CountTask.item_id)
+        .join(Location, Location.id == CountTask.location_id)
+        .where(
+            CountTask.assignee_id == user_id, CountTask.status.in_(OPEN_STATUSES), CountTask.plan_date <= day
+        )
+        .order_by(CountTask.priority, Location.sequence, Location.code, Item.sku)
+    )
+    return [(t, i, lo) for t, i, lo in rows.all()]
+
+
+async def user_by_employee_no(session: AsyncSession, employee_no: str) -> User:
+    user = (await session.execute(select(User).where(User.employee_no == employee_no))).scalar_one_or_none()
+    if user is None:
+        raise WorkflowError(f"没有工号 {employee_no}", f"no employee number {employee_no}")
+    return user
