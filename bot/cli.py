@@ -338,3 +338,263 @@ def request(sku: str, warehouse: str, location: str, note: str | None) -> None:
     console.print(
         f"[green]✓[/] 已登记临时盘点请求 #{req.id}，下次排程时优先安排 / ad-hoc count #{req.id} requested"
     )
+
+
+# ------------------------------------------------------------------------------------ the count workflow
+
+
+def _flow(work: Callable[[Settings, AsyncSession], Awaitable[T]]) -> T:
+    """Run one workflow step; its refusals become clear errors (exit 1) and change nothing."""
+    from core.variance.service import WorkflowError
+
+    async def go(settings: Settings) -> T:
+        return await _with_session(settings, lambda s: work(settings, s))
+
+    try:
+        return run(go)
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _as_option(f: Any) -> Any:
+    return click.option("--as", "as_", required=True, metavar="EMPLOYEE_NO", help="Who is doing this.")(f)
+
+
+@main.command()
+@_as_option
+@click.option("--date", "day", metavar="DATE", help="Tasks due by this day (default: today).")
+def tasks(as_: str, day: str | None) -> None:
+    """A counter's open tasks, in walking order (book quantities are never shown: counts are blind)."""
+    from core.variance.service import counter_tasks, user_by_employee_no
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        user = await user_by_employee_no(s, as_)
+        return user.name, await counter_tasks(s, user.id, _parse_day(day, settings))
+
+    name, rows = _flow(work)
+    if not rows:
+        console.print(f"{name}：今天没有盘点任务 / no open tasks")
+        return
+    table = Table(title=f"{name} 的盘点任务 / tasks")
+    for col in (
+        "任务 task",
+        "库位 location",
+        "物料 sku",
+        "名称 name",
+        "规格 spec",
+        "单位 unit",
+        "原因 reason",
+    ):
+        table.add_column(col, overflow="fold")
+    from core.enums import REASON_LABEL_ZH, TaskReason
+
+    for t, item, loc in rows:
+        table.add_row(str(t.id), loc.code, item.sku, item.name, item.spec or "", item.base_unit,
+                      REASON_LABEL_ZH[TaskReason(t.reason)])  # fmt: skip
+    console.print(table)
+
+
+@main.command()
+@click.argument("task_id", type=int)
+@click.argument("qty", required=False)
+@_as_option
+@click.option("--partial", is_flag=True, help="A partial count; partial counts are summed (see --finish).")
+@click.option("--finish", is_flag=True, help="Close a task counted in parts.")
+@click.option("--empty", "outcome", flag_value="empty", help="The location is empty.")
+@click.option("--not-here", "outcome", flag_value="not_here", help="The item is not at this location.")
+@click.option("--at", "at", metavar="TIME", help="When it was counted (ISO time; default: now).")
+@click.option("--note", default=None)
+def count(
+    task_id: int, qty: str | None, as_: str, partial: bool, finish: bool, outcome: str | None, at: str | None,
+    note: str | None,
+) -> None:  # fmt: skip
+    """Record a count: QTY as typed, e.g. 24, ２４, 3箱5个 or 3*24+5."""
+    from core.enums import CountOutcome, EntryMethod
+    from core.variance.service import finish_partial_count, record_count, user_by_employee_no
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        user = await user_by_employee_no(s, as_)
+        when = datetime.now(settings.tz)
+        if at:
+            try:
+                when = datetime.fromisoformat(at)
+            except ValueError as exc:
+                raise click.BadParameter(f"时间格式如 2026-11-30T09:30 / expected an ISO time, got {at!r}") from exc
+            when = when if when.tzinfo else when.replace(tzinfo=settings.tz)
+        if finish:
+            return await finish_partial_count(s, settings, task_id=task_id, actor_id=user.id)
+        if qty is None and outcome is None:
+            raise click.UsageError("请给出数量，或用 --empty / --not-here / --finish")
+        return await record_count(
+            s, settings, task_id=task_id, counter_id=user.id, text=qty,
+            outcome=CountOutcome(outcome) if outcome else CountOutcome.COUNTED, partial=partial,
+            counted_at=when, method=EntryMethod.CLI, note=note,
+        )  # fmt: skip
+
+    r = _flow(work)
+    understood = f"（{r.understood}）" if r.understood else ""
+    console.print(f"[green]✓[/] 任务 #{task_id}{understood}：{r.message_zh}")
+    if r.recount_task is not None:
+        console.print(
+            f"复盘任务 #{r.recount_task.id} 已派给另一位盘点员 / recount task #{r.recount_task.id} assigned"
+        )
+
+
+@main.command()
+@click.option("--warehouse", metavar="CODE")
+@click.option("--all", "show_all", is_flag=True, help="Closed ones too.")
+def variances(warehouse: str | None, show_all: bool) -> None:
+    """Open variances and their state."""
+    from sqlalchemy import select
+
+    from core.models import Item, Location, Variance, Warehouse
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        stmt = (
+            select(Variance, Item.sku, Location.code, Warehouse.code)
+            .join(Item, Item.id == Variance.item_id)
+            .join(Location, Location.id == Variance.location_id)
+            .join(Warehouse, Warehouse.id == Variance.warehouse_id)
+            .order_by(Variance.id)
+        )
+        if not show_all:
+            stmt = stmt.where(Variance.closed_at.is_(None))
+        if warehouse:
+            stmt = stmt.where(Warehouse.code == warehouse)
+        return (await s.execute(stmt)).all()
+
+    rows = _flow(work)
+    table = Table(title="差异 / variances")
+    for col in (
+        "#",
+        "仓库",
+        "库位",
+        "物料",
+        "账存 book",
+        "实盘 counted",
+        "差异 qty",
+        "金额 value",
+        "级别",
+        "状态 state",
+        "建议原因",
+    ):
+        table.add_column(col, overflow="fold")
+    for v, sku, loc, wh in rows:
+        table.add_row(str(v.id), wh, loc, sku, f"{v.book_qty:g}", f"{v.counted_qty:g}", f"{v.qty:+g}",
+                      f"{v.value:,.2f}", v.severity, v.state, v.suggestion_text or "")  # fmt: skip
+    console.print(table)
+
+
+@main.command()
+@click.argument("variance_id", type=int)
+@click.option("--reason", "reason", required=True, help="Reason code, e.g. receiving, shipping, other.")
+@click.option("--note", default=None)
+@_as_option
+def review(variance_id: int, reason: str, note: str | None, as_: str) -> None:
+    """Review a confirmed variance with a standard reason; opens its approval steps."""
+    from core.variance.service import review_variance, user_by_employee_no
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        user = await user_by_employee_no(s, as_)
+        return await review_variance(s, settings, variance_id=variance_id, reviewer_id=user.id, reason_code=reason,
+                                     note=note)  # fmt: skip
+
+    v = _flow(work)
+    console.print(
+        f"[green]✓[/] 差异 #{v.id} 已审核（{v.reason_code}），进入审批 / reviewed; awaiting approval"
+    )
+
+
+def _decision_command(name: str, decision: str, help_text: str) -> None:
+    @main.command(name=name, help=help_text)
+    @click.argument("variance_id", type=int)
+    @click.option("--comment", default=None, help="Required when rejecting.")
+    @_as_option
+    def cmd(variance_id: int, comment: str | None, as_: str) -> None:
+        from core.enums import ApprovalDecision
+        from core.variance.service import decide, user_by_employee_no
+
+        async def work(settings: Settings, s: AsyncSession) -> Any:
+            user = await user_by_employee_no(s, as_)
+            return await decide(s, settings, variance_id=variance_id, actor_id=user.id,
+                                decision=ApprovalDecision(decision), comment=comment)  # fmt: skip
+
+        d = _flow(work)
+        console.print(
+            f"[green]✓[/] 差异 #{variance_id}：{d.outcome}{'（最终）' if d.final else '，等待下一级审批'}"
+        )
+
+
+_decision_command("approve", "approved", "Approve the current approval step of a variance.")
+_decision_command("reject", "rejected", "Reject a variance (closed without adjustment); --comment says why.")
+_decision_command("send-back", "recount", "Send a variance back for another blind recount.")
+
+
+@main.command("audit")
+@click.argument("variance_id", type=int)
+def audit_cmd(variance_id: int) -> None:
+    """The audit trail of a variance: every state change with actor and time."""
+    from sqlalchemy import select
+
+    from core.audit import trail
+    from core.models import User
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        events = await trail(s, variance_id)
+        names = dict((await s.execute(select(User.id, User.name))).all())
+        return settings, events, names
+
+    settings, events, names = _flow(work)
+    if not events:
+        raise click.ClickException(
+            f"差异 #{variance_id} 没有记录 / no audit trail for variance #{variance_id}"
+        )
+    table = Table(title=f"差异 #{variance_id} 审计记录 / audit trail")
+    for col in ("时间 time", "对象 entity", "动作 action", "状态 state", "操作人 actor", "详情 data"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        states = f"{e.from_state or ''} → {e.to_state}" if e.to_state else ""
+        table.add_row(e.at.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S"), f"{e.entity}#{e.entity_id}",
+                      e.action, states, names.get(e.actor_id, "系统") if e.actor_id else "系统",
+                      ", ".join(f"{k}={v}" for k, v in (e.data or {}).items()))  # fmt: skip
+    console.print(table)
+
+
+@main.group()
+def adjustments() -> None:
+    """Inventory adjustments from approved variances."""
+
+
+@adjustments.command("export")
+@click.option("--format", "fmt", type=click.Choice(["xlsx", "csv"]), default="xlsx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+def adjustments_export(fmt: str, out: Path | None) -> None:
+    """Export pending adjustments (盘盈单 / 盘亏单 / 调拨单) for Kingdee or Yonyou; each is exported once."""
+    from core.variance.export import export_adjustments
+
+    async def go(settings: Settings) -> Any:
+        from core import migrate
+
+        path = out or Path(f"pandian-adjustments-{datetime.now(settings.tz):%Y%m%d-%H%M%S}.{fmt}")
+        engine = make_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+            async with make_sessionmaker(engine)() as s:
+                result = await export_adjustments(s, path, fmt, tz=settings.tz)
+                try:
+                    await s.commit()
+                except BaseException:
+                    result.discard()
+                    raise
+                result.publish()
+                return result
+        finally:
+            await engine.dispose()
+
+    r = run(go)
+    if not r.adjustments:
+        console.print("没有待导出的调整单 / nothing to export")
+        return
+    console.print(
+        f"[green]✓[/] {r.path}：{r.adjustments} 张单据，{r.lines} 行，金额合计 {r.value:,.2f}（批次 {r.batch}）"
+    )
