@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.audit import trail
 from core.config import Settings
-from core.enums import ApprovalDecision, CountOutcome, MovementType, TaskReason, TaskStatus
+from core.enums import ApprovalDecision, MovementType, TaskReason, TaskStatus
 from core.models import (
     Adjustment,
     AdjustmentLine,
@@ -58,7 +58,7 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
     async with sessionmaker() as s:
         users = await setup(s)
         c1, c2, c3 = users["WH1-E01"], users["WH1-E02"], users["WH1-E03"]
-        sup1, sup2, fin = users["WH1-S01"], users["S02"], users["F01"]
+        sup1, fin = users["WH1-S01"], users["F01"]
 
         # 1. a count equal to the book is a hit: accepted, nothing to adjust
         t1 = await task_of(s, c1)
@@ -272,4 +272,3 @@ async def test_illegal_transition_changes_nothing(session: AsyncSession) -> None
         )
     assert "auto_accepted" in err.value.en
     assert (r.variance.state, r.variance.version) == before
-    _ = CountOutcome
