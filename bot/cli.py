@@ -109,9 +109,16 @@ def import_cmd(file: Path, kind: str | None) -> None:
             def progress(done: int) -> None:
                 status.update(f"导入 {file.name}：已读 {done:,} 行 / {done:,} rows read")
 
-            return await _with_session(
-                settings, lambda s: import_file(s, file, kind, tz=settings.tz, progress=progress)
-            )
+            async def work(s: AsyncSession) -> Any:
+                report = await import_file(s, file, kind, tz=settings.tz, progress=progress)
+                if report.kind == "movements" and report.created:
+                    # late movements that happened before a count change that count's book
+                    from core.variance.service import reevaluate_open_variances
+
+                    await reevaluate_open_variances(s, settings)
+                return report
+
+            return await _with_session(settings, work)
 
     try:
         report = run(go)

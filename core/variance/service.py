@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -733,3 +734,167 @@ async def user_by_employee_no(session: AsyncSession, employee_no: str) -> User:
     if user is None:
         raise WorkflowError(f"没有工号 {employee_no}", f"no employee number {employee_no}")
     return user
+
+
+# ----------------------------------------------------------------------------------- unlisted finds, jobs
+
+
+async def record_unlisted(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    counter_id: int,
+    item_id: int,
+    location_id: int,
+    text: str,
+    counted_at: datetime,
+    method: EntryMethod = EntryMethod.TYPED,
+    photos: list[str] | None = None,
+    note: str | None = None,
+    dedup_key: str | None = None,
+    now: datetime | None = None,
+) -> CountResult:
+    """ "Found an item that was not on my list": accepted, as an unscheduled task counted on the spot."""
+    from core.stock import ensure_item_locations
+
+    now = now or datetime.now(UTC)
+    if dedup_key is not None:
+        seen = (
+            await session.execute(select(CountEntry).where(CountEntry.dedup_key == dedup_key))
+        ).scalar_one_or_none()
+        if seen is not None:
+            v = (
+                await session.execute(select(Variance).where(Variance.task_id == seen.task_id))
+            ).scalar_one_or_none()
+            return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
+    item, loc = await session.get(Item, item_id), await session.get(Location, location_id)
+    if item is None or loc is None:
+        raise WorkflowError("物料或库位不存在", "unknown item or location")
+    await ensure_item_locations(session, [(item_id, location_id)])
+    il = (
+        await session.execute(
+            select(ItemLocation).where(
+                ItemLocation.item_id == item_id, ItemLocation.location_id == location_id
+            )
+        )
+    ).scalar_one()
+    task = (
+        await session.execute(
+            select(CountTask).where(CountTask.item_location_id == il.id, CountTask.status.in_(OPEN_STATUSES),
+                                    CountTask.reason != TaskReason.RECOUNT)
+        )
+    ).scalar_one_or_none()  # fmt: skip
+    if task is None:
+        task = CountTask(
+            plan_date=counted_at.date(), due_date=counted_at.date(), warehouse_id=loc.warehouse_id,
+            location_id=loc.id, item_id=item.id, item_location_id=il.id, abc_class=il.abc_class or item.abc_class,
+            reason=TaskReason.UNSCHEDULED, priority=4, status=TaskStatus.OPEN, assignee_id=counter_id,
+            est_minutes=3.0, cycle_key=f"unscheduled:{uuid4().hex[:12]}", created_at=now,
+        )  # fmt: skip
+        session.add(task)
+        await session.flush()
+        audit.record(session, "task", task.id, "unscheduled_created", actor_id=counter_id, at=now,
+                     item=item.sku, location=loc.code)  # fmt: skip
+    return await record_count(
+        session, settings, task_id=task.id, counter_id=counter_id, text=text, counted_at=counted_at,
+        method=method, photos=photos, note=note, dedup_key=dedup_key, now=now,
+    )  # fmt: skip
+
+
+async def escalate_overdue_approvals(session: AsyncSession, settings: Settings, now: datetime) -> int:
+    """Approval steps past their deadline move up to the next level (by default the manager)."""
+    steps = (
+        (
+            await session.execute(
+                select(ApprovalStep).where(
+                    ApprovalStep.decision == ApprovalDecision.PENDING,
+                    ApprovalStep.opened_at.is_not(None),
+                    ApprovalStep.due_at <= now,
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    moved = 0
+    for step in steps:
+        target = settings.approval.escalate_to.get(Role(step.role))
+        if target is None or target.value == step.role:
+            continue
+        old = step.role
+        step.role = target.value
+        hours = settings.approval.sla_hours_by_role.get(target, settings.approval.sla_hours)
+        step.due_at = now + timedelta(hours=hours)
+        audit.record(session, "approval", step.id, "escalated", variance_id=step.variance_id, at=now,
+                     from_role=old, to_role=target.value)  # fmt: skip
+        moved += 1
+    return moved
+
+
+async def open_improvement_items(session: AsyncSession, settings: Settings, now: datetime) -> list[int]:
+    """The same reason K times in W days in a warehouse opens (or extends) a process-improvement item."""
+    from core.models import ImprovementItem
+
+    cfg = settings.reasons
+    since = now - timedelta(days=cfg.recurrence_window_days)
+    rows = await session.execute(
+        select(Variance.id, Variance.warehouse_id, Variance.reason_code, Variance.reviewed_at).where(
+            Variance.reason_code.is_not(None), Variance.reviewed_at > since
+        )
+    )
+    events = [rules.ReasonEvent(i, w, r, t) for i, w, r, t in rows if r is not None and t is not None]
+    touched: list[int] = []
+    for rec in rules.recurring_reasons(events, cfg.recurrence_k, cfg.recurrence_window_days, now=now):
+        item = (
+            await session.execute(
+                select(ImprovementItem).where(
+                    ImprovementItem.warehouse_id == rec.warehouse_id,
+                    ImprovementItem.reason_code == rec.reason_code,
+                    ImprovementItem.state == "open",
+                )
+            )
+        ).scalar_one_or_none()
+        if item is None:
+            item = ImprovementItem(warehouse_id=rec.warehouse_id, reason_code=rec.reason_code,
+                                   window_start=rec.first_at.date(), variance_ids=list(rec.variance_ids),
+                                   opened_at=now)  # fmt: skip
+            session.add(item)
+            await session.flush()
+            audit.record(session, "improvement", item.id, "opened", at=now, reason=rec.reason_code,
+                         variances=list(rec.variance_ids))  # fmt: skip
+        elif set(rec.variance_ids) - set(item.variance_ids):
+            item.variance_ids = sorted(set(item.variance_ids) | set(rec.variance_ids))
+        touched.append(item.id)
+    return touched
+
+
+async def reevaluate_open_variances(
+    session: AsyncSession, settings: Settings, now: datetime | None = None
+) -> int:
+    """Movements that arrive late but happened before a count change the book at that count: recompute the
+    open variances (their book, quantity, value, severity). Returns how many changed."""
+    now = now or datetime.now(UTC)
+    open_states = [s.value for s in VarianceState if s not in workflow.VARIANCE.finals()]
+    rows = (
+        await session.execute(
+            select(Variance, Item)
+            .join(Item, Item.id == Variance.item_id)
+            .where(Variance.closed_at.is_(None), Variance.state.in_(open_states))
+        )
+    ).all()
+    changed = 0
+    for v, item in rows:
+        book = await book_at(session, v.item_location_id, v.count_time)
+        if book == Decimal(v.book_qty):
+            continue
+        var = compute_variance(book, Decimal(v.counted_qty), Decimal(v.unit_cost))
+        a = assess(var, v.abc_class, item.sku, settings.tolerance)
+        audit.record(session, "variance", v.id, "reevaluated", at=now, old_book=v.book_qty, book=book,
+                     qty=var.qty, severity=a.severity.value)  # fmt: skip
+        v.book_qty, v.qty, v.pct, v.value = book, var.qty, var.pct, var.value
+        v.within_tolerance, v.hit = a.within_tolerance, a.hit
+        if VarianceState(v.state) in (VarianceState.OPEN, VarianceState.RECOUNT_PENDING, VarianceState.DISPUTED,
+                                      VarianceState.CONFIRMED, VarianceState.IN_REVIEW):  # fmt: skip
+            v.severity = a.severity.value if not a.within_tolerance else v.severity
+        changed += 1
+    return changed

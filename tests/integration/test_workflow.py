@@ -33,8 +33,8 @@ T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
 SETTINGS = Settings(database_url="sqlite://")
 
 
-async def setup(session: AsyncSession) -> dict[str, User]:
-    co = await build_company(session, items=25, counters=3)
+async def setup(session: AsyncSession, items: int = 25) -> dict[str, User]:
+    co = await build_company(session, items=items, counters=3)
     team = co.teams[0].id
     extra = [
         User(employee_no="S02", name="主管二", roles=["supervisor"], team_id=team),
@@ -272,3 +272,82 @@ async def test_illegal_transition_changes_nothing(session: AsyncSession) -> None
         )
     assert "auto_accepted" in err.value.en
     assert (r.variance.state, r.variance.version) == before
+
+
+async def test_unlisted_find_escalation_recurrence_and_late_movement(session: AsyncSession) -> None:
+    from core.models import ApprovalStep, ImprovementItem, Location
+
+    users = await setup(session, items=50)
+    c1 = users["WH1-E01"]
+    # an item found where the book has nothing: an unscheduled task, accepted, and a variance (book 0)
+    t = await task_of(session, c1)
+    other_loc = (
+        await session.execute(select(Location).where(Location.id != t.location_id).limit(1))
+    ).scalar_one()
+    r = await wf.record_unlisted(
+        session,
+        SETTINGS,
+        counter_id=c1.id,
+        item_id=t.item_id,
+        location_id=other_loc.id,
+        text="5",
+        counted_at=T0,
+    )
+    assert r.variance is not None and r.variance.book_qty == 0 and r.variance.pct is None
+    unscheduled = await session.get(CountTask, r.entry.task_id)
+    assert unscheduled is not None and unscheduled.reason == TaskReason.UNSCHEDULED
+
+    # a late movement that happened before a count changes that count's book and variance
+    t2 = await task_of(session, c1)
+    r2 = await wf.record_count(session, SETTINGS, task_id=t2.id, counter_id=c1.id, text="6", counted_at=T0)
+    assert r2.variance is not None and r2.variance.qty == Decimal(-4)
+    session.add(
+        Movement(item_id=t2.item_id, location_id=t2.location_id, item_location_id=t2.item_location_id,
+                 qty=Decimal(-4), type=MovementType.ISSUE, occurred_at=T0 - timedelta(hours=3))
+    )  # fmt: skip
+    il = await session.get(ItemLocation, t2.item_location_id)
+    assert il is not None
+    il.qty = Decimal(il.qty) - 4
+    await session.flush()
+    assert await wf.reevaluate_open_variances(session, SETTINGS) >= 1
+    assert r2.variance.book_qty == Decimal(6) and r2.variance.qty == 0
+
+    # an approval step past its deadline moves up to the manager
+    session.add(ApprovalStep(variance_id=r.variance.id, seq=9, role="supervisor", opened_at=T0,
+                             due_at=T0 + timedelta(hours=24)))  # fmt: skip
+    await session.flush()
+    assert await wf.escalate_overdue_approvals(session, SETTINGS, T0 + timedelta(hours=23)) == 0
+    assert await wf.escalate_overdue_approvals(session, SETTINGS, T0 + timedelta(hours=25)) == 1
+    step = (await session.execute(select(ApprovalStep).where(ApprovalStep.seq == 9))).scalar_one()
+    assert step.role == "manager"
+
+    # the same reason five times in 30 days in one warehouse opens one improvement item
+    found = []
+    open_tasks = (
+        (
+            await session.execute(
+                select(CountTask).where(
+                    CountTask.status == TaskStatus.OPEN, CountTask.reason == TaskReason.ROTATION
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert len(open_tasks) >= 5
+    for i, task in enumerate(open_tasks[:5]):
+        res = await wf.record_count(
+            session, SETTINGS, task_id=task.id, counter_id=c1.id, text="1", counted_at=T0
+        )
+        assert res.variance is not None
+        res.variance.reason_code, res.variance.reviewed_at = (
+            "receiving",
+            T0 - timedelta(days=i),
+        )  # as reviewed
+        found.append(res.variance.id)
+    await session.flush()
+    ids = await wf.open_improvement_items(session, SETTINGS, T0 + timedelta(hours=1))
+    assert len(ids) == 1
+    item = await session.get(ImprovementItem, ids[0])
+    assert item is not None and sorted(item.variance_ids) == sorted(found) and item.reason_code == "receiving"
+    assert await wf.open_improvement_items(session, SETTINGS, T0 + timedelta(hours=2)) == ids  # not twice
