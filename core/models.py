@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -520,3 +521,27 @@ class ImprovementItem(Base):
     variance_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     state: Mapped[str] = mapped_column(String(20), default="open")
+
+
+# The audit trail is append-only in the database itself, not only by convention.
+AUDIT_APPEND_ONLY_SQLITE = (
+    "CREATE TRIGGER IF NOT EXISTS audit_event_append_only BEFORE UPDATE ON audit_event "
+    "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END"
+)
+AUDIT_APPEND_ONLY_PG = [
+    "CREATE OR REPLACE FUNCTION pandian_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'audit_event is append-only'; END $$",
+    "CREATE TRIGGER audit_event_append_only BEFORE UPDATE ON audit_event "
+    "FOR EACH ROW EXECUTE FUNCTION pandian_audit_append_only()",
+]
+
+
+def _audit_trigger(target: Any, connection: Any, **kw: Any) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql(AUDIT_APPEND_ONLY_SQLITE)
+    elif connection.dialect.name == "postgresql":
+        for stmt in AUDIT_APPEND_ONLY_PG:
+            connection.exec_driver_sql(stmt)
+
+
+event.listen(AuditEvent.__table__, "after_create", _audit_trigger)

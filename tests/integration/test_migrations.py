@@ -53,7 +53,8 @@ def describe(conn: Connection) -> dict[str, Any]:
         if t == "alembic_version":
             continue
         out[t] = {
-            "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)],
+            # (column order is not compared: ALTER TABLE ADD COLUMN appends)
+            "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)),
             "pk": insp.get_pk_constraint(t)["constrained_columns"],
             "fks": sorted(
                 (tuple(f["constrained_columns"]), f["referred_table"]) for f in insp.get_foreign_keys(t)

@@ -351,3 +351,20 @@ async def test_unlisted_find_escalation_recurrence_and_late_movement(session: As
     item = await session.get(ImprovementItem, ids[0])
     assert item is not None and sorted(item.variance_ids) == sorted(found) and item.reason_code == "receiving"
     assert await wf.open_improvement_items(session, SETTINGS, T0 + timedelta(hours=2)) == ids  # not twice
+
+
+async def test_audit_trail_is_append_only(session: AsyncSession) -> None:
+    from sqlalchemy import update as sa_update
+    from sqlalchemy.exc import DBAPIError
+
+    from core.models import AuditEvent
+
+    users = await setup(session)
+    t = await task_of(session, users["WH1-E01"])
+    await wf.record_count(
+        session, SETTINGS, task_id=t.id, counter_id=users["WH1-E01"].id, text="9", counted_at=T0
+    )
+    await session.commit()
+    with pytest.raises(DBAPIError, match="append-only"):
+        await session.execute(sa_update(AuditEvent).values(action="tampered"))
+    await session.rollback()
