@@ -605,3 +605,211 @@ def adjustments_export(fmt: str, out: Path | None) -> None:
     console.print(
         f"[green]✓[/] {r.path}：{r.adjustments} 张单据，{r.lines} 行，金额合计 {r.value:,.2f}（批次 {r.batch}）"
     )
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+_REPORT_KINDS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    # name: (title, [(field, label, kind)]); kinds: text int ratio money qty hours minutes
+    "accuracy": ("盘点准确率 / record accuracy", [
+        ("group", "分组 group", "text"), ("counts", "初盘数 counts", "int"), ("hits", "命中 hits", "int"),
+        ("hit_rate", "准确率 hit rate", "ratio"), ("unit_accuracy", "数量准确率 unit acc.", "ratio"),
+        ("value_accuracy", "金额准确率 value acc.", "ratio"), ("gross_adjustment", "调整总额 gross", "money"),
+        ("net_adjustment", "调整净额 net", "money"),
+    ]),
+    "progress": ("盘点进度 / progress", [
+        ("group", "分组 group", "text"), ("planned", "计划 planned", "int"), ("done", "完成 done", "int"),
+        ("open", "未完成 open", "int"), ("overdue", "逾期 overdue", "int"), ("done_rate", "完成率 done %", "ratio"),
+    ]),
+    "variances": ("未关闭差异 / open variances", [
+        ("id", "#", "int"), ("warehouse", "仓库 wh", "text"), ("location", "库位 location", "text"),
+        ("sku", "物料 sku", "text"), ("item_name", "名称 name", "text"), ("abc_class", "类 class", "text"),
+        ("state", "状态 state", "text"), ("state_zh", "状态说明", "text"), ("age_hours", "已过小时 age h", "hours"),
+        ("severity", "级别 severity", "text"), ("qty", "差异 qty", "qty"), ("value", "金额 value", "money"),
+        ("next_role", "待办角色 next", "text"), ("next_role_zh", "待办", "text"),
+        ("next_person", "待办人 person", "text"),
+    ]),
+    "reasons": ("差异原因排列 / reason Pareto", [
+        ("reason_code", "原因 reason", "text"), ("reason_zh", "说明", "text"), ("count", "次数 count", "int"),
+        ("value", "金额 |value|", "money"), ("share", "占比 share", "ratio"),
+        ("cumulative_share", "累计占比 cumulative", "ratio"),
+    ]),
+    "counters": ("盘点员 / counters", [
+        ("counter", "盘点员 counter", "text"), ("counts", "盘点次数 counts", "int"),
+        ("recounts", "其中复盘 recounts", "int"), ("avg_minutes", "平均分钟 min/count", "minutes"),
+        ("timed_counts", "计时次数 timed", "int"), ("overturned", "被推翻 overturned", "int"),
+        ("overturn_rate", "推翻率 overturn rate", "ratio"),
+    ]),
+}  # fmt: skip
+
+
+def _report_cell(value: Any, kind: str, for_csv: bool) -> str:
+    if value is None:
+        return "" if for_csv else "-"
+    if kind == "ratio":
+        return f"{value:.4f}" if for_csv else f"{value:.1%}"
+    if kind == "money":
+        return f"{value:.2f}" if for_csv else f"{value:,.2f}"
+    if kind == "qty":
+        return f"{value.normalize():f}" if for_csv else f"{value.normalize():+f}"
+    if kind in ("hours", "minutes"):
+        return f"{value:.1f}" if kind == "hours" else f"{value:.2f}"
+    return str(value)
+
+
+def _report_json(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
+
+
+def _report_day(value: str | None, option: str, today: date) -> date | None:
+    if value is None:
+        return None
+    if value == "today":
+        return today
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.ClickException(
+            f"{option} 的日期格式应为 YYYY-MM-DD / {option} expects YYYY-MM-DD, got {value!r}"
+        ) from None
+
+
+def _report_command(name: str, help_text: str) -> Callable[[Callable[..., Any]], Any]:
+    """A ``pandian report NAME`` command: shared options, one unit of work (read only), three formats."""
+
+    def wrap(fetch: Callable[..., Awaitable[list[Any]]]) -> Any:
+        @report.command(name=name, help=help_text)
+        @click.option(
+            "--from", "start", metavar="DATE", help="First day, YYYY-MM-DD (default: 29 days before --to)."
+        )
+        @click.option("--to", "end", metavar="DATE", help="Last day, YYYY-MM-DD (default: today).")
+        @click.option("--warehouse", metavar="CODE", help="One warehouse only.")
+        @click.option("--class", "abc_class", metavar="A|B|C", help="One ABC class only.")
+        @click.option(
+            "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+        )
+        @click.option(
+            "--out",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write csv or json to this file instead of stdout.",
+        )
+        def cmd(start: str | None, end: str | None, warehouse: str | None, abc_class: str | None, fmt: str,
+                out: Path | None) -> None:  # fmt: skip
+            from datetime import timedelta
+
+            from core.analytics import ReportError, ReportFilter
+
+            if out is not None and fmt == "table":
+                raise click.ClickException("--out 只用于 csv 或 json / --out needs --format csv or json")
+
+            async def go(settings: Settings) -> tuple[ReportFilter, list[Any]]:
+                today = datetime.now(settings.tz).date()
+                first, last = _report_day(start, "--from", today), _report_day(end, "--to", today)
+                # open variances: all of them unless a period is given; other reports: the last 30 days
+                if name != "variances" or first or last:
+                    last = last or today
+                    first = first or last - timedelta(days=29)
+                flt = ReportFilter(first, last, warehouse, abc_class)
+                return flt, await _with_session(settings, lambda s: fetch(s, settings, flt), commit=False)
+
+            try:
+                flt, rows = run(go)
+            except ReportError as exc:
+                raise click.ClickException(str(exc)) from None
+            _print_report(name, rows, flt, fmt, out)
+
+        return cmd
+
+    return wrap
+
+
+def _print_report(name: str, rows: list[Any], flt: Any, fmt: str, out: Path | None) -> None:
+    import csv
+    import dataclasses
+    import io
+    import json
+
+    title, columns = _REPORT_KINDS[name]
+    if fmt == "json":
+        text = json.dumps(
+            [{k: _report_json(v) for k, v in dataclasses.asdict(r).items()} for r in rows],
+            ensure_ascii=False,
+            indent=1,
+        )
+        text += "\n"
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([label for _, label, _ in columns])
+        for r in rows:
+            writer.writerow([_report_cell(getattr(r, f), kind, True) for f, _, kind in columns])
+        text = buf.getvalue()
+    else:
+        period = f"{flt.start or '…'} ~ {flt.end or '…'}" if flt.start or flt.end else "全部 all"
+        scope = " ".join(
+            x for x in (flt.warehouse, f"class {flt.abc_class.upper()}" if flt.abc_class else None) if x
+        )
+        table = Table(title=f"{title}（{period}{' ' + scope if scope else ''}）")
+        for _, label, kind in columns:
+            table.add_column(label, justify="left" if kind == "text" else "right", overflow="fold")
+        for r in rows:
+            table.add_row(*(_report_cell(getattr(r, f), kind, False) for f, _, kind in columns))
+        console.print(table)
+        if not rows:
+            console.print("没有数据 / no data")
+        return
+    if out is not None:
+        # UTF-8 with a BOM for csv, so Excel opens Chinese text correctly
+        out.write_text(text, encoding="utf-8-sig" if fmt == "csv" else "utf-8", newline="")
+        err.print(f"已写入 {out} / written: {len(rows)} rows")
+    else:
+        click.echo(("\ufeff" if fmt == "csv" else "") + text, nl=False)
+
+
+@main.group()
+def report() -> None:
+    """Reports: accuracy, progress, open variances, reason Pareto, counters (table, csv or json)."""
+
+
+@_report_command("accuracy", "Record accuracy (hit rate), unit and value accuracy, adjustment value: per class, "
+                             "warehouse and ISO week.")  # fmt: skip
+async def _report_accuracy(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
+    from core.analytics import accuracy_report
+
+    return list(await accuracy_report(s, settings, flt))
+
+
+@_report_command("progress", "Planned, done and overdue count tasks per day, counter and zone.")
+async def _report_progress(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
+    from core.analytics import progress_report
+
+    return list(await progress_report(s, settings, flt))
+
+
+@_report_command("variances", "Open variances: state, age, severity, value and who acts next.")
+async def _report_variances(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
+    from datetime import UTC
+
+    from core.analytics import open_variances_report
+
+    return list(await open_variances_report(s, settings, flt, now=datetime.now(UTC)))
+
+
+@_report_command("reasons", "The reason Pareto: count and value per reason, shares and cumulative shares.")
+async def _report_reasons(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
+    from core.analytics import reasons_report
+
+    return list(await reasons_report(s, settings, flt))
+
+
+@_report_command("counters", "Per counter: counts, average minutes per count, overturned counts and rate.")
+async def _report_counters(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
+    from core.analytics import counters_report
+
+    return list(await counters_report(s, settings, flt))
