@@ -426,7 +426,9 @@ def count(
             try:
                 when = datetime.fromisoformat(at)
             except ValueError as exc:
-                raise click.BadParameter(f"时间格式如 2026-11-30T09:30 / expected an ISO time, got {at!r}") from exc
+                raise click.BadParameter(
+                    f"时间格式如 2026-11-30T09:30 / expected an ISO time, got {at!r}"
+                ) from exc
             when = when if when.tzinfo else when.replace(tzinfo=settings.tz)
         if finish:
             return await finish_partial_count(s, settings, task_id=task_id, actor_id=user.id)
@@ -813,3 +815,83 @@ async def _report_counters(s: AsyncSession, settings: Settings, flt: Any) -> lis
     from core.analytics import counters_report
 
     return list(await counters_report(s, settings, flt))
+
+
+@main.command("show")
+@click.argument("variance_id", type=int)
+def show_variance(variance_id: int) -> None:
+    """Everything about one variance: item, location, book, each count, photos, movements, approvals."""
+    from core.variance.service import dossier
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        return settings, await dossier(s, variance_id)
+
+    settings, d = _flow(work)
+    v, tz = d.variance, settings.tz
+    pct = f"{v.pct:+.1f}%" if v.pct is not None else "—（账存为 0）"
+    console.print(
+        f"差异 #{v.id}  {d.item.sku} {d.item.name} {d.item.spec or ''} @ {d.location.code}\n"
+        f"状态 {v.state}  级别 {v.severity}  账存 {v.book_qty:g}  实盘 {v.counted_qty:g}  差异 {v.qty:+g}{d.item.base_unit}"
+        f"（{pct}，{v.value:+,.2f} 元）{'  盘点时有出入库' if v.moved_during_count else ''}"
+    )
+    if v.suggestion_text:
+        console.print(f"建议原因：{v.suggestion_text}")
+    if v.reason_code:
+        console.print(f"审核原因：{v.reason_code} {v.reason_note or ''}")
+    table = Table(title="盘点记录 / counts")
+    for col in ("时间", "盘点员", "数量", "输入", "方式", "部分", "照片", "备注", "状态"):
+        table.add_column(col, overflow="fold")
+    for e, u in d.entries:
+        state = "已被替换" if e.superseded_by_id else ("被复盘推翻" if e.overturned else "")
+        table.add_row(e.counted_at.astimezone(tz).strftime("%m-%d %H:%M"), u.name, f"{e.qty:g}" if e.qty is not None else "",
+                      e.raw_text or e.outcome, e.method, "是" if e.partial else "", str(len(e.photos or [])),
+                      e.note or "", state)  # fmt: skip
+    console.print(table)
+    if d.movements:
+        mt = Table(title="期间出入库 / movements")
+        for col in ("时间", "类型", "数量", "单据"):
+            mt.add_column(col)
+        for m in d.movements:
+            mt.add_row(
+                m.occurred_at.astimezone(tz).strftime("%m-%d %H:%M"),
+                str(m.type),
+                f"{m.qty:+g}",
+                m.source_doc or "",
+            )
+        console.print(mt)
+    for st in d.steps:
+        console.print(
+            f"审批 {st.seq}. {st.role}: {st.decision}" + (f"（{st.comment}）" if st.comment else "")
+        )
+
+
+@main.command("resolve")
+@click.argument("variance_id", type=int)
+@click.option("--count", "count_is_right", flag_value=True, help="The count stands: go on to review.")
+@click.option("--book", "count_is_right", flag_value=False, help="The book stands: close without adjustment.")
+@_as_option
+def resolve(variance_id: int, count_is_right: bool | None, as_: str) -> None:
+    """A supervisor decides a variance whose counts disagree."""
+    from core.variance.service import resolve_dispute, user_by_employee_no
+
+    if count_is_right is None:
+        raise click.UsageError("请用 --count 或 --book 表明哪一方正确 / pass --count or --book")
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        user = await user_by_employee_no(s, as_)
+        return await resolve_dispute(s, settings, variance_id=variance_id, supervisor_id=user.id,
+                                     count_is_right=bool(count_is_right))  # fmt: skip
+
+    v = _flow(work)
+    console.print(f"[green]✓[/] 差异 #{v.id}：{v.state}")
+
+
+@main.command("housekeeping")
+def housekeeping_cmd() -> None:
+    """Run the workflow's periodic jobs: escalate late approvals, open improvement items, re-evaluate."""
+    from core.variance.service import housekeeping
+
+    done = _flow(lambda settings, s: housekeeping(s, settings))
+    console.print(
+        f"升级审批 {done['escalated']}，改进项 {done['improvement_items']}，重新计算差异 {done['reevaluated']}"
+    )

@@ -350,11 +350,13 @@ async def _evaluate_first_count(
     if state is VarianceState.AUTO_ACCEPTED:
         if var.qty != 0:
             await _adjust(session, settings, v, actor_id, now)
+        else:
+            v.closed_at = now  # a match: nothing to adjust
         result.message_zh = "与账面相符 ✓" if var.qty == 0 else "差异在容差内，已自动调整"
         return
     # out of tolerance, or stock moved while counting: a blind recount by someone else
     if settings.counting.max_recounts > 0:
-        result.recount_task = await _open_recount(session, v, task, actor_id, now)
+        result.recount_task = await _open_recount(session, v, task, actor_id, now, settings.tz)
         result.message_zh = "已记录，请稍候：这一项需要另一位同事复盘"
     else:
         _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now)
@@ -362,7 +364,7 @@ async def _evaluate_first_count(
 
 
 async def _open_recount(
-    session: AsyncSession, v: Variance, task: CountTask, actor_id: int | None, now: datetime
+    session: AsyncSession, v: Variance, task: CountTask, actor_id: int | None, now: datetime, tz: Any = UTC
 ) -> CountTask | None:
     """A blind recount by a different counter, preferably from the same team."""
     exclude = await _counters_of(session, task.id)
@@ -388,7 +390,8 @@ async def _open_recount(
     chosen = min(candidates, key=lambda u: (u.team_id != team, loads.get(u.id, 0), u.employee_no))
     v.recounts += 1
     recount = CountTask(
-        plan_date=now.date(), due_date=now.date(), warehouse_id=task.warehouse_id, location_id=task.location_id,
+        plan_date=now.astimezone(tz).date(), due_date=now.astimezone(tz).date(), warehouse_id=task.warehouse_id,
+        location_id=task.location_id,
         item_id=task.item_id, item_location_id=task.item_location_id, abc_class=task.abc_class,
         reason=TaskReason.RECOUNT, priority=1, status=TaskStatus.OPEN, assignee_id=chosen.id,
         est_minutes=float(task.est_minutes), cycle_key=f"recount:{v.id}:{v.recounts}", parent_task_id=task.id,
@@ -439,7 +442,7 @@ async def _evaluate_recount(
         if v.recounts < settings.counting.max_recounts:
             parent = await session.get(CountTask, v.task_id)
             assert parent is not None
-            result.recount_task = await _open_recount(session, v, parent, actor_id, now)
+            result.recount_task = await _open_recount(session, v, parent, actor_id, now, settings.tz)
             result.message_zh = "两次盘点不一致，已安排第三次盘点"
         else:
             result.message_zh = "两次盘点不一致，请主管裁定"
@@ -591,7 +594,7 @@ async def decide(
         _move_variance(v, VarianceEvent.SENT_BACK, actor_id, now, comment=comment)
         task = await session.get(CountTask, v.task_id)
         assert task is not None
-        await _open_recount(session, v, task, actor_id, now)
+        await _open_recount(session, v, task, actor_id, now, settings.tz)
         return Decision(v, step, "recount", True)
     nxt = (
         await session.execute(
@@ -786,7 +789,8 @@ async def record_unlisted(
     ).scalar_one_or_none()  # fmt: skip
     if task is None:
         task = CountTask(
-            plan_date=counted_at.date(), due_date=counted_at.date(), warehouse_id=loc.warehouse_id,
+            plan_date=counted_at.astimezone(settings.tz).date(), due_date=counted_at.astimezone(settings.tz).date(),
+            warehouse_id=loc.warehouse_id,
             location_id=loc.id, item_id=item.id, item_location_id=il.id, abc_class=il.abc_class or item.abc_class,
             reason=TaskReason.UNSCHEDULED, priority=4, status=TaskStatus.OPEN, assignee_id=counter_id,
             est_minutes=3.0, cycle_key=f"unscheduled:{uuid4().hex[:12]}", created_at=now,
@@ -898,3 +902,64 @@ async def reevaluate_open_variances(
             v.severity = a.severity.value if not a.within_tolerance else v.severity
         changed += 1
     return changed
+
+
+@dataclass
+class VarianceDossier:
+    """Everything a reviewer needs: item, location, book, each count, photos, movements since the snapshot."""
+
+    variance: Variance
+    item: Item
+    location: Location
+    entries: list[tuple[CountEntry, User]]
+    movements: list[Movement]
+    steps: list[ApprovalStep]
+
+
+async def dossier(session: AsyncSession, variance_id: int) -> VarianceDossier:
+    v = await _variance(session, variance_id, lock=False)
+    item, loc = await session.get(Item, v.item_id), await session.get(Location, v.location_id)
+    assert item is not None and loc is not None
+    task_ids = [
+        v.task_id,
+        *(await session.execute(select(CountTask.id).where(CountTask.parent_task_id == v.task_id))).scalars(),
+    ]
+    entries = [
+        (e, u)
+        for e, u in (
+            await session.execute(
+                select(CountEntry, User).join(User, User.id == CountEntry.counter_id)
+                .where(CountEntry.task_id.in_(task_ids)).order_by(CountEntry.counted_at, CountEntry.id)
+            )
+        ).all()
+    ]  # fmt: skip
+    il = await session.get(ItemLocation, v.item_location_id)
+    since = il.book_as_of if il is not None and il.book_as_of else v.count_time - timedelta(days=7)
+    movements = list(
+        (
+            await session.execute(
+                select(Movement).where(Movement.item_location_id == v.item_location_id, Movement.occurred_at > since)
+                .order_by(Movement.occurred_at)
+            )
+        ).scalars()
+    )  # fmt: skip
+    steps = list(
+        (
+            await session.execute(
+                select(ApprovalStep).where(ApprovalStep.variance_id == v.id).order_by(ApprovalStep.seq)
+            )
+        ).scalars()
+    )
+    return VarianceDossier(v, item, loc, entries, movements, steps)
+
+
+async def housekeeping(
+    session: AsyncSession, settings: Settings, now: datetime | None = None
+) -> dict[str, int]:
+    """The periodic jobs of the workflow (the bot's scheduler runs them; the CLI can too)."""
+    now = now or datetime.now(UTC)
+    return {
+        "escalated": await escalate_overdue_approvals(session, settings, now),
+        "improvement_items": len(await open_improvement_items(session, settings, now)),
+        "reevaluated": await reevaluate_open_variances(session, settings, now),
+    }

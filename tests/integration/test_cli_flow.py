@@ -83,3 +83,33 @@ def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path)
     trail = ok("audit", vid)
     for action in ("recount_assigned", "review_submitted", "approved", "adjustment_recorded"):
         assert action in trail
+
+
+def test_dispute_resolved_by_supervisor_and_dossier(engine: AsyncEngine, database_url: str) -> None:
+    seed(database_url)
+    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+
+    def ok(*args: str) -> str:
+        r = cli.invoke(main, list(args))
+        assert r.exit_code == 0, (args, r.output, r.exception)
+        return r.output
+
+    ok("plan", "--date", "2026-11-30")
+    task = open_task(database_url, "WH1-E01")
+    out = ok(
+        "count", str(task), "4", "--as", "WH1-E01", "--at", "2026-11-30T10:00", "--note", "货架后面可能还有"
+    )
+    recount = int(re.search(r"复盘任务 #(\d+)", out).group(1))  # type: ignore[union-attr]
+    disagree = ok("count", str(recount), "7", "--as", "WH1-E02", "--at", "2026-11-30T10:20")
+    assert "请主管裁定" in disagree
+    vid = re.search(r"│ (\d+) ", ok("variances")).group(1)  # type: ignore[union-attr]
+    dossier = ok("show", vid)
+    assert (
+        "盘点员1" in dossier
+        and "盘点员2" in dossier
+        and "货架后面可能还有" in dossier
+        and "disputed" in dossier
+    )
+    assert cli.invoke(main, ["resolve", vid, "--book", "--as", "WH1-E01"]).exit_code == 1  # not a supervisor
+    assert "closed_count_error" in ok("resolve", vid, "--book", "--as", "WH1-S01")
+    assert "升级审批 0" in ok("housekeeping")
