@@ -573,7 +573,18 @@ def _group(observations: list[_Obs]) -> list[_Candidate]:
     for o in observations:
         k = _family_key(o.symbology, o.text)
         by_key.setdefault(k, _Candidate(k, [])).obs.append(o)
-    return list(by_key.values())
+    groups = list(by_key.values())
+    # ITF has no start/stop structure strong enough to stop partial scans: a short read inside a
+    # longer one at the same place is a fragment of it, not a second code (nor a conflict).
+    return [c for c in groups if not any(_is_fragment(c, other) for other in groups)]
+
+
+def _is_fragment(c: _Candidate, other: _Candidate) -> bool:
+    if c is other or c.symbology != "itf" or other.symbology != "itf":
+        return False
+    if len(c.key[1]) >= len(other.key[1]) or c.key[1] not in other.key[1]:
+        return False
+    return any(_overlap(a.points, b.points) for a in c.obs for b in other.obs)
 
 
 def _check_ok(c: _Candidate, gs1: GS1Data | None) -> bool:
@@ -645,37 +656,36 @@ class Steps:
     budget_ms: float = TIME_BUDGET_MS
 
 
-def _open(data: bytes) -> tuple[Image.Image | None, str | None]:
+def _open(data: bytes) -> tuple[Image.Image | None, float, str | None]:
+    """The photo as grayscale, the factor from its pixels to the original's (JPEG draft mode decodes
+    big frames at half size), or an error message."""
     if not data:
-        return None, MSG_EMPTY
+        return None, 1.0, MSG_EMPTY
     if len(data) > MAX_BYTES:
-        return None, MSG_TOO_BIG
+        return None, 1.0, MSG_TOO_BIG
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        return None, MSG_TOO_MANY_PIXELS
+        return None, 1.0, MSG_TOO_MANY_PIXELS
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None, MSG_NOT_IMAGE
+        return None, 1.0, MSG_NOT_IMAGE
     if img.format not in ACCEPTED_FORMATS:
-        return None, MSG_NOT_IMAGE
+        return None, 1.0, MSG_NOT_IMAGE
     w, h = img.size
     if w * h > MAX_PIXELS:  # checked from the header, before any pixel is decoded
-        return None, MSG_TOO_MANY_PIXELS
+        return None, 1.0, MSG_TOO_MANY_PIXELS
     try:
         if img.format in ("JPEG", "MPO") and max(w, h) > 2 * WORK_LONG_SIDE:
             img.draft("L", (w // 2, h // 2))  # DCT-domain downscale while decoding: a 12 MP JPEG in ~1/4 time
         img.load()
+        factor = w / img.width
         img = ImageOps.exif_transpose(img) or img
         gray = img.convert("L") if img.mode != "L" else img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None, MSG_TRUNCATED
-    return gray, None
-
-
-def _identity(x: float, y: float) -> Point:
-    return round(x), round(y)
+        return None, 1.0, MSG_TRUNCATED
+    return gray, factor, None
 
 
 def decode_image_bytes(data: bytes, steps: Steps | None = None) -> DecodeResult:
@@ -687,23 +697,26 @@ def decode_image_bytes(data: bytes, steps: Steps | None = None) -> DecodeResult:
     def done(codes: Iterable[Code], error: str | None) -> DecodeResult:
         return DecodeResult(tuple(codes), error, (time.perf_counter() - t0) * 1000)
 
-    gray, error = _open(bytes(data))
+    gray, factor, error = _open(bytes(data))
     if gray is None:
         return done((), error)
     try:
-        codes = _decode_gray(gray, steps, t0)
+        codes = _decode_gray(gray, factor, steps, t0)
     except Exception:  # a decoder bug must not take the conversation down; say we could not read it
         return done((), MSG_TRUNCATED)
     return done(codes, None if codes else MSG_NO_CODE)
 
 
-def _decode_gray(gray: Image.Image, steps: Steps, t0: float) -> list[Code]:
-    full = _Variant("full", gray, _identity)
+def _decode_gray(gray: Image.Image, factor: float, steps: Steps, t0: float) -> list[Code]:
+    def to_orig(x: float, y: float) -> Point:
+        return round(x * factor), round(y * factor)
+
+    full = _Variant("full", gray, to_orig)
     long_side = max(gray.size)
     if long_side > WORK_LONG_SIDE:
-        base = _scaled("base", gray, WORK_LONG_SIDE / long_side, _identity)
+        base = _scaled("base", gray, WORK_LONG_SIDE / long_side, to_orig)
     else:
-        base = _Variant("base", gray, _identity)
+        base = _Variant("base", gray, to_orig)
 
     obs = _zxing_reads(base)
     if steps.pyzbar:
@@ -728,7 +741,7 @@ def _decode_gray(gray: Image.Image, steps: Steps, t0: float) -> list[Code]:
     if steps.retry and not settled():
         chain: list[Callable[[], _Variant]] = []
         if long_side < SMALL_LONG_SIDE:
-            chain.append(lambda: _scaled("up2", gray, 2.0, _identity))
+            chain.append(lambda: _scaled("up2", gray, 2.0, to_orig))
         chain += [
             lambda: _Variant("contrast", ImageOps.autocontrast(base.image, cutoff=2), base.to_orig),
             lambda: _Variant("sharp", base.image.filter(ImageFilter.UnsharpMask(2, 200, 2)), base.to_orig),
