@@ -1,0 +1,1 @@
+"""Pure renderers: ``render(card, *, lang, signer) -> dict`` for WeCom, Feishu and DingTalk."""
