@@ -1,0 +1,58 @@
+"""The count prompt: "库位 A-01-03 · 可口可乐 330ml，请输入数量". Blind: no book quantity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.cards.model import Button, ButtonStyle, Card, Lang, QuantityInput, Section, pick
+from bot.cards.payload import CannotFind, SubmitQuantity
+from bot.cards.text import ItemAt
+
+
+@dataclass(frozen=True, slots=True)
+class CountPrompt:
+    task_id: int
+    at: ItemAt
+    position: int | None = None  # this task's place in today's list (第 3/20 项)
+    of: int | None = None
+
+
+def build(data: CountPrompt, *, lang: Lang = "zh", ref: str) -> Card:
+    at = data.at
+    subtitle = None
+    if data.position is not None and data.of is not None:
+        subtitle = pick(lang, f"第 {data.position}/{data.of} 项", f"Item {data.position} of {data.of}")
+    return Card(
+        ref=ref,
+        title=pick(lang, f"盘点 {at.location}", f"Count {at.location}"),
+        subtitle=subtitle,
+        sections=(
+            Section(
+                pick(
+                    lang,
+                    f"库位 {at.location} · {at.item}，请输入数量",
+                    f"Location {at.location} · {at.item}: enter the quantity",
+                ),
+                tuple(at.fields(lang)[2:]),
+            ),
+        ),
+        inputs=(
+            QuantityInput(
+                name="qty",
+                placeholder=pick(
+                    lang, f"数量（{at.unit}），例如 12 或 3箱5个", f"Quantity ({at.unit}), e.g. 12"
+                ),
+                fallback=pick(
+                    lang,
+                    f"请直接回复数量（{at.unit}），例如 12 或 3箱5个",
+                    f"Reply with the quantity ({at.unit}), e.g. 12",
+                ),
+            ),
+        ),
+        buttons=(
+            Button(
+                pick(lang, "提交", "Submit"), SubmitQuantity(data.task_id), ButtonStyle.PRIMARY, submits=True
+            ),
+            Button(pick(lang, "无法找到", "Can't find"), CannotFind(data.task_id)),
+        ),
+    )
