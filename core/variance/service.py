@@ -175,15 +175,8 @@ async def record_count(
 ) -> CountResult:
     """Record one count. A repeated ``dedup_key`` (a platform retry) returns the first result unchanged."""
     now = now or datetime.now(UTC)
-    if dedup_key is not None:
-        seen = (
-            await session.execute(select(CountEntry).where(CountEntry.dedup_key == dedup_key))
-        ).scalar_one_or_none()
-        if seen is not None:
-            seen_task = await session.get(CountTask, seen.task_id)
-            root = seen_task.parent_task_id or seen_task.id if seen_task else seen.task_id
-            v = (await session.execute(select(Variance).where(Variance.task_id == root))).scalar_one_or_none()
-            return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
+    if dedup_key is not None and (earlier := await _already_recorded(session, dedup_key)) is not None:
+        return earlier
     task = (
         await session.execute(select(CountTask).where(CountTask.id == task_id).with_for_update())
     ).scalar_one_or_none()
@@ -197,8 +190,8 @@ async def record_count(
     if "counter" not in (counter.roles or []):
         raise WorkflowError(f"{counter.name} 不是盘点员", f"{counter.name} is not a counter")
     if task.reason == TaskReason.RECOUNT and task.parent_task_id is not None:
-        earlier = await _counters_of(session, task.parent_task_id) - await _entries_of(session, task.id)
-        if counter_id in earlier:
+        earlier_counters = await _counters_of(session, task.parent_task_id) - await _entries_of(session, task.id)
+        if counter_id in earlier_counters:
             raise WorkflowError("复盘必须由另一位盘点员完成", "a recount must be done by a different counter")
     item = await session.get(Item, task.item_id)
     assert item is not None
@@ -245,6 +238,19 @@ async def record_count(
         return result
     await _complete_task(session, settings, task, item, counter_id, now, result)
     return result
+
+
+async def _already_recorded(session: AsyncSession, dedup_key: str) -> CountResult | None:
+    """The first result of an inbound event delivered again (platforms retry), or None."""
+    seen = (
+        await session.execute(select(CountEntry).where(CountEntry.dedup_key == dedup_key))
+    ).scalar_one_or_none()
+    if seen is None:
+        return None
+    task = await session.get(CountTask, seen.task_id)
+    root = (task.parent_task_id or task.id) if task is not None else seen.task_id
+    v = (await session.execute(select(Variance).where(Variance.task_id == root))).scalar_one_or_none()
+    return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
 
 
 async def _entries_of(session: AsyncSession, task_id: int) -> set[int]:
@@ -761,15 +767,8 @@ async def record_unlisted(
     from core.stock import ensure_item_locations
 
     now = now or datetime.now(UTC)
-    if dedup_key is not None:
-        seen = (
-            await session.execute(select(CountEntry).where(CountEntry.dedup_key == dedup_key))
-        ).scalar_one_or_none()
-        if seen is not None:
-            v = (
-                await session.execute(select(Variance).where(Variance.task_id == seen.task_id))
-            ).scalar_one_or_none()
-            return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
+    if dedup_key is not None and (earlier := await _already_recorded(session, dedup_key)) is not None:
+        return earlier
     item, loc = await session.get(Item, item_id), await session.get(Location, location_id)
     if item is None or loc is None:
         raise WorkflowError("物料或库位不存在", "unknown item or location")
