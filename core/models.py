@@ -545,3 +545,38 @@ def _audit_trigger(target: Any, connection: Any, **kw: Any) -> None:
 
 
 event.listen(AuditEvent.__table__, "after_create", _audit_trigger)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The bot's durable plumbing (issue 4): inbound dedup and the outbound outbox.
+
+
+class InboundSeen(Base):
+    """Inbound events already accepted, by their platform dedup key: a platform retry is dropped."""
+
+    __tablename__ = "inbound_seen"
+    dedup_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OutboxMessage(Base):
+    """One outbound send (text, card or card update), written in the same transaction as the change that
+    causes it, delivered by the outbox workers: a crash never loses it, a retry never sends it twice."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # text | card | update
+    address: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_ref: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    trace_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
