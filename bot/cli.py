@@ -895,3 +895,32 @@ def housekeeping_cmd() -> None:
     console.print(
         f"升级审批 {done['escalated']}，改进项 {done['improvement_items']}，重新计算差异 {done['reevaluated']}"
     )
+
+
+@main.command()
+@click.option("--host", default=None, help="Default: server.host (127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Default: server.port (8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the bot server: platform webhooks (those configured), /healthz and /metrics."""
+    import logging
+
+    from aiohttp import web
+
+    from bot.app import build_app
+    from core import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+    except Exception as exc:
+        raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from exc
+
+    async def prepare() -> None:
+        engine = make_engine(settings.database_url)
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    web.run_app(build_app(settings), host=host or settings.server.host, port=port or settings.server.port)

@@ -115,6 +115,14 @@ class CountingSettings(BaseModel):
     )
 
 
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    # Signs card button payloads; set it in production (at least 16 bytes), or a random one is made per start.
+    payload_secret: str | None = None
+    outbox_interval_s: float = Field(default=1.0, gt=0)
+
+
 def _default_db_url() -> str:
     return f"sqlite+aiosqlite:///{Path.cwd() / 'pandian.db'}"
 
@@ -137,6 +145,12 @@ class Settings(BaseSettings):
     tolerance: ToleranceSettings = Field(default_factory=ToleranceSettings)
     reasons: ReasonSettings = Field(default_factory=ReasonSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    # Chat platforms: a section switches a platform on; bot.app validates it with the platform's own model
+    # (integrations.<platform>.settings), so core never imports a platform.
+    wecom: dict[str, Any] | None = None
+    feishu: dict[str, Any] | None = None
+    dingtalk: dict[str, Any] | None = None
 
     @field_validator("timezone")
     @classmethod

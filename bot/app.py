@@ -1,0 +1,208 @@
+"""The composition root: builds the aiohttp application, its routes, the dispatcher and the outbox loop.
+
+Each platform is switched on by its configuration section and imported only then: an unconfigured platform
+costs nothing, not even its SDK import. Webhook routes verify and parse (platform module), record the dedup
+key, answer within the deadline, and leave the work to the dispatcher's background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import text
+
+from bot.channel import Channel
+from bot.conversation import make_store
+from bot.dispatcher import Dispatcher, Router
+from bot.events import WebhookRefused, WebhookReply
+from bot.handlers import commands
+from bot.outbox import deliver_due, depth
+from core.config import Settings
+from core.db import make_engine, make_sessionmaker
+
+log = logging.getLogger("pandian.app")
+
+APP_KEY = web.AppKey("pandian", dict)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.ack_ms: list[float] = []
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def render(self, extra: dict[str, float]) -> str:
+        lines = []
+        for name, v in sorted({**self.counters, **extra}.items()):
+            lines.append(f"pandian_{name} {v}")
+        if self.ack_ms:
+            ordered = sorted(self.ack_ms[-5000:])
+            for q in (0.5, 0.99):
+                lines.append(
+                    f'pandian_ack_ms{{quantile="{q}"}} {ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.2f}'
+                )
+        return "\n".join(lines) + "\n"
+
+
+WebhookFn = Callable[[web.Request, bytes, datetime], WebhookReply]
+
+
+def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def route(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        state = request.app[APP_KEY]
+        metrics: Metrics = state["metrics"]
+        dispatcher: Dispatcher = state["dispatcher"]
+        body = await request.read()
+        try:
+            reply = fn(request, body, datetime.now(UTC))
+        except WebhookRefused as exc:
+            metrics.inc(f'refused_total{{platform="{name}"}}')
+            log.warning("%s webhook refused (%s): %s", name, exc.status, exc.reason)
+            return web.Response(status=exc.status, text=exc.reason)
+        for event in reply.events:
+            metrics.inc(f'inbound_total{{platform="{name}"}}')
+            await dispatcher.submit(event)  # durable dedup, then background work
+        metrics.ack_ms.append((time.perf_counter() - started) * 1000)
+        return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+
+    return route
+
+
+def _platforms(settings: Settings) -> tuple[dict[str, Channel], list[tuple[str, str, WebhookFn]]]:
+    """Channels and webhook routes for the configured platforms only (lazy imports)."""
+    channels: dict[str, Channel] = {}
+    routes: list[tuple[str, str, WebhookFn]] = []
+    if settings.wecom:
+        from integrations.wecom import client as wecom_client
+        from integrations.wecom import settings as wecom_settings
+        from integrations.wecom import webhook as wecom_webhook
+
+        cfg = wecom_settings.WeComSettings(**settings.wecom)
+        wecom = wecom_webhook.WeComWebhook(cfg)
+        channels["wecom"] = wecom_client.WeComChannel(cfg)
+
+        def wecom_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+            return wecom.handle(request.method, dict(request.query), body, now)
+
+        routes += [("GET", "/wecom/callback", wecom_fn), ("POST", "/wecom/callback", wecom_fn)]
+    if settings.feishu:
+        from integrations.feishu import settings as feishu_settings
+        from integrations.feishu import webhook as feishu_webhook
+
+        fcfg = feishu_settings.FeishuSettings(**settings.feishu)
+        feishu = feishu_webhook.FeishuWebhook(fcfg)
+        from integrations.feishu import client as feishu_client
+
+        channels["feishu"] = feishu_client.FeishuChannel(fcfg)
+
+        def feishu_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+            return feishu.handle(dict(request.headers), body, now)
+
+        routes.append(("POST", "/feishu/webhook", feishu_fn))
+    if settings.dingtalk:
+        from integrations.dingtalk import settings as dingtalk_settings
+        from integrations.dingtalk import webhook as dingtalk_webhook
+
+        dcfg = dingtalk_settings.DingTalkSettings(**settings.dingtalk)
+        dingtalk = dingtalk_webhook.DingTalkWebhook(dcfg)
+        from integrations.dingtalk import client as dingtalk_client
+
+        channels["dingtalk"] = dingtalk_client.DingTalkChannel(dcfg)
+
+        def robot_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+            return dingtalk.handle_robot(dict(request.headers), body, now)
+
+        def card_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+            return dingtalk.handle_card(dict(request.headers), body, now)
+
+        routes += [("POST", "/dingtalk/robot", robot_fn), ("POST", "/dingtalk/card", card_fn)]
+    return channels, routes
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[APP_KEY]
+    checks: dict[str, Any] = {}
+    try:
+        async with state["engine"].connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # the point of a health check is to report, not to crash
+        checks["database"] = f"error: {exc.__class__.__name__}"
+    if state["settings"].redis_url:
+        try:
+            import redis.asyncio as aioredis
+
+            r = aioredis.from_url(state["settings"].redis_url)
+            await r.ping()
+            await r.aclose()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {exc.__class__.__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    state = request.app[APP_KEY]
+    async with state["sessionmaker"]() as s:
+        outbox = await depth(s)
+    extra = {f'outbox_depth{{state="{k}"}}': v for k, v in outbox.items()}
+    extra.update({f"dispatch_{k}_total": v for k, v in state["dispatcher"].stats.items()})
+    return web.Response(text=state["metrics"].render(extra), content_type="text/plain")
+
+
+def build_app(settings: Settings) -> web.Application:
+    engine = make_engine(settings.database_url)
+    sessionmaker = make_sessionmaker(engine)
+    store = make_store(settings.redis_url)
+    channels, routes = _platforms(settings)
+    wake = asyncio.Event()
+
+    async def after_commit() -> None:
+        wake.set()
+
+    dispatcher = Dispatcher(sessionmaker, settings, store, Router().include(commands.router), after_commit)
+    app = web.Application(client_max_size=25 * 1024 * 1024)
+    app[APP_KEY] = {
+        "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
+        "channels": channels, "metrics": Metrics(), "store": store,
+    }  # fmt: skip
+    for method, path, fn in routes:
+        app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+
+    async def outbox_loop(app: web.Application) -> Any:
+        async def loop() -> None:
+            while True:
+                try:
+                    await deliver_due(sessionmaker, channels)
+                except Exception:
+                    log.exception("outbox pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), settings.server.outbox_interval_s)
+                wake.clear()
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await dispatcher.drain()
+        for ch in channels.values():
+            await ch.close()
+        await store.close()
+        await engine.dispose()
+
+    app.cleanup_ctx.append(outbox_loop)
+    return app

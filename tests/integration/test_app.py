@@ -1,0 +1,30 @@
+"""The server with no platform configured: health, metrics, and nothing platform-specific imported."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from core.config import Settings
+
+
+async def test_health_and_metrics(aiohttp_client: Any, database_url: str, engine: Any) -> None:
+    from bot.app import build_app
+
+    client = await aiohttp_client(build_app(Settings(database_url=database_url)))
+    r = await client.get("/healthz")
+    assert r.status == 200 and (await r.json())["database"] == "ok"
+    m = await (await client.get("/metrics")).text()
+    assert "pandian_dispatch_accepted_total 0" in m
+    assert (await client.post("/wecom/callback")).status == 404  # not configured: no route
+    assert "lark_oapi" not in sys.modules  # an unconfigured platform costs nothing
+
+
+async def test_health_reports_a_dead_database(aiohttp_client: Any) -> None:
+    from bot.app import build_app
+
+    client = await aiohttp_client(
+        build_app(Settings(database_url="postgresql+asyncpg://nobody@127.0.0.1:9/x"))
+    )
+    r = await client.get("/healthz")
+    assert r.status == 503 and (await r.json())["database"].startswith("error")
