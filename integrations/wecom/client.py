@@ -1,0 +1,224 @@
+"""WeComChannel: the bot's Channel for a WeCom self-built app, on aiohttp (shared/research/platforms.md §1.2-1.4).
+
+- Token: ``GET /cgi-bin/gettoken``, cached until 5 minutes before ``expires_in`` runs out; on 40014 / 42001 /
+  40001 from an API call the token is fetched again once and the call repeated (LangBot#986 broke without it).
+- Sends use ``enable_duplicate_check`` (1800 s), so a repeated identical send inside that window is not
+  delivered twice.
+- ``update_card`` spends the one-shot ``response_code`` (one use, 72 h); a spent or expired code is a
+  permanent error: send a new card instead.
+- Errors: 45009 (back off ≥ 60 s), 45033, -1, HTTP 5xx, timeouts and connection errors are retryable;
+  everything else is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from bot.cards.capabilities import WECOM
+from bot.channel import Address, ChannelError, SentRef
+from bot.events import Platform
+from integrations.wecom.settings import WeComSettings
+
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})
+REFRESH_MARGIN_S = 300.0
+DUPLICATE_CHECK_INTERVAL_S = 1800
+# errcode -> seconds to wait before retrying; the rest of the errcodes are permanent
+RETRYABLE: dict[int, float | None] = {45009: 60.0, 45033: 1.0, -1: 1.0}
+
+
+class WeComChannel:
+    platform = Platform.WECOM
+    capabilities = WECOM
+
+    def __init__(
+        self,
+        settings: WeComSettings,
+        *,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self._base = settings.api_base.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._clock, self._now = clock, now
+        self._session: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._token_lock = asyncio.Lock()
+
+    # -- Channel -----------------------------------------------------------------------------------------
+
+    async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
+        data = await self._send(to, {"msgtype": "text", "text": {"content": text}})
+        return SentRef(self.platform, _str(data.get("msgid")), sent_at=self._now())
+
+    async def send_card(self, to: Address, card: dict[str, Any], *, idempotency_key: str) -> SentRef:
+        data = await self._send(to, {"msgtype": "template_card", "template_card": card})
+        return SentRef(
+            self.platform,
+            _str(data.get("msgid")),
+            card_ref=_str(card.get("task_id")),
+            update_token=_str(data.get("response_code")),
+            sent_at=self._now(),
+        )
+
+    async def update_card(self, ref: SentRef, card: dict[str, Any]) -> SentRef:
+        """Replace the card (a full ``template_card``), or grey its buttons out when ``card`` is
+        ``{"button": {"replace_name": …}}``. Spends ``ref.update_token``; the returned ref has none left."""
+        if not ref.update_token:
+            raise ChannelError("no unused response_code for this card: send a new card", code="no_code")
+        body: dict[str, Any] = {"agentid": self.settings.agent_id, "response_code": ref.update_token}
+        if set(card) == {"button"}:
+            body["button"] = card["button"]
+        else:
+            body["template_card"] = card
+        await self._json("POST", "/cgi-bin/message/update_template_card", json=body)
+        return SentRef(self.platform, ref.message_id, card_ref=ref.card_ref, sent_at=self._now())
+
+    async def download_image(
+        self, media_ref: str, *, message_id: str | None = None, url: str | None = None
+    ) -> bytes:
+        result = await self._call("GET", "/cgi-bin/media/get", params={"media_id": media_ref})
+        if isinstance(result, bytes):
+            return result
+        raise ChannelError("media/get answered JSON without an error code", code="no_media")
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    async def _send(self, to: Address, message: dict[str, Any]) -> dict[str, Any]:
+        if not to.user_id:
+            raise ChannelError("a WeCom self-built app sends to a member (user_id), not to a chat", code="to")
+        body = {
+            "touser": to.user_id,
+            "agentid": self.settings.agent_id,
+            **message,
+            "enable_duplicate_check": 1,
+            "duplicate_check_interval": DUPLICATE_CHECK_INTERVAL_S,
+        }
+        return await self._json("POST", "/cgi-bin/message/send", json=body)
+
+    async def _json(self, method: str, path: str, *, json: dict[str, Any]) -> dict[str, Any]:
+        result = await self._call(method, path, json=json)
+        if isinstance(result, bytes):
+            raise ChannelError(f"{path} answered with a non-JSON body", code="not_json", retryable=True)
+        return result
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | bytes:
+        """One API call with the token; refreshes the token once on a token error and repeats the call."""
+        for attempt in range(2):
+            token = await self._access_token(force=attempt > 0)
+            result = await self._request(method, path, {**(params or {}), "access_token": token}, json)
+            if isinstance(result, bytes):
+                return result
+            code = _errcode(result)
+            if code == 0:
+                return result
+            if code in TOKEN_ERRORS and attempt == 0:
+                self._token = None
+                continue
+            raise _error(path, code, result)
+        raise AssertionError("unreachable")
+
+    async def _access_token(self, *, force: bool = False) -> str:
+        async with self._token_lock:
+            if not force and self._token and self._clock() < self._token_expires_at - REFRESH_MARGIN_S:
+                return self._token
+            started = self._clock()
+            data = await self._request(
+                "GET",
+                "/cgi-bin/gettoken",
+                {"corpid": self.settings.corp_id, "corpsecret": self.settings.secret},
+                None,
+            )
+            if isinstance(data, bytes):
+                raise ChannelError("gettoken answered with a non-JSON body", code="not_json", retryable=True)
+            code = _errcode(data)
+            if code != 0 or not data.get("access_token"):
+                # 40001 here is a wrong secret: retrying gets the IP banned for an hour (doc 45009 note)
+                raise _error("/cgi-bin/gettoken", code, data, token_fetch=True)
+            self._token = str(data["access_token"])
+            self._token_expires_at = started + float(data.get("expires_in", 7200))
+            return self._token
+
+    async def _request(
+        self, method: str, path: str, params: Mapping[str, str], json: dict[str, Any] | None
+    ) -> dict[str, Any] | bytes:
+        session = self._session
+        if session is None or session.closed:
+            session = self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with session.request(method, self._base + path, params=params, json=json) as resp:
+                if resp.status >= 500:
+                    raise ChannelError(
+                        f"{path}: HTTP {resp.status}",
+                        code=resp.status,
+                        retryable=True,
+                        retry_after=_retry_after(resp.headers.get("Retry-After")),
+                    )
+                if resp.status != 200:
+                    raise ChannelError(f"{path}: HTTP {resp.status}", code=resp.status)
+                ctype = resp.content_type
+                body = await resp.read()
+        except TimeoutError:
+            raise ChannelError(f"{path}: timed out", code="timeout", retryable=True) from None
+        except aiohttp.ClientError as e:
+            raise ChannelError(f"{path}: {e!r}", code="network", retryable=True) from None
+        # media/get answers errors as JSON with HTTP 200, so the content type decides
+        if ctype in ("application/json", "text/plain") or body[:1] == b"{":
+            try:
+                data = jsonlib.loads(body)
+            except ValueError:
+                if ctype == "application/json":
+                    raise ChannelError(f"{path}: bad JSON", code="bad_json", retryable=True) from None
+                return body
+            if isinstance(data, dict):
+                return data
+        return body
+
+
+def _errcode(data: Mapping[str, Any]) -> int:
+    try:
+        return int(data.get("errcode", 0))
+    except (TypeError, ValueError):
+        return -1
+
+
+def _error(path: str, code: int, data: Mapping[str, Any], *, token_fetch: bool = False) -> ChannelError:
+    message = f"{path}: errcode {code} {data.get('errmsg', '')}".rstrip()
+    if code in RETRYABLE:
+        return ChannelError(message, code=code, retryable=True, retry_after=RETRYABLE[code])
+    if code in TOKEN_ERRORS and not token_fetch:
+        # the token was refreshed once and is still refused: let the outbox try again later
+        return ChannelError(message, code=code, retryable=True)
+    return ChannelError(message, code=code)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
