@@ -19,7 +19,10 @@ class DingTalkSettings(BaseModel):
     card_template_id: str = Field(min_length=1)  # "xxxx.schema", published in the Card Builder
     api_base: str = "https://api.dingtalk.com"
     oapi_base: str = "https://oapi.dingtalk.com"
-    mode: Literal["http", "stream"] = "http"
+    mode: Literal["http", "stream"] = "http"  # how callbacks arrive; "stream" needs dingtalk-stream (later)
+    card_callback_route_key: str | None = (
+        None  # HTTP mode: the key registered with /v1.0/card/callbacks/register
+    )
     timestamp_window_s: int = Field(default=3600, gt=0)  # robot callbacks: |now - timestamp| <= 1 h
     request_timeout_s: float = Field(default=10.0, gt=0)
 

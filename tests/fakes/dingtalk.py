@@ -21,6 +21,8 @@ from aiohttp import web
 
 from integrations.dingtalk.webhook import PAYLOAD_PARAM, robot_sign
 
+_BODY = web.RequestKey("dingtalk_fake_body", dict[str, Any])
+
 QPS_LIMIT = {"code": "Forbidden.AccessDenied.QpsLimitForApi", "message": "调用频率超限"}  # code [unverified]
 SERVER_ERROR = {"code": "ServiceUnavailable", "message": "服务暂时不可用"}
 
@@ -50,7 +52,7 @@ class DingTalkFakeState:
     files: dict[str, bytes] = field(default_factory=dict)  # downloadCode -> bytes
     throttled_users: set[str] = field(default_factory=set)  # batchSend puts them in flowControlledStaffIdList
     faults: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
-    _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _counters: dict[str, itertools.count[int]] = field(default_factory=dict)
 
     # -- fault injection ------------------------------------------------------------------------------
 
@@ -71,7 +73,7 @@ class DingTalkFakeState:
         self.tokens.clear()
 
     def next_id(self, prefix: str) -> str:
-        return f"{prefix}-{next(self._counter)}"
+        return f"{prefix}-{next(self._counters.setdefault(prefix, itertools.count(1)))}"
 
     def calls(self, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.path == path]
@@ -92,7 +94,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
             except ValueError:
                 body = raw
         state.requests.append(Recorded(request.method, request.path, body, dict(request.headers)))
-        request["json"] = body
+        request[_BODY] = body if isinstance(body, dict) else {}
         queued = state.faults.get(request.path)
         if queued:
             status, payload = queued.pop(0)
@@ -106,7 +108,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
         return _error(401, "InvalidAuthentication", "不合法的access_token")
 
     async def access_token(request: web.Request) -> web.Response:
-        body = request["json"] or {}
+        body = request[_BODY]
         if body.get("appKey") != state.app_key or body.get("appSecret") != state.app_secret:
             return _error(400, "invalidClientIdOrSecret", "无效的appKey或appSecret")
         state.token_requests += 1
@@ -117,7 +119,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     async def batch_send(request: web.Request) -> web.Response:
         if not authorised(request):
             return unauthorised()
-        body = request["json"] or {}
+        body = request[_BODY]
         user_ids = body.get("userIds")
         if not isinstance(user_ids, list) or not 1 <= len(user_ids) <= 20:
             return _error(400, "invalidParameter.userIds", "userIds 数量须在 1 到 20 之间")
@@ -140,7 +142,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     async def group_send(request: web.Request) -> web.Response:
         if not authorised(request):
             return unauthorised()
-        body = request["json"] or {}
+        body = request[_BODY]
         if not body.get("openConversationId") or not isinstance(body.get("msgParam"), str):
             return _error(400, "invalidParameter", "openConversationId 或 msgParam 不合法")
         state.sent.append(body)
@@ -159,7 +161,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     async def create_and_deliver(request: web.Request) -> web.Response:
         if not authorised(request):
             return unauthorised()
-        body = request["json"] or {}
+        body = request[_BODY]
         params = param_map(body)
         if isinstance(params, web.Response):
             return params
@@ -188,7 +190,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     async def update_card(request: web.Request) -> web.Response:
         if not authorised(request):
             return unauthorised()
-        body = request["json"] or {}
+        body = request[_BODY]
         params = param_map(body)
         if isinstance(params, web.Response):
             return params
@@ -203,7 +205,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     async def message_file(request: web.Request) -> web.Response:
         if not authorised(request):
             return unauthorised()
-        body = request["json"] or {}
+        body = request[_BODY]
         code = body.get("downloadCode")
         if body.get("robotCode") != state.robot_code or code not in state.files:
             return _error(400, "invalidParameter.downloadCode", "downloadCode 无效或已过期")
@@ -216,7 +218,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
         return web.Response(body=state.files[code], content_type="image/jpeg")
 
     async def send_by_session(request: web.Request) -> web.Response:
-        state.session_replies.append({"session": request.query.get("session"), "body": request["json"]})
+        state.session_replies.append({"session": request.query.get("session"), "body": request[_BODY]})
         return web.json_response({"errcode": 0, "errmsg": "ok"})
 
     app = web.Application(middlewares=[record_and_inject])
