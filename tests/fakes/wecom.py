@@ -106,6 +106,16 @@ class WeComFakeState:
         return self._seq
 
 
+async def _body(request: web.Request) -> Any:
+    """The JSON body (aiohttp keeps the bytes, so this can be read twice), or None."""
+    if not request.body_exists:
+        return None
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 def _err(code: int, msg: str) -> web.Response:
     return web.json_response({"errcode": code, "errmsg": msg})
 
@@ -113,9 +123,7 @@ def _err(code: int, msg: str) -> web.Response:
 def build_wecom_fake_app(state: WeComFakeState) -> web.Application:
     @web.middleware
     async def record_and_inject(request: web.Request, handler: Any) -> web.StreamResponse:
-        body = await request.json() if request.can_read_body else None
-        request["body"] = body
-        state.calls.append((request.path, dict(request.query), body))
+        state.calls.append((request.path, dict(request.query), await _body(request)))
         for fault in state.faults:
             applies = fault.route == request.path or (
                 fault.route is None and request.path != "/cgi-bin/gettoken"
@@ -147,7 +155,7 @@ def build_wecom_fake_app(state: WeComFakeState) -> web.Application:
         )
 
     async def send(request: web.Request) -> web.Response:
-        body = request["body"]
+        body = await _body(request)
         if not isinstance(body, dict) or not body.get("touser"):
             return _err(40058, "touser missing")
         if body.get("agentid") != state.agent_id:
@@ -187,7 +195,7 @@ def build_wecom_fake_app(state: WeComFakeState) -> web.Application:
         return web.json_response(answer)
 
     async def update_template_card(request: web.Request) -> web.Response:
-        body = request["body"]
+        body = await _body(request)
         if not isinstance(body, dict) or body.get("agentid") != state.agent_id:
             return _err(40056, "invalid agentid")
         code = state.response_codes.get(str(body.get("response_code")))
