@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.channel import Address, Channel, ChannelError, SentRef
-from bot.events import Platform
+from bot.events import ImageMessage, Platform
 from integrations.dingtalk.client import (
     BATCH_SEND_PATH,
     CREATE_CARD_PATH,
@@ -19,7 +21,8 @@ from integrations.dingtalk.client import (
     DingTalkChannel,
 )
 from integrations.dingtalk.settings import DingTalkSettings
-from tests.fakes.dingtalk import DingTalkFakeState, build_dingtalk_fake_app
+from integrations.dingtalk.webhook import DingTalkWebhook
+from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
 
 USER = Address(Platform.DINGTALK, user_id="manager01")
 
@@ -348,3 +351,21 @@ async def test_the_session_webhook_sink_records_replies(
     assert state.session_replies == [
         {"session": "s-u", "body": {"msgtype": "text", "text": {"content": "收到"}}}
     ]
+
+
+async def test_concurrent_calls_share_one_token(channel: DingTalkChannel, state: DingTalkFakeState) -> None:
+    await asyncio.gather(*(channel.send_text(USER, str(i), idempotency_key=str(i)) for i in range(5)))
+    assert state.token_requests == 1 and len(state.sent) == 5
+
+
+async def test_a_photo_sent_to_the_robot_is_downloaded_by_its_code(
+    channel: DingTalkChannel, state: DingTalkFakeState
+) -> None:
+    sim = DingTalkSimulator(state.app_secret, robot_code=state.robot_code)
+    webhook = DingTalkWebhook(channel._settings)
+    now = datetime.now(UTC)
+    headers, body = sim.signed(sim.picture("DL-42"), int(now.timestamp() * 1000))
+    (event,) = webhook.handle_robot(headers, body, now).events
+    assert isinstance(event, ImageMessage)
+    state.files["DL-42"] = b"barcode photo"
+    assert await channel.download_image(event.media_ref, message_id=event.message_id) == b"barcode photo"
