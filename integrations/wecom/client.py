@@ -125,8 +125,9 @@ class WeComChannel:
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any] | bytes:
         """One API call with the token; refreshes the token once on a token error and repeats the call."""
+        stale: str | None = None
         for attempt in range(2):
-            token = await self._access_token(force=attempt > 0)
+            token = await self._access_token(stale=stale)
             result = await self._request(method, path, {**(params or {}), "access_token": token}, json)
             if isinstance(result, bytes):
                 return result
@@ -134,14 +135,17 @@ class WeComChannel:
             if code == 0:
                 return result
             if code in TOKEN_ERRORS and attempt == 0:
-                self._token = None
+                stale = token
                 continue
             raise _error(path, code, result)
         raise AssertionError("unreachable")
 
-    async def _access_token(self, *, force: bool = False) -> str:
+    async def _access_token(self, *, stale: str | None = None) -> str:
+        """The cached token, or a new one when it is near expiry or is ``stale`` (refused by the API).
+        Under the lock, so concurrent callers refused with the same token fetch one new token."""
         async with self._token_lock:
-            if not force and self._token and self._clock() < self._token_expires_at - REFRESH_MARGIN_S:
+            fresh = self._clock() < self._token_expires_at - REFRESH_MARGIN_S
+            if self._token and fresh and self._token != stale:
                 return self._token
             started = self._clock()
             data = await self._request(
@@ -184,7 +188,8 @@ class WeComChannel:
         except aiohttp.ClientError as e:
             raise ChannelError(f"{path}: {e!r}", code="network", retryable=True) from None
         # media/get answers errors as JSON with HTTP 200, so the content type decides
-        if ctype in ("application/json", "text/plain") or body[:1] == b"{":
+        looks_json = ctype in ("", "application/octet-stream") and body[:1] == b"{"
+        if ctype == "application/json" or ctype.startswith("text/") or looks_json:
             try:
                 data = jsonlib.loads(body)
             except ValueError:

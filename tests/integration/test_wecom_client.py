@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,6 +106,15 @@ async def test_expired_token_is_refreshed_once_and_the_call_repeated(
     sends = [c[1]["access_token"] for c in state.calls_to("/cgi-bin/message/send")]
     assert sends == ["T1", "T1", "T3"]  # the 42001 answer, then the repeat with a new token
     assert [m["text"]["content"] for m in state.delivered] == ["a", "b"]
+
+
+async def test_concurrent_calls_refused_with_one_token_fetch_one_new_token(
+    channel: WeComChannel, state: WeComFakeState
+) -> None:
+    await channel.send_text(TO, "warm", idempotency_key="w")
+    state.expire_tokens()
+    await asyncio.gather(*(channel.send_text(TO, f"m{i}", idempotency_key=str(i)) for i in range(5)))
+    assert state.token_fetches == 2 and len(state.delivered) == 6
 
 
 async def test_invalid_token_is_refreshed(channel: WeComChannel, state: WeComFakeState) -> None:
