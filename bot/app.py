@@ -115,7 +115,7 @@ def _platforms(settings: Settings) -> tuple[dict[str, Channel], list[tuple[str, 
 
         dcfg = dingtalk_settings.DingTalkSettings(**settings.dingtalk)
         dingtalk = dingtalk_webhook.DingTalkWebhook(dcfg)
-        from integrations.dingtalk import client as dingtalk_client
+        import integrations.dingtalk.client as dingtalk_client
 
         channels["dingtalk"] = dingtalk_client.DingTalkChannel(dcfg)
 
