@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import Any
 
@@ -17,7 +18,18 @@ async def test_health_and_metrics(aiohttp_client: Any, database_url: str, engine
     m = await (await client.get("/metrics")).text()
     assert "pandian_dispatch_accepted_total 0" in m
     assert (await client.post("/wecom/callback")).status == 404  # not configured: no route
-    assert "lark_oapi" not in sys.modules  # an unconfigured platform costs nothing
+
+
+def test_unconfigured_platforms_cost_no_import() -> None:
+    """In a fresh interpreter (this one may have imported SDKs for other tests)."""
+    code = (
+        "import sys; from bot.app import build_app; from core.config import Settings; "
+        "build_app(Settings(database_url='sqlite+aiosqlite:///:memory:')); "
+        "print(sorted(m for m in ('lark_oapi', 'wechatpy', 'integrations.wecom', 'integrations.feishu', "
+        "'integrations.dingtalk') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 async def test_health_reports_a_dead_database(aiohttp_client: Any) -> None:
