@@ -22,7 +22,7 @@ from bot.channel import Channel
 from bot.conversation import make_store
 from bot.dispatcher import Dispatcher, Router
 from bot.events import WebhookRefused, WebhookReply
-from bot.handlers import commands
+from bot.handlers import commands, counting
 from bot.outbox import deliver_due, depth
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
@@ -171,7 +171,13 @@ def build_app(settings: Settings) -> web.Application:
     async def after_commit() -> None:
         wake.set()
 
-    dispatcher = Dispatcher(sessionmaker, settings, store, Router().include(commands.router), after_commit)
+    dispatcher = Dispatcher(
+        sessionmaker,
+        settings,
+        store,
+        Router().include(commands.router, counting.router, commands.fallback_router),
+        after_commit,
+    )
     app = web.Application(client_max_size=25 * 1024 * 1024)
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,

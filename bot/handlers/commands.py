@@ -16,7 +16,11 @@ ALIASES = {
 }  # fmt: skip
 
 HELP = {
-    "counter": ["/任务 /tasks：今天的盘点任务", "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个"],
+    "counter": [
+        "开始 / start：逐项盘点今天的任务（回复数量，或 跳过 / 空 / 找不到）",
+        "/任务 /tasks：今天的盘点任务",
+        "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个",
+    ],
     "all": ["/帮助 /help：显示这条帮助"],
 }
 
@@ -74,7 +78,10 @@ async def commands(ctx: Context) -> bool:
     return False
 
 
-@router.on(TextMessage)
+fallback_router = Router()
+
+
+@fallback_router.on(TextMessage)
 async def fallback(ctx: Context) -> bool:
     ctx.reply_text("没看懂这条消息。发送 /帮助 查看可用命令。")
     return True

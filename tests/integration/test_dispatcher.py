@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation import MemoryStore
 from bot.dispatcher import NOT_REGISTERED, Dispatcher, Router
 from bot.events import Platform, Sender, TextMessage
-from bot.handlers import commands
+from bot.handlers import commands, counting
 from core.config import Settings
 from core.models import CountEntry, OutboxMessage, User
 from core.scheduling.service import plan_day
@@ -38,7 +38,12 @@ async def test_commands_identity_and_retries(sessionmaker: async_sessionmaker[As
         await plan_day(s, SETTINGS, date(2026, 11, 30))
         await s.commit()
         user_id = u.id
-    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), Router().include(commands.router))
+    d = Dispatcher(
+        sessionmaker,
+        SETTINGS,
+        MemoryStore(),
+        Router().include(commands.router, counting.router, commands.fallback_router),
+    )
 
     assert await d.submit(text("stranger", "/tasks", "1"))
     await d.drain()
@@ -66,3 +71,36 @@ async def test_commands_identity_and_retries(sessionmaker: async_sessionmaker[As
     last_two = (await replies(sessionmaker))[-2:]
     assert "abc" in last_two[0] and "/帮助" in last_two[1]
     assert d.stats["duplicates"] == 1 and d.stats["errors"] == 0
+
+
+async def test_counting_conversation(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """A counter's chat, as the transcript reads: start, a bad quantity, a count, skip, empty, done."""
+    async with sessionmaker() as s:
+        await build_company(s, items=10, counters=1)
+        u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
+        u.wecom_userid = "lina"
+        await plan_day(s, SETTINGS, date(2026, 11, 30))
+        await s.commit()
+    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
+                   Router().include(commands.router, counting.router, commands.fallback_router))  # fmt: skip
+    said = iter(range(100, 200))
+
+    async def chat(body: str) -> str:
+        assert await d.submit(text("lina", body, str(next(said))))
+        await d.drain()
+        return (await replies(sessionmaker))[-1]
+
+    first = await chat("开始")
+    assert first.startswith("库位 ") and "请输入数量" in first and "还剩 2 项" in first
+    assert "10" not in first.split("（")[0]  # blind: no book quantity in the prompt
+    assert "abc" in await chat("abc")  # the parser's message; the same task stays
+    second = await chat("１０")  # full-width digits
+    assert "还剩 1 项" in second
+    after_skip = await chat("跳过")  # the last one comes straight back
+    assert after_skip == second
+    done = await chat("空")
+    assert "都完成了" in done
+    async with sessionmaker() as s:
+        outcomes = sorted(e.outcome for e in (await s.execute(select(CountEntry))).scalars())
+    assert outcomes == ["counted", "empty"]
+    assert "没看懂" in await chat("随便说说")  # back to idle: the fallback answers
