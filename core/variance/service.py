@@ -190,7 +190,9 @@ async def record_count(
     if "counter" not in (counter.roles or []):
         raise WorkflowError(f"{counter.name} 不是盘点员", f"{counter.name} is not a counter")
     if task.reason == TaskReason.RECOUNT and task.parent_task_id is not None:
-        earlier_counters = await _counters_of(session, task.parent_task_id) - await _entries_of(session, task.id)
+        earlier_counters = await _counters_of(session, task.parent_task_id) - await _entries_of(
+            session, task.id
+        )
         if counter_id in earlier_counters:
             raise WorkflowError("复盘必须由另一位盘点员完成", "a recount must be done by a different counter")
     item = await session.get(Item, task.item_id)
