@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from bot.dispatcher import Dispatcher, Router
 from bot.events import WebhookRefused, WebhookReply
 from bot.handlers import commands, counting
 from bot.outbox import deliver_due, depth
+from bot.photos import PhotoStore
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
 
@@ -171,13 +173,15 @@ def build_app(settings: Settings) -> web.Application:
     async def after_commit() -> None:
         wake.set()
 
-    dispatcher = Dispatcher(
-        sessionmaker,
-        settings,
-        store,
-        Router().include(commands.router, counting.router, commands.fallback_router),
-        after_commit,
-    )
+    from integrations.barcode import BarcodeReader
+
+    reader = BarcodeReader(max_workers=2)
+    services = {
+        "channels": channels, "barcode_reader": reader,
+        "photos": PhotoStore(Path(settings.server.photos_dir), settings.server.photo_retention_days),
+    }  # fmt: skip
+    router = Router().include(commands.router, counting.router, commands.fallback_router)
+    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services)
     app = web.Application(client_max_size=25 * 1024 * 1024)
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
@@ -207,6 +211,7 @@ def build_app(settings: Settings) -> web.Application:
         await dispatcher.drain()
         for ch in channels.values():
             await ch.close()
+        await reader.close()
         await store.close()
         await engine.dispose()
 

@@ -48,6 +48,7 @@ class Context:
     settings: Settings
     state: dict[str, Any]
     trace_id: str
+    services: dict[str, Any] = field(default_factory=dict)  # channels, the barcode reader, the photo store
     replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
@@ -94,8 +95,10 @@ class Dispatcher:
         store: ConversationStore,
         router: Router,
         after_commit: Callable[[], Awaitable[None]] | None = None,
+        services: dict[str, Any] | None = None,
     ) -> None:
         self.sessionmaker, self.settings, self.store, self.router = sessionmaker, settings, store, router
+        self.services = services or {}
         self.after_commit = after_commit  # e.g. wake the outbox
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0}
@@ -137,7 +140,7 @@ class Dispatcher:
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:unknown", to=addr, kind="text",
                                       body={"text": NOT_REGISTERED}, trace_id=trace_id)  # fmt: skip
                     else:
-                        ctx = Context(event, user, s, self.settings, state, trace_id)
+                        ctx = Context(event, user, s, self.settings, state, trace_id, self.services)
                         for handler in self.router.handlers[type(event)]:
                             if await handler(ctx):
                                 break

@@ -121,6 +121,8 @@ class ServerSettings(BaseModel):
     # Signs card button payloads; set it in production (at least 16 bytes), or a random one is made per start.
     payload_secret: str | None = None
     outbox_interval_s: float = Field(default=1.0, gt=0)
+    photos_dir: str = Field(default="pandian-photos", description="count photos, by content hash")
+    photo_retention_days: int = Field(default=400, ge=1)
 
 
 def _default_db_url() -> str:

@@ -7,17 +7,22 @@ States (kept in the conversation store, with a TTL):
                          |--"找不到"--> record not here --> next
                          `--a quantity the parser rejects: its message, same task
 
-Book quantities are never shown (blind counts). Photos come with the barcode reader (issue 5).
+A photo is kept as evidence and its barcodes are read: the current task's item (or its location label)
+confirms it, and a lot from a GS1 label goes with the count; any other code is questioned, not recorded.
+Book quantities are never shown (blind counts).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
+from bot.channel import ChannelError
 from bot.dispatcher import Context, Router
-from bot.events import TextMessage
+from bot.events import ImageMessage, TextMessage
 from core.enums import CountOutcome, EntryMethod
-from core.models import CountTask, Item, Location
+from core.models import CountTask, Item, ItemBarcode, Location
 from core.variance.service import WorkflowError, counter_tasks, record_count
 
 router = Router()
@@ -78,10 +83,12 @@ async def counting(ctx: Context) -> bool:
         await _next(ctx, queue[1:] + queue[:1])
         return True
     kwargs: dict[str, Any] = {"text": said, "outcome": CountOutcome.COUNTED}
+    kwargs["photos"] = list(ctx.state.get("photos") or [])
+    kwargs["lot"] = ctx.state.get("lot")
     if low in EMPTY:
-        kwargs = {"text": None, "outcome": CountOutcome.EMPTY}
+        kwargs.update(text=None, outcome=CountOutcome.EMPTY)
     elif low in NOT_HERE:
-        kwargs = {"text": None, "outcome": CountOutcome.NOT_HERE}
+        kwargs.update(text=None, outcome=CountOutcome.NOT_HERE)
     try:
         result = await record_count(
             ctx.session, ctx.settings, task_id=task_id, counter_id=ctx.user.id, counted_at=ctx.event.received_at,
@@ -92,5 +99,61 @@ async def counting(ctx: Context) -> bool:
         return True
     understood = f"（{result.understood}）" if result.understood else ""
     ctx.reply_text(f"✓ 已记录{understood}")
+    ctx.state.pop("photos", None)
+    ctx.state.pop("lot", None)
     await _next(ctx, [t for t in queue if t != task_id])
+    return True
+
+
+@router.on(ImageMessage)
+async def photo(ctx: Context) -> bool:
+    """Keep the photo, read its codes, and confirm or question them against the current task."""
+    from integrations.barcode import match_codes
+
+    ev = ctx.event
+    assert isinstance(ev, ImageMessage)
+    channel = ctx.services.get("channels", {}).get(ev.platform.value)
+    reader, store = ctx.services.get("barcode_reader"), ctx.services.get("photos")
+    if channel is None or reader is None:
+        ctx.reply_text("暂时无法处理图片，请直接输入条码或数量。")
+        return True
+    try:
+        data = await channel.download_image(ev.media_ref, message_id=ev.message_id, url=ev.download_url)
+    except ChannelError:
+        ctx.reply_text("图片下载失败，请重新发送，或直接输入数量。")
+        return True
+    if store is not None:
+        ctx.state.setdefault("photos", []).append(store.save(data))
+    result = await reader.decode(data)
+    if result.error:
+        ctx.reply_text(result.error.split(" / ")[0])
+        return True
+    if ctx.state.get("step") != "await_qty":
+        codes = "、".join(c.text for c in result.codes)
+        ctx.reply_text(f"识别到条码 {codes}。发送“开始”逐项盘点。")
+        return True
+    task = await ctx.session.get(CountTask, int(ctx.state["task_id"]))
+    assert task is not None
+    item, loc = await ctx.session.get(Item, task.item_id), await ctx.session.get(Location, task.location_id)
+    assert item is not None and loc is not None
+    barcodes = (
+        await ctx.session.execute(select(ItemBarcode).where(ItemBarcode.item_id == item.id))
+    ).scalars()
+    item_map = {b.barcode: (item.id, b.unit) for b in barcodes}
+    loc_map = {loc.barcode: loc.id} if loc.barcode else {}
+    matched, to_confirm = match_codes(result.codes, item_map, loc_map)
+    items = [m for m in matched if m.kind == "item"]
+    if items:
+        if items[0].lot:
+            ctx.state["lot"] = items[0].lot
+        lot = f"，批次 {items[0].lot}" if items[0].lot else ""
+        ctx.reply_text(f"已确认 库位 {loc.code} · {item.name}{lot}，请输入数量（单位：{item.base_unit}）")
+    elif matched:
+        ctx.reply_text(f"已确认库位 {loc.code}。请拍物料条码，或直接输入 {item.name} 的数量。")
+    else:
+        seen = "、".join(c.text for c in to_confirm) or "无"
+        ctx.reply_text(
+            f"条码 {seen} 不是当前任务（库位 {loc.code} · {item.name}）的物料，未记录。"
+            "请核对后重拍，或直接输入当前物料的数量。"
+        )
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -104,3 +105,70 @@ async def test_counting_conversation(sessionmaker: async_sessionmaker[AsyncSessi
         outcomes = sorted(e.outcome for e in (await s.execute(select(CountEntry))).scalars())
     assert outcomes == ["counted", "empty"]
     assert "没看懂" in await chat("随便说说")  # back to idle: the fallback answers
+
+
+async def test_photo_confirms_the_item_and_questions_other_codes(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Any
+) -> None:
+    import io
+
+    from barcode import EAN13
+    from barcode.writer import ImageWriter
+
+    from bot.events import ImageMessage
+    from bot.photos import PhotoStore
+    from core.models import CountTask, ItemBarcode
+    from integrations.barcode import BarcodeReader
+
+    def ean_photo(code12: str) -> bytes:
+        img = EAN13(code12, writer=ImageWriter()).render(
+            {"module_width": 0.4, "module_height": 18, "quiet_zone": 8}
+        )
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    class PhotoChannel:
+        def __init__(self) -> None:
+            self.images: dict[str, bytes] = {}
+
+        async def download_image(self, media_ref: str, **_: Any) -> bytes:
+            return self.images[media_ref]
+
+    async with sessionmaker() as s:
+        await build_company(s, items=5, counters=1)
+        u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
+        u.wecom_userid = "lina"
+        await plan_day(s, SETTINGS, date(2026, 11, 30))
+        task = (await s.execute(select(CountTask))).scalars().first()
+        assert task is not None
+        s.add(ItemBarcode(barcode="6901234567892", item_id=task.item_id))
+        await s.commit()
+    channel = PhotoChannel()
+    channel.images = {"right": ean_photo("690123456789"), "wrong": ean_photo("400638133393")}
+    reader = BarcodeReader(max_workers=1)
+    services = {"channels": {"wecom": channel}, "barcode_reader": reader, "photos": PhotoStore(tmp_path)}
+    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
+                   Router().include(commands.router, counting.router, commands.fallback_router),
+                   services=services)  # fmt: skip
+    n = iter(range(300, 400))
+
+    async def send(event: Any) -> str:
+        assert await d.submit(event)
+        await d.drain()
+        return (await replies(sessionmaker))[-1]
+
+    def image(ref: str) -> ImageMessage:
+        return ImageMessage(Platform.WECOM, f"wecom:msg:{next(n)}", Sender(Platform.WECOM, "lina"), NOW,
+                            media_ref=ref)  # fmt: skip
+
+    assert "请输入数量" in await send(text("lina", "开始", "299"))
+    questioned = await send(image("wrong"))
+    assert "4006381333931" in questioned and "未记录" in questioned
+    assert "已确认" in await send(image("right"))
+    await send(text("lina", "10", "398"))
+    assert "✓ 已记录" in (await replies(sessionmaker))[-2]
+    async with sessionmaker() as s:
+        entry = (await s.execute(select(CountEntry))).scalar_one()
+    assert len(entry.photos) == 2 and all((tmp_path / p[:2] / p).exists() for p in entry.photos)
+    await reader.close()
