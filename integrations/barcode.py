@@ -50,7 +50,11 @@ MAX_PIXELS = 50_000_000
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: what some phones' JPEGs open as
 WORK_LONG_SIDE = 1600  # first pass runs on a copy no longer than this (12 MP frames are ~4000 px)
 SMALL_LONG_SIDE = 800  # images smaller than this get a 2x upscaled copy in the retry chain
+FIND_LONG_SIDE = 1000  # big frames: codes are located on a copy this size, then read on crops
+CROP_LONG_SIDE = 800  # the chain on a crop starts from a copy no longer than this (native crop later)
+MAX_REGIONS = 3  # at most this many crops of a big frame go through the retry chain
 TIME_BUDGET_MS = 1500.0  # the retry chain stops starting new steps after this
+BIG_FRAME_BUDGET_MS = 180.0  # ... and on big frames (crops of them) after this
 
 Point = tuple[int, int]
 
@@ -711,10 +715,81 @@ def _decode_gray(gray: Image.Image, factor: float, steps: Steps, t0: float) -> l
     def to_orig(x: float, y: float) -> Point:
         return round(x * factor), round(y * factor)
 
+    if max(gray.size) > WORK_LONG_SIDE and steps.retry:
+        obs = _regions_chain(gray, to_orig, steps, t0)
+    else:
+        obs = _chain(gray, to_orig, steps, t0, steps.budget_ms)
+    codes = _finish(_group(obs))
+    if not steps.policy:
+        codes = [Code(c.text, c.symbology, c.position, True, c.sources, c.gs1) for c in codes]
+    return codes
+
+
+def _find_regions(gray: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Boxes (in ``gray``'s pixels) around every code zxing-cpp *locates* on a small copy of a big frame,
+    including reads that fail their checks (``return_errors``). (A gradient-density saliency map was
+    tried as well: on busy frames it picked clutter and cost reads; see bench/barcode.py.)"""
+    f = FIND_LONG_SIDE / max(gray.size)
+    small = gray.resize((round(gray.width * f), round(gray.height * f)), Image.Resampling.BILINEAR)
+    outlines: list[list[tuple[float, float]]] = []
+    for b in zxingcpp.read_barcodes(small, formats=_ZX_FORMATS, return_errors=True):
+        p = b.position
+        outlines.append([(q.x, q.y) for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)])
+    boxes: list[tuple[int, int, int, int]] = []
+    for pts in outlines:
+        xs, ys = [x / f for x, _ in pts], [y / f for _, y in pts]
+        x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+        size = max(x1 - x0, y1 - y0, 40 / f)  # a 1D outline can be a line: pad by the code's length
+        m = 0.6 * size
+        box = (
+            max(0, int(x0 - m)),
+            max(0, int(y0 - m)),
+            min(gray.width, int(x1 + m)),
+            min(gray.height, int(y1 + m)),
+        )
+        if not any(_inside(box, b) for b in boxes):
+            boxes = [b for b in boxes if not _inside(b, box)] + [box]
+    return boxes[:MAX_REGIONS]
+
+
+def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+
+
+def _regions_chain(
+    gray: Image.Image, to_orig: Callable[[float, float], Point], steps: Steps, t0: float
+) -> list[_Obs]:
+    """A big frame: the retry chain runs on native-resolution crops around the located codes, not on
+    the whole frame; the whole (downscaled) frame only when nothing is located or read there."""
+    obs: list[_Obs] = []
+    budget = min(steps.budget_ms, BIG_FRAME_BUDGET_MS)
+    for x0, y0, x1, y1 in _find_regions(gray):
+        if (time.perf_counter() - t0) * 1000 > budget:
+            break
+
+        def crop_to_orig(x: float, y: float, x0: int = x0, y0: int = y0) -> Point:
+            return to_orig(x + x0, y + y0)
+
+        crop = gray.crop((x0, y0, x1, y1))
+        obs += _chain(crop, crop_to_orig, steps, t0, budget, work_side=CROP_LONG_SIDE)
+    if not obs and (time.perf_counter() - t0) * 1000 < budget:
+        obs = _chain(gray, to_orig, steps, t0, budget, native=False)
+    return obs
+
+
+def _chain(
+    gray: Image.Image,
+    to_orig: Callable[[float, float], Point],
+    steps: Steps,
+    t0: float,
+    budget_ms: float,
+    native: bool = True,
+    work_side: int = WORK_LONG_SIDE,
+) -> list[_Obs]:
     full = _Variant("full", gray, to_orig)
     long_side = max(gray.size)
-    if long_side > WORK_LONG_SIDE:
-        base = _scaled("base", gray, WORK_LONG_SIDE / long_side, to_orig)
+    if long_side > work_side:
+        base = _scaled("base", gray, work_side / long_side, to_orig)
     else:
         base = _Variant("base", gray, to_orig)
 
@@ -749,10 +824,10 @@ def _decode_gray(gray: Image.Image, factor: float, steps: Steps, t0: float) -> l
             lambda: _rotated("rot+30", base.image, 30, base.to_orig),
             lambda: _rotated("rot-30", base.image, -30, base.to_orig),
         ]
-        if base is not full:
+        if base is not full and native:
             chain.append(lambda: full)
         for make in chain:
-            if (time.perf_counter() - t0) * 1000 > steps.budget_ms:
+            if (time.perf_counter() - t0) * 1000 > budget_ms:
                 break
             v = make()
             if v.name in checked:
@@ -762,11 +837,7 @@ def _decode_gray(gray: Image.Image, factor: float, steps: Steps, t0: float) -> l
                 obs += _zbar_reads(v)
             if settled():
                 break
-
-    codes = _finish(_group(obs))
-    if not steps.policy:
-        codes = [Code(c.text, c.symbology, c.position, True, c.sources, c.gs1) for c in codes]
-    return codes
+    return obs
 
 
 # --------------------------------------------------------------------------------------------- async reader
