@@ -230,7 +230,7 @@ def print_plan(result: Any, limit: int = 200, dry_run: bool = False) -> None:
         "盘点员",
         "逾期",
     ):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in result.tasks[:limit]:
         table.add_row(
             t.warehouse,
