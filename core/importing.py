@@ -53,7 +53,7 @@ import hashlib
 import itertools
 import re
 import unicodedata
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -148,6 +148,37 @@ class ImportReport:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+
+
+def _changed(cur: Any, vals: Mapping[str, Any]) -> dict[str, Any]:
+    """The values that differ from the stored row (unchanged rows are not rewritten)."""
+    return {k: v for k, v in vals.items() if getattr(cur, k) != v}
+
+
+@dataclass
+class _Changes:
+    """One batch's inserts and updates of a table, counted into the report, written in two statements."""
+
+    report: ImportReport
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def create(self, row: dict[str, Any]) -> None:
+        self.inserts.append(row)
+        self.report.created += 1
+
+    def change(self, row_id: int, diff: Mapping[str, Any]) -> None:
+        if diff:
+            self.updates.append({"id": row_id, **diff})
+            self.report.updated += 1
+        else:
+            self.report.unchanged += 1
+
+    async def flush(self, session: AsyncSession, model: type[Base]) -> None:
+        if self.inserts:
+            await session.execute(insert(_table(model)), self.inserts)
+        if self.updates:
+            await session.execute(update(model), self.updates)
 
 
 class _Issues:
@@ -1186,7 +1217,7 @@ class _Items(_Importer):
                         }
                     )
                 else:
-                    diff = {k: v for k, v in vals.items() if getattr(cur, k) != v}
+                    diff = _changed(cur, vals)
                     if diff:
                         updates.append({"id": cur.id, **diff})
                         changed.add(r.sku)
@@ -1398,7 +1429,7 @@ class _Locations(_Importer):
                     ).where(tuple_(Location.warehouse_id, Location.code).in_(chunk))
                 )
                 existing.update(((row.warehouse_id, row.code), row) for row in rows)
-            inserts, updates = [], []
+            changes = _Changes(report)
             for r in recs:
                 wid = wh_id[r.warehouse]
                 vals: dict[str, Any] = {}
@@ -1409,21 +1440,12 @@ class _Locations(_Importer):
                 vals["sequence"] = r.sequence if r.sequence is not None else rank[(r.warehouse, r.location)]
                 cur = existing.get((wid, r.location))
                 if cur is None:
-                    inserts.append(
+                    changes.create(
                         {"warehouse_id": wid, "code": r.location, "zone_id": None, "barcode": None, **vals}
                     )
-                    report.created += 1
                 else:
-                    diff = {k: v for k, v in vals.items() if getattr(cur, k) != v}
-                    if diff:
-                        updates.append({"id": cur.id, **diff})
-                        report.updated += 1
-                    else:
-                        report.unchanged += 1
-            if inserts:
-                await s.execute(insert(_table(Location)), inserts)
-            if updates:
-                await s.execute(update(Location), updates)
+                    changes.change(cur.id, _changed(cur, vals))
+            await changes.flush(s, Location)
 
 
 # ---- stock
@@ -1568,29 +1590,22 @@ class _Stock(_Importer):
             )
             for il_id, lot, lb_id, qty in rows:
                 cur.setdefault(il_id, {})[lot] = (lb_id, qty)
-        inserts, updates = [], []
+        changes = _Changes(report)
         for rec, il in lot_rows:
             have = cur.get(il.id, {}).get(rec.lot or "")
             target = rec.qty + after.get((il.id, rec.lot), Decimal(0))
             if have is None:
-                inserts.append({"item_location_id": il.id, "lot": rec.lot, "qty": target})
-                report.created += 1
-            elif have[1] != target:
-                updates.append({"id": have[0], "qty": target})
-                report.updated += 1
+                changes.create({"item_location_id": il.id, "lot": rec.lot, "qty": target})
             else:
-                report.unchanged += 1
+                changes.change(have[0], {"qty": target} if have[1] != target else {})
         # lots of these item-locations that the file does not list drop to 0
         keys = {il.id: _pack(il.item_id, il.location_id) for _, il in lot_rows}
         for il_id, lots in cur.items():
             il_key = keys[il_id]
             for lot, (lb_id, qty) in lots.items():
                 if (il_key, lot) not in self.seen and qty != 0:
-                    updates.append({"id": lb_id, "qty": Decimal(0)})
-        if inserts:
-            await s.execute(insert(_table(LotBalance)), inserts)
-        if updates:
-            await s.execute(update(LotBalance), updates)
+                    changes.updates.append({"id": lb_id, "qty": Decimal(0)})
+        await changes.flush(s, LotBalance)
 
 
 # ---- movements
@@ -1901,7 +1916,7 @@ class _Users(_Importer):
                     assert uid is not None
                     ids[r.employee_no] = uid
                 else:
-                    diff = {k: v for k, v in vals.items() if getattr(cur, k) != v}
+                    diff = _changed(cur, vals)
                     if diff:
                         await s.execute(update(User).where(User.id == cur.id).values(**diff))
                         changed.add(r.employee_no)

@@ -502,7 +502,7 @@ async def _assign(session: AsyncSession, warehouse_id: int, day: date) -> tuple[
         )
     rows = (
         await session.execute(
-            select(
+            _task_select(
                 CountTask.id,
                 CountTask.priority,
                 Location.sequence,
@@ -513,9 +513,6 @@ async def _assign(session: AsyncSession, warehouse_id: int, day: date) -> tuple[
                 Zone.team_id,
                 Warehouse.default_team_id,
             )
-            .join(Location, Location.id == CountTask.location_id)
-            .join(Item, Item.id == CountTask.item_id)
-            .join(Warehouse, Warehouse.id == CountTask.warehouse_id)
             .outerjoin(Zone, Zone.id == Location.zone_id)
             .where(open_due, CountTask.assignee_id.is_(None))
         )
@@ -634,11 +631,22 @@ async def plan_day(
     return result
 
 
+def _task_select(*columns: Any) -> Select[Any]:
+    """Tasks with their location, item and warehouse joined."""
+    return (
+        select(*columns)
+        .select_from(CountTask)
+        .join(Location, Location.id == CountTask.location_id)
+        .join(Item, Item.id == CountTask.item_id)
+        .join(Warehouse, Warehouse.id == CountTask.warehouse_id)
+    )
+
+
 async def day_tasks(session: AsyncSession, day: date, warehouse_ids: Iterable[int]) -> list[PlanRow]:
     """Open tasks due by ``day`` (new and carried over), by assignee, urgency and walking order."""
     rows = (
         await session.execute(
-            select(
+            _task_select(
                 CountTask.id,
                 CountTask.plan_date,
                 CountTask.due_date,
@@ -655,9 +663,6 @@ async def day_tasks(session: AsyncSession, day: date, warehouse_ids: Iterable[in
                 CountTask.est_minutes,
                 CountTask.status,
             )
-            .join(Warehouse, Warehouse.id == CountTask.warehouse_id)
-            .join(Location, Location.id == CountTask.location_id)
-            .join(Item, Item.id == CountTask.item_id)
             .outerjoin(User, User.id == CountTask.assignee_id)
             .where(
                 CountTask.warehouse_id.in_(list(warehouse_ids)),
@@ -675,7 +680,7 @@ async def day_tasks(session: AsyncSession, day: date, warehouse_ids: Iterable[in
             )
         )
     ).all()
-    return [PlanRow(*r) for r in rows]  # type: ignore[call-arg]  # columns in field order
+    return [PlanRow(*r) for r in rows]  # columns in field order
 
 
 async def request_count(
