@@ -924,3 +924,14 @@ def serve(host: str | None, port: int | None) -> None:
 
     asyncio.run(prepare())
     web.run_app(build_app(settings), host=host or settings.server.host, port=port or settings.server.port)
+
+
+def _register_groups() -> None:
+    from bot.cli_erp import erp
+    from bot.cli_jobs import jobs
+
+    main.add_command(jobs)
+    main.add_command(erp)
+
+
+_register_groups()

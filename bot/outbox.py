@@ -51,6 +51,7 @@ async def enqueue(
     body: Mapping[str, Any],
     trace_id: str | None = None,
     now: datetime | None = None,
+    subject: str | None = None,
 ) -> bool:
     """Queue one send in the caller's transaction. The same key twice queues it once. Returns True if new."""
     if kind not in ("text", "card", "update"):
@@ -67,6 +68,7 @@ async def enqueue(
         next_attempt_at=now,
         trace_id=trace_id,
         created_at=now,
+        subject=subject,
     )
     result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]))
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -78,26 +80,39 @@ def backoff(attempts: int, hint: float | None) -> timedelta:
     return timedelta(seconds=min(2 ** max(attempts - 1, 0), 300))
 
 
-async def _claim(session: AsyncSession, now: datetime, limit: int) -> list[OutboxMessage]:
-    due = (
-        select(OutboxMessage)
-        .where(
-            or_(
-                OutboxMessage.state == "pending",
-                # a worker that died mid-send left its lease behind: take the row over after the lease
-                (OutboxMessage.state == "sending") & (OutboxMessage.locked_until < now),
-            ),
-            OutboxMessage.next_attempt_at <= now,
+def _due(now: datetime) -> Any:
+    return (
+        or_(
+            OutboxMessage.state == "pending",
+            # a worker that died mid-send left its lease behind: take the row over after the lease
+            (OutboxMessage.state == "sending") & (OutboxMessage.locked_until < now),
         )
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-        .limit(limit)
-    )
+    ) & (OutboxMessage.next_attempt_at <= now)
+
+
+async def _claim(session: AsyncSession, now: datetime, limit: int) -> list[OutboxMessage]:
+    """Take up to ``limit`` due rows. Each claim is a compare-and-set on the row's state, so two workers
+    can never both take one row, whatever the isolation level (SKIP LOCKED on PostgreSQL just lets them
+    pass each other without waiting)."""
+    due = select(OutboxMessage).where(_due(now)).order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+    due = due.limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    rows = list((await session.execute(due)).scalars())
-    for row in rows:
-        row.state, row.locked_until = "sending", now + LEASE
-    return rows
+    ids = list((await session.execute(due.with_only_columns(OutboxMessage.id))).scalars())
+    claimed = []
+    for row_id in ids:
+        result = await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == row_id, _due(now))
+            .values(state="sending", locked_until=now + LEASE)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            claimed.append(row_id)
+    if not claimed:
+        return []
+    rows = await session.execute(select(OutboxMessage).where(OutboxMessage.id.in_(claimed)))
+    return sorted(rows.scalars(), key=lambda r: claimed.index(r.id))
 
 
 async def _recent_sends(session: AsyncSession, platform: str, user_id: str | None, now: datetime) -> int:

@@ -39,6 +39,10 @@ def normalise_url(url: str) -> str:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The sqlite3 module's legacy mode starts a transaction only at the first write, so a read-then-write
+    # unit of work (claim an outbox row, record a count) reads outside any transaction and two connections can
+    # both act on the same row. Turn that off and begin every transaction ourselves (``_sqlite_begin``).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
@@ -52,7 +56,18 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
     engine = create_async_engine(url, **kw)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """``BEGIN IMMEDIATE``: take the write lock when the transaction starts, so transactions are serialisable.
+
+    A deferred transaction that reads and then writes fails at once (SQLITE_BUSY) when another connection
+    committed in between; taking the lock up front makes it wait (``busy_timeout``) instead. SQLite has one
+    writer at a time anyway; several processes are what PostgreSQL is for.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

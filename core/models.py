@@ -557,6 +557,11 @@ class InboundSeen(Base):
     __tablename__ = "inbound_seen"
     dedup_key: Mapped[str] = mapped_column(String(300), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # the acknowledged event itself, until it has been processed: a process that dies after the ack but
+    # before the work is done leaves it here, and the next start replays it (``processed_at`` stays NULL)
+    event: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class OutboxMessage(Base):
@@ -580,3 +585,6 @@ class OutboxMessage(Base):
     trace_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # what the card is about ("approval:12", "tasks:7:2026-11-28"): every copy sent about one subject is
+    # found again to update them all in place after a decision
+    subject: Mapped[str | None] = mapped_column(String(120), index=True)

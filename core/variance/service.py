@@ -548,10 +548,13 @@ class Decision:
 
 async def decide(
     session: AsyncSession, settings: Settings, *, variance_id: int, actor_id: int, decision: ApprovalDecision,
-    comment: str | None = None, now: datetime | None = None,
+    comment: str | None = None, now: datetime | None = None, step_seq: int | None = None,
 ) -> Decision:  # fmt: skip
     """Approve, reject or send back the current approval step. Two people deciding the same step at the same
-    moment get exactly one outcome: the second is told who decided first."""
+    moment get exactly one outcome: the second is told who decided first.
+
+    ``step_seq`` is the step the decider was shown (an approval card carries it): when that step has been
+    decided meanwhile, the answer is who decided it, never a decision on the step that followed."""
     now = now or datetime.now(UTC)
     if decision not in (ApprovalDecision.APPROVED, ApprovalDecision.REJECTED, ApprovalDecision.RECOUNT):
         raise WorkflowError("无效的决定", f"invalid decision {decision}")
@@ -571,6 +574,15 @@ async def decide(
         )
     if step.decision != ApprovalDecision.PENDING:
         raise await _already(session, step)
+    if step_seq is not None and step_seq != step.seq:
+        shown = (
+            await session.execute(
+                select(ApprovalStep).where(ApprovalStep.variance_id == v.id, ApprovalStep.seq == step_seq)
+            )
+        ).scalar_one_or_none()
+        if shown is not None and shown.decision != ApprovalDecision.PENDING:
+            raise await _already(session, shown)
+        raise WorkflowError("这张审批卡片已过期，请以最新卡片为准", "this approval card is out of date")
     actor = await _user(session, actor_id)
     try:
         roles = {Role(r) for r in actor.roles or [] if r in Role._value2member_map_}

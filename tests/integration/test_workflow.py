@@ -17,6 +17,7 @@ from core.enums import ApprovalDecision, MovementType, TaskReason, TaskStatus
 from core.models import (
     Adjustment,
     AdjustmentLine,
+    ApprovalStep,
     CountEntry,
     CountTask,
     ItemLocation,
@@ -134,7 +135,12 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
         async with sessionmaker() as s2:
             try:
                 d = await wf.decide(
-                    s2, SETTINGS, variance_id=vid, actor_id=user_id, decision=ApprovalDecision.APPROVED
+                    s2,
+                    SETTINGS,
+                    variance_id=vid,
+                    actor_id=user_id,
+                    decision=ApprovalDecision.APPROVED,
+                    step_seq=shown_seq,
                 )
                 await s2.commit()
                 return f"ok:{d.outcome}:{d.final}"
@@ -147,6 +153,12 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
         s.add(s3)
         await s.commit()
         s3_id = s3.id
+        shown_seq = (
+            await s.execute(
+                select(ApprovalStep.seq).where(ApprovalStep.variance_id == vid, ApprovalStep.opened_at.is_not(None))
+                .order_by(ApprovalStep.seq.desc()).limit(1)
+            )
+        ).scalar_one()  # fmt: skip
     outcomes = await asyncio.gather(approve(sup2_id), approve(s3_id))
     assert sorted(o.split(":")[0] for o in outcomes) == ["ok", "refused"], outcomes
     refused = next(o for o in outcomes if o.startswith("refused"))
