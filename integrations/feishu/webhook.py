@@ -8,7 +8,8 @@ Order (shared/research/platforms.md §2.1):
    verification token authenticate it), so an unsigned body is accepted for that type only.
 2. ``{"encrypt": ...}`` is decrypted; the verification token (``header.token`` or ``token``) must match.
 3. ``url_verification`` is answered with ``{"challenge": ...}``. Schema 2.0 ``im.message.receive_v1``
-   (text, image) and ``card.action.trigger`` become events; anything else is answered ``{}``.
+   (text, image) and ``card.action.trigger`` become events; anything else is answered ``{}``. This step is
+   :func:`parse_event`, shared with the long connection (``integrations/feishu/ws.py``).
 
 Dedup keys: ``feishu:msg:<message_id>`` for messages (the platform's doc says message_id, not event_id),
 ``feishu:card:<event_id>`` for card callbacks. A card callback is answered ``{}`` here; the caller may swap
@@ -112,20 +113,7 @@ class FeishuWebhook:
         if key and not signed:
             raise Forged("missing signature headers")
 
-        if doc.get("schema") != "2.0" or not isinstance(header, dict):
-            return json_reply({})  # v1 events are not subscribed to
-        event = doc.get("event")
-        if not isinstance(event, dict):
-            raise Malformed("schema 2.0 body without an event")
-        event_type = header.get("event_type")
-        received = now.astimezone(UTC)
-        if event_type == "im.message.receive_v1":
-            parsed = _message(event, doc, received)
-        elif event_type == "card.action.trigger":
-            parsed = _card_action(event, header, doc, received)
-        else:
-            parsed = None
-        return json_reply({}, (parsed,) if parsed else ())
+        return json_reply({}, parse_event(doc, now))
 
     def _verify_signature(self, h: Mapping[str, str], body: bytes, now: datetime) -> None:
         ts, nonce, sig = h.get(TIMESTAMP), h.get(NONCE), h.get(SIGNATURE)
@@ -140,6 +128,30 @@ class FeishuWebhook:
             raise Malformed("timestamp is not an integer") from exc
         if abs(now.timestamp() - sent) > self.settings.timestamp_window_s:
             raise Replayed()
+
+
+def parse_event(doc: Mapping[str, Any], now: datetime) -> tuple[InboundEvent, ...]:
+    """The neutral events in one decoded event body: a webhook body once verified and decrypted, or the
+    payload of a long-connection frame (plaintext there, the connection itself being authenticated).
+
+    Schema 2.0 ``im.message.receive_v1`` (text, image) and ``card.action.trigger`` give one event; other
+    schemas and event types give none. Raises ``Malformed`` for a body that claims schema 2.0 but cannot be
+    read."""
+    header = doc.get("header")
+    if doc.get("schema") != "2.0" or not isinstance(header, dict):
+        return ()  # v1 events are not subscribed to
+    event = doc.get("event")
+    if not isinstance(event, dict):
+        raise Malformed("schema 2.0 body without an event")
+    event_type = header.get("event_type")
+    received = now.astimezone(UTC)
+    if event_type == "im.message.receive_v1":
+        parsed = _message(event, doc, received)
+    elif event_type == "card.action.trigger":
+        parsed = _card_action(event, header, doc, received)
+    else:
+        parsed = None
+    return (parsed,) if parsed else ()
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
@@ -170,7 +182,7 @@ def _sender(ids: Any, what: str) -> Sender:
     )
 
 
-def _message(event: dict[str, Any], doc: dict[str, Any], received: datetime) -> InboundEvent | None:
+def _message(event: dict[str, Any], doc: Mapping[str, Any], received: datetime) -> InboundEvent | None:
     sender = event.get("sender")
     message = event.get("message")
     if not isinstance(sender, dict) or not isinstance(message, dict):
@@ -223,7 +235,7 @@ def _form_value(v: Any) -> str:
 
 
 def _card_action(
-    event: dict[str, Any], header: dict[str, Any], doc: dict[str, Any], received: datetime
+    event: dict[str, Any], header: dict[str, Any], doc: Mapping[str, Any], received: datetime
 ) -> CardAction | None:
     event_id = _str(header, "event_id", "card callback")
     action = event.get("action")
