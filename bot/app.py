@@ -23,7 +23,8 @@ from bot.channel import Channel
 from bot.conversation import make_store
 from bot.dispatcher import Dispatcher, Router
 from bot.events import WebhookRefused, WebhookReply
-from bot.handlers import commands, counting
+from bot.flows import sync_cards
+from bot.handlers import actions, commands, counting
 from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore
 from core.config import Settings
@@ -180,8 +181,12 @@ def build_app(settings: Settings) -> web.Application:
         "channels": channels, "barcode_reader": reader,
         "photos": PhotoStore(Path(settings.server.photos_dir), settings.server.photo_retention_days),
     }  # fmt: skip
-    router = Router().include(commands.router, counting.router, commands.fallback_router)
-    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services)
+    router = Router().include(commands.router, counting.router, actions.router, commands.fallback_router)
+
+    async def after_handle(session: Any, trace_id: str) -> None:
+        await sync_cards(session, settings, datetime.now(UTC), trace_id)
+
+    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle)
     app = web.Application(client_max_size=25 * 1024 * 1024)
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
@@ -203,11 +208,26 @@ def build_app(settings: Settings) -> web.Application:
                     await asyncio.wait_for(wake.wait(), settings.server.outbox_interval_s)
                 wake.clear()
 
-        task = asyncio.create_task(loop())
+        async def upkeep() -> None:
+            """Cards for changes made outside a chat event (CLI, jobs, late ERP movements), and replay of
+            acknowledged events whose process died before finishing them (its own, or a peer's)."""
+            while True:
+                try:
+                    async with sessionmaker() as s, s.begin():
+                        if (await sync_cards(s, settings, datetime.now(UTC))).total():
+                            wake.set()
+                    await dispatcher.replay()
+                except Exception:
+                    log.exception("upkeep pass failed")
+                await asyncio.sleep(settings.server.card_sync_interval_s)
+
+        tasks = [asyncio.create_task(loop()), asyncio.create_task(upkeep())]
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await dispatcher.drain()
         for ch in channels.values():
             await ch.close()

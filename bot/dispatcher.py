@@ -15,17 +15,18 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address
 from bot.conversation import ConversationStore
-from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMessage
+from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMessage, from_record, to_record
 from bot.outbox import enqueue, first_delivery
 from core.config import Settings
-from core.models import User
+from core.models import InboundSeen, User
 
 log = logging.getLogger("pandian.dispatch")
 
@@ -63,6 +64,10 @@ class Context:
 
 
 Handler = Callable[[Context], Awaitable[bool]]  # returns True when it handled the event
+# runs in each event's transaction after its handler, e.g. to queue the cards the new state calls for
+AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
+REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
+MAX_ATTEMPTS = 5
 
 
 class Router:
@@ -96,17 +101,23 @@ class Dispatcher:
         router: Router,
         after_commit: Callable[[], Awaitable[None]] | None = None,
         services: dict[str, Any] | None = None,
+        after_handle: AfterHandle | None = None,
     ) -> None:
         self.sessionmaker, self.settings, self.store, self.router = sessionmaker, settings, store, router
         self.services = services or {}
         self.after_commit = after_commit  # e.g. wake the outbox
+        self.after_handle = after_handle
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0}
+        self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0,
+                      "replayed": 0}  # fmt: skip
 
     async def accept(self, event: InboundEvent) -> bool:
-        """Record the event durably (False for a platform retry). Call before answering the platform."""
+        """Record the event durably (False for a platform retry). Call before answering the platform.
+
+        The event itself is kept until its processing commits, so a process that dies in between loses
+        nothing: :meth:`replay` (run at start and periodically, by any process) picks it up."""
         async with self.sessionmaker() as s, s.begin():
-            first = await first_delivery(s, event.dedup_key, event.received_at)
+            first = await first_delivery(s, event.dedup_key, event.received_at, to_record(event))
         self.stats["accepted" if first else "duplicates"] += 1
         return first
 
@@ -123,6 +134,41 @@ class Dispatcher:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
 
+    async def replay(self, now: datetime | None = None, older_than: timedelta = REPLAY_AFTER) -> int:
+        """Process acknowledged events that were never processed (their process died, or the work failed),
+        oldest first. Each is claimed by a compare-and-set on its attempt count, so two processes replaying
+        at once take different events; after ``MAX_ATTEMPTS`` an event is left alone and logged."""
+        now = now or datetime.now(UTC)
+        async with self.sessionmaker() as s:
+            rows = (
+                await s.execute(
+                    select(InboundSeen.dedup_key, InboundSeen.attempts, InboundSeen.event)
+                    .where(InboundSeen.processed_at.is_(None), InboundSeen.event.is_not(None),
+                           InboundSeen.received_at < now - older_than, InboundSeen.attempts < MAX_ATTEMPTS)
+                    .order_by(InboundSeen.received_at).limit(200)
+                )
+            ).all()  # fmt: skip
+        done = 0
+        for key, attempts, record in rows:
+            async with self.sessionmaker() as s, s.begin():
+                claimed = await s.execute(
+                    update(InboundSeen).where(InboundSeen.dedup_key == key, InboundSeen.attempts == attempts)
+                    .values(attempts=attempts + 1).execution_options(synchronize_session=False)
+                )  # fmt: skip
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                continue  # another process took it
+            if attempts + 1 >= MAX_ATTEMPTS:
+                log.error("event %s failed %d times; giving up on it", key, attempts + 1)
+            try:
+                event = from_record(record)
+            except ValueError as exc:
+                log.error("event %s cannot be replayed: %s", key, exc)
+                continue
+            await self._process(event, uuid.uuid4().hex[:16])
+            self.stats["replayed"] += 1
+            done += 1
+        return done
+
     async def _process(self, event: InboundEvent, trace_id: str) -> None:
         key = f"{event.platform.value}:{event.sender.user_id}"
         try:
@@ -135,6 +181,11 @@ class Dispatcher:
                         )
                     ).scalar_one_or_none()
                     addr = Address(event.platform, event.sender.user_id, event.chat_id)
+                    await s.execute(
+                        update(InboundSeen).where(InboundSeen.dedup_key == event.dedup_key)
+                        .values(processed_at=datetime.now(UTC), event=None)
+                        .execution_options(synchronize_session=False)
+                    )  # fmt: skip
                     if user is None or not user.active:
                         self.stats["unknown_users"] += 1
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:unknown", to=addr, kind="text",
@@ -148,6 +199,8 @@ class Dispatcher:
                         for i, (kind, body) in enumerate(ctx.replies):
                             await enqueue(s, idempotency_key=f"{event.dedup_key}:r{i}", to=addr, kind=kind,
                                           body=body, trace_id=trace_id)  # fmt: skip
+                        if self.after_handle is not None:
+                            await self.after_handle(s, trace_id)
                         state = ctx.state
                 if state:
                     await self.store.set(key, state)

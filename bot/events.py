@@ -9,7 +9,7 @@ DingTalk robot ``msgId``, Stream ``headers.messageId``, card ``outTrackId+userId
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -57,6 +57,48 @@ class CardAction(InboundEvent):
     form: Mapping[str, str] = field(default_factory=dict)  # inputs and selections submitted with it
     card_ref: str | None = None  # WeCom task_id, Feishu message id, DingTalk outTrackId
     update_token: str | None = None  # WeCom response_code (one use, 72 h), Feishu delayed-update token
+
+
+_KINDS: dict[str, type[InboundEvent]] = {
+    "text": TextMessage,
+    "image": ImageMessage,
+    "card": CardAction,
+}
+
+
+def to_record(event: InboundEvent) -> dict[str, Any]:
+    """The event as JSON, to keep until it is processed (the platform's raw payload is left out)."""
+    kind = next(k for k, cls in _KINDS.items() if type(event) is cls)
+    out: dict[str, Any] = {"kind": kind}
+    for f in fields(event):
+        if f.name == "raw":
+            continue
+        value = getattr(event, f.name)
+        if isinstance(value, Sender):
+            value = {"platform": value.platform.value, "user_id": value.user_id, "name": value.name,
+                     "union_id": value.union_id}  # fmt: skip
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Platform):
+            value = value.value
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def from_record(record: Mapping[str, Any]) -> InboundEvent:
+    """The event :func:`to_record` kept. Raises ``ValueError`` on a record it did not write."""
+    try:
+        cls = _KINDS[record["kind"]]
+        data = {k: v for k, v in record.items() if k != "kind"}
+        data["platform"] = Platform(data["platform"])
+        s = data["sender"]
+        data["sender"] = Sender(Platform(s["platform"]), s["user_id"], s.get("name"), s.get("union_id"))
+        data["received_at"] = datetime.fromisoformat(data["received_at"])
+        return cls(**data)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not an event record: {exc}") from exc
 
 
 class WebhookRefused(Exception):

@@ -118,8 +118,14 @@ class CountingSettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
-    # Signs card button payloads; set it in production (at least 16 bytes), or a random one is made per start.
+    # Signs card button payloads. Set it (at least 16 bytes) when several servers share the work; when unset,
+    # one is generated once into ``payload_secret_file`` and reused, so cards stay valid across restarts.
     payload_secret: str | None = None
+    payload_secret_file: str = Field(default=".pandian-secret", description="where the generated secret lives")
+    card_max_age_days: int = Field(default=7, ge=1, description="older card buttons are refused")
+    card_sync_interval_s: float = Field(
+        default=15.0, gt=0, description="how often cards are reconciled with decisions made elsewhere (CLI)"
+    )
     outbox_interval_s: float = Field(default=1.0, gt=0)
     photos_dir: str = Field(default="pandian-photos", description="count photos, by content hash")
     photo_retention_days: int = Field(default=400, ge=1)

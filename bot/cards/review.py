@@ -6,9 +6,21 @@ from collections.abc import Sequence
 
 from bot.cards import facts
 from bot.cards.facts import VarianceFacts
-from bot.cards.model import Button, ButtonStyle, Card, Lang, NoteInput, Option, Select, pick
+from bot.cards.model import (
+    Button,
+    ButtonStyle,
+    Card,
+    Lang,
+    NoteInput,
+    Option,
+    Section,
+    Select,
+    Tone,
+    aside,
+    pick,
+)
 from bot.cards.payload import PickReason, SubmitReason
-from bot.cards.text import DEFAULT_REASONS, SEVERITY_TONE
+from bot.cards.text import DEFAULT_REASONS, SEVERITY_TONE, reason
 from core.variance.rules import ReasonCode
 
 
@@ -53,4 +65,28 @@ def build(
         ),
         image_keys=data.photos,
         template=SEVERITY_TONE[data.severity],
+    )
+
+
+def reviewed(
+    data: VarianceFacts,
+    *,
+    reviewer: str,
+    reason_code: str,
+    note: str | None,
+    lang: Lang = "zh",
+    ref: str,
+    reasons: Sequence[ReasonCode] = DEFAULT_REASONS,
+) -> Card:
+    """The review card after someone reviewed it: who, which reason, and no inputs left."""
+    line = pick(lang, f"{reviewer} 已复核：", f"Reviewed by {reviewer}: ") + reason(reason_code, lang, reasons)
+    if note:
+        line += aside(note, lang)
+    return Card(
+        ref=ref,
+        title=pick(lang, "差异已复核", "Variance reviewed"),
+        subtitle=facts.subtitle(data, lang),
+        sections=(Section(line), *facts.sections(data, lang, reasons)),
+        image_keys=data.photos,
+        template=Tone.GREY,
     )

@@ -633,12 +633,22 @@ async def decide(
     return Decision(v, step, "approved", True)
 
 
+_DECISION_ZH = {
+    ApprovalDecision.APPROVED: "通过",
+    ApprovalDecision.REJECTED: "驳回",
+    ApprovalDecision.RECOUNT: "退回复盘",
+    ApprovalDecision.ESCALATED: "已升级",
+    ApprovalDecision.CANCELLED: "已取消",
+}
+
+
 async def _already(session: AsyncSession, step: ApprovalStep) -> WorkflowError:
     await session.refresh(step)
     who = await session.get(User, step.decided_by_id) if step.decided_by_id else None
     name = who.name if who else "其他人"
+    zh = _DECISION_ZH.get(ApprovalDecision(step.decision), str(step.decision))
     return WorkflowError(
-        f"{name} 已先一步处理了这一步（{step.decision}）",
+        f"{name} 已先一步处理了这一步（{zh}）",
         f"{name} already decided this step ({step.decision})",
     )
 

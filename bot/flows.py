@@ -1,0 +1,391 @@
+"""The chat side of the workflow: which card goes to whom as counts, variances and approvals move on, and
+keeping every copy of a card true after someone acts on it.
+
+``sync_cards`` is derived from the database, not from the event that caused a change, so it is right whoever
+made the change (a card button, a chat reply, the CLI, a late ERP movement, the escalation job) and whichever
+server process runs it. Every send has a stable idempotency key, so running it twice, or in two processes at
+once, queues nothing twice:
+
+- an open recount task      -> a blind recount card to its counter             (``recount:<task>``)
+- a variance in review      -> a review card to the line's supervisors         (``review:<variance>``)
+- an open approval step     -> an approval card to each holder of the role     (``approval:<variance>:<seq>``)
+- a step decided / a review done -> every copy sent about it is updated in place to show the outcome and who
+  acted (copies not yet sent are cancelled instead).
+
+Whoever counted or reviewed a line never gets its approval card, and a card gives nobody rights: every button
+goes through the same core service checks as the CLI.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import String, cast, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from bot.cards import approval, recount, review
+from bot.cards.facts import VarianceFacts
+from bot.cards.model import Card, Lang
+from bot.cards.render.common import Signer
+from bot.cards.text import CountLine, ItemAt
+from bot.channel import Address
+from bot.events import Platform
+from bot.notify import _IDS, address_for
+from bot.outbox import enqueue
+from core.config import Settings
+from core.enums import OPEN_STATUSES, ApprovalDecision, Role, TaskReason
+from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
+from core.variance.service import dossier
+from core.variance.tolerance import Severity
+from core.variance.workflow import VarianceState
+
+log = logging.getLogger("pandian.flows")
+
+
+# ------------------------------------------------------------------------------------------ signing, render
+
+
+def payload_key(settings: Settings) -> bytes:
+    """The key that signs card buttons: the configured secret, else one generated once into a file."""
+    if settings.server.payload_secret:
+        return settings.server.payload_secret.encode()
+    return _key_file(str(Path(settings.server.payload_secret_file).resolve()))
+
+
+@functools.cache
+def _key_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(32).encode()
+    try:  # exclusive create: when two processes race, both end up with the winner's key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return Path(path).read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+def lang_of(settings: Settings, user: User | None) -> Lang:
+    locale = (user.locale if user is not None and user.locale else None) or settings.locale
+    return "en" if locale.lower().startswith("en") else "zh"
+
+
+def render(platform: Platform, card: Card, settings: Settings, now: datetime, lang: Lang) -> dict[str, Any]:
+    """A neutral card as one platform's JSON, its buttons signed now."""
+    module = import_module(f"bot.cards.render.{platform.value}")
+    signer = Signer(payload_key(settings), int(now.timestamp()))
+    out: dict[str, Any] = module.render(card, lang=lang, signer=signer)
+    return out
+
+
+async def send_card(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    card: Card,
+    *,
+    key: str,
+    subject: str,
+    now: datetime,
+    trace_id: str | None = None,
+) -> bool:
+    to = address_for(settings, user)
+    if to is None:
+        log.info("%s has no id on a configured platform: %s not sent", user.employee_no, subject)
+        return False
+    body = {"card": render(to.platform, card, settings, now, lang_of(settings, user))}
+    return await enqueue(
+        session,
+        idempotency_key=key,
+        to=to,
+        kind="card",
+        body=body,
+        subject=subject,
+        trace_id=trace_id,
+        now=now,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- facts
+
+
+async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFacts:
+    d = await dossier(session, variance_id)
+    v = d.variance
+    counts = tuple(
+        CountLine(u.name, e.qty if e.qty is not None else Decimal(0), e.counted_at, e.recount)
+        for e, u in d.entries
+        if e.superseded_by_id is None
+    )
+    return VarianceFacts(
+        variance_id=v.id,
+        at=ItemAt(d.location.code, d.item.sku, d.item.name, d.item.spec, d.item.base_unit),
+        abc_class=v.abc_class,
+        book=v.book_qty,
+        counts=counts,
+        diff=v.qty,
+        pct=v.pct,
+        value=v.value,
+        severity=Severity(v.severity),
+        suggested_reason=v.suggested_reason,
+        suggestion_text=v.suggestion_text,
+        moved_during_count=v.moved_during_count,
+    )
+
+
+async def _line_people(session: AsyncSession, v: Variance) -> tuple[set[int], int | None]:
+    """Who counted the line (the task and its recounts), and the team of the task's counter."""
+    task_ids = select(CountTask.id).where(
+        (CountTask.id == v.task_id) | (CountTask.parent_task_id == v.task_id)
+    )
+    counted = set(
+        (
+            await session.execute(select(CountEntry.counter_id).where(CountEntry.task_id.in_(task_ids)))
+        ).scalars()
+    )
+    task = await session.get(CountTask, v.task_id)
+    team_id = None
+    if task is not None and task.assignee_id is not None:
+        assignee = await session.get(User, task.assignee_id)
+        team_id = assignee.team_id if assignee is not None else None
+    return counted, team_id
+
+
+async def holders(
+    session: AsyncSession, role: Role, *, team_id: int | None = None, exclude: set[int] | None = None
+) -> list[User]:
+    """Active users with ``role``, minus ``exclude``; the line's own team first when it has such a person."""
+    users = (await session.execute(select(User).where(User.active.is_(True)).order_by(User.id))).scalars()
+    found = [u for u in users if role.value in (u.roles or []) and u.id not in (exclude or set())]
+    if team_id is not None and role is Role.SUPERVISOR:
+        same_team = [u for u in found if u.team_id == team_id]
+        if same_team:
+            return same_team
+    return found
+
+
+# ------------------------------------------------------------------------------------------------- sync
+
+
+@dataclass
+class SyncCounts:
+    recount: int = 0
+    review: int = 0
+    approval: int = 0
+    updated: int = 0
+    cancelled: int = 0
+
+    def total(self) -> int:
+        return self.recount + self.review + self.approval + self.updated + self.cancelled
+
+
+def _subject(prefix: str, *cols: Any) -> Any:
+    expr: Any = literal(prefix)
+    for i, c in enumerate(cols):
+        expr = expr.concat(cast(c, String)) if i == 0 else expr.concat(":").concat(cast(c, String))
+    return expr
+
+
+def _not_sent(subject: Any) -> Any:
+    return ~select(OutboxMessage.id).where(OutboxMessage.subject == subject).exists()
+
+
+async def sync_cards(
+    session: AsyncSession, settings: Settings, now: datetime, trace_id: str | None = None
+) -> SyncCounts:
+    """Queue the cards the workflow's state calls for and update the ones it has overtaken (see module doc)."""
+    out = SyncCounts()
+    reasons = settings.reasons.codes
+    tz = settings.tz
+    # 1. recount tasks: a blind card to the counter it went to
+    rows = await session.execute(
+        select(CountTask, Item, Location, User)
+        .join(Item, Item.id == CountTask.item_id)
+        .join(Location, Location.id == CountTask.location_id)
+        .join(User, User.id == CountTask.assignee_id)
+        .where(
+            CountTask.reason == TaskReason.RECOUNT,
+            CountTask.status.in_(OPEN_STATUSES),
+            _not_sent(_subject("recount:", CountTask.id)),
+        )
+    )
+    for task, item, loc, counter in rows.all():
+        card = recount.build(
+            recount.RecountRequest(
+                task.id, ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit), task.due_date
+            ),
+            lang=lang_of(settings, counter),
+            ref=f"rc-{task.id}",
+        )
+        out.recount += await send_card(session, settings, counter, card, key=f"recount:{task.id}",
+                                       subject=f"recount:{task.id}", now=now, trace_id=trace_id)  # fmt: skip
+    # 2. variances waiting for review: the line's supervisors (never someone who counted it)
+    in_review = (
+        await session.execute(
+            select(Variance).where(
+                Variance.state == VarianceState.IN_REVIEW.value, _not_sent(_subject("review:", Variance.id))
+            )
+        )
+    ).scalars()
+    for v in list(in_review):
+        counted, team_id = await _line_people(session, v)
+        facts = await variance_facts(session, v.id)
+        for sup in await holders(session, Role.SUPERVISOR, team_id=team_id, exclude=counted):
+            card = review.build(
+                facts, lang=lang_of(settings, sup), ref=f"rv-{v.id}-{sup.id}", reasons=reasons
+            )
+            out.review += await send_card(session, settings, sup, card, key=f"review:{v.id}:{sup.id}",
+                                          subject=f"review:{v.id}", now=now, trace_id=trace_id)  # fmt: skip
+    # 3. open approval steps: every holder of the step's role who may decide it
+    steps = (
+        await session.execute(
+            select(ApprovalStep, Variance)
+            .join(Variance, Variance.id == ApprovalStep.variance_id)
+            .where(
+                Variance.state == VarianceState.PENDING_APPROVAL.value,
+                ApprovalStep.opened_at.is_not(None),
+                ApprovalStep.decision == ApprovalDecision.PENDING,
+                _not_sent(_subject("approval:", ApprovalStep.variance_id, ApprovalStep.seq)),
+            )
+        )
+    ).all()
+    for step, v in steps:
+        counted, team_id = await _line_people(session, v)
+        facts = await variance_facts(session, v.id)
+        reviewer = await session.get(User, v.reviewer_id) if v.reviewer_id else None
+        data = approval.ApprovalRequest(facts, step.seq, Role(step.role), v.reason_code, v.reason_note,
+                                        reviewer.name if reviewer else None)  # fmt: skip
+        exclude = counted | ({v.reviewer_id} if v.reviewer_id else set())
+        for person in await holders(session, Role(step.role), team_id=team_id, exclude=exclude):
+            card = approval.build(data, lang=lang_of(settings, person), ref=f"ap-{v.id}-{step.seq}-{person.id}",
+                                  reasons=reasons)  # fmt: skip
+            out.approval += await send_card(session, settings, person, card,
+                                            key=f"approval:{v.id}:{step.seq}:{person.id}",
+                                            subject=f"approval:{v.id}:{step.seq}", now=now, trace_id=trace_id)  # fmt: skip
+    # 4. cards overtaken by a decision or a review: update every copy in place (cancel unsent ones)
+    upd = aliased(OutboxMessage)
+    sent = (
+        await session.execute(
+            select(OutboxMessage).where(
+                OutboxMessage.kind == "card",
+                OutboxMessage.state.in_(("pending", "sending", "sent")),
+                OutboxMessage.subject.like("approval:%") | OutboxMessage.subject.like("review:%"),
+                ~select(upd.id)
+                .where(upd.idempotency_key == literal("upd:").concat(cast(OutboxMessage.id, String)))
+                .exists(),
+            )
+        )
+    ).scalars()
+    for row in list(sent):
+        new_card = await _overtaken(session, settings, row, tz)
+        if new_card is None:
+            continue
+        if row.state == "pending":
+            row.state, row.last_error = "cancelled", "overtaken before it was sent"
+            out.cancelled += 1
+            continue
+        if row.state == "sending" or not row.sent_ref:
+            continue  # a worker is sending it right now: the next pass updates it
+        platform = Platform(row.platform)
+        user = await _user_at(session, platform, (row.address or {}).get("user_id"))
+        body = {
+            "ref": row.sent_ref,
+            "card": render(platform, new_card, settings, now, lang_of(settings, user)),
+        }
+        to = Address(platform, (row.address or {}).get("user_id"), (row.address or {}).get("chat_id"))
+        out.updated += await enqueue(session, idempotency_key=f"upd:{row.id}", to=to, kind="update", body=body,
+                                     subject=row.subject, trace_id=trace_id, now=now)  # fmt: skip
+    return out
+
+
+async def _user_at(session: AsyncSession, platform: Platform, ident: str | None) -> User | None:
+    if not ident:
+        return None
+    col = getattr(User, _IDS[platform])
+    return (await session.execute(select(User).where(col == ident))).scalar_one_or_none()
+
+
+async def _overtaken(session: AsyncSession, settings: Settings, row: OutboxMessage, tz: Any) -> Card | None:
+    """The card that should now replace ``row``'s, or None while its subject is still open."""
+    assert row.subject is not None
+    ref = str((row.body.get("card") or {}).get("task_id") or f"upd-{row.id}")
+    parts = row.subject.split(":")
+    reasons = settings.reasons.codes
+    if parts[0] == "approval":
+        vid, seq = int(parts[1]), int(parts[2])
+        step = (
+            await session.execute(
+                select(ApprovalStep).where(ApprovalStep.variance_id == vid, ApprovalStep.seq == seq)
+            )
+        ).scalar_one_or_none()
+        if step is None or step.decision == ApprovalDecision.PENDING:
+            v = await session.get(Variance, vid)
+            if v is None or v.state == VarianceState.PENDING_APPROVAL.value:
+                return None
+        if step is None or step.decided_by_id is None or step.decided_at is None:
+            return None  # closed some other way (cancelled); leave the card
+        who = await session.get(User, step.decided_by_id)
+        facts = await variance_facts(session, vid)
+        reviewer = None
+        v = await session.get(Variance, vid)
+        if v is not None and v.reviewer_id:
+            reviewer = await session.get(User, v.reviewer_id)
+        data = approval.ApprovalRequest(facts, seq, Role(step.role), v.reason_code if v else None,
+                                        v.reason_note if v else None, reviewer.name if reviewer else None)  # fmt: skip
+        return approval.approval_decided(
+            data, decision=ApprovalDecision(step.decision), decided_by=who.name if who else "?",
+            decided_at=step.decided_at.astimezone(tz), comment=step.comment, ref=ref, reasons=reasons,
+        )  # fmt: skip
+    if parts[0] == "review":
+        vid = int(parts[1])
+        v = await session.get(Variance, vid)
+        if (
+            v is None
+            or v.state == VarianceState.IN_REVIEW.value
+            or v.reviewer_id is None
+            or not v.reason_code
+        ):
+            return None
+        who = await session.get(User, v.reviewer_id)
+        facts = await variance_facts(session, vid)
+        return review.reviewed(facts, reviewer=who.name if who else "?", reason_code=v.reason_code,
+                               note=v.reason_note, ref=ref, reasons=reasons)  # fmt: skip
+    return None
+
+
+async def remember_update_token(session: AsyncSession, platform: Platform, user_id: str, card_ref: str | None,
+                                token: str | None, subject: str) -> None:  # fmt: skip
+    """A card callback carries a fresh update token for the card that was pressed (WeCom ``ResponseCode``,
+    single use, 72 h; Feishu's delayed-update token): keep it on that copy so its in-place update can use it."""
+    if not token or not card_ref:
+        return
+    rows = (
+        await session.execute(
+            select(OutboxMessage).where(
+                OutboxMessage.subject == subject, OutboxMessage.platform == platform.value,
+                OutboxMessage.kind == "card", OutboxMessage.state == "sent",
+            )
+        )
+    ).scalars()  # fmt: skip
+    for row in rows:
+        ref = dict(row.sent_ref or {})
+        mine = (row.address or {}).get("user_id") == user_id
+        if mine and card_ref in (ref.get("card_ref"), ref.get("message_id")):
+            ref["update_token"] = token
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == row.id).values(sent_ref=ref)
+                .execution_options(synchronize_session=False)
+            )  # fmt: skip

@@ -1,0 +1,189 @@
+"""Card buttons: 开始盘点 / 无法找到 / 提交 on count cards, 提交原因 on review cards, 通过 / 复盘 / 驳回 on
+approval cards.
+
+A payload is trusted only after its signature and age check (``bot.cards.payload``). The button names a task
+or a variance; whether the person pressing it may act is decided by the same core services the CLI uses, so a
+forwarded card gives nobody new rights. A rejection needs a reason, which a button cannot carry: the bot asks
+for it and the next chat reply is taken as the reason (发送“取消”放弃).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.cards.payload import (
+    Approve,
+    BadPayload,
+    CannotFind,
+    ExpiredPayload,
+    Payload,
+    PickReason,
+    Reject,
+    SendBack,
+    StartCounting,
+    SubmitQuantity,
+    SubmitReason,
+    unpack,
+)
+from bot.dispatcher import Context, Router
+from bot.events import CardAction, TextMessage
+from bot.flows import payload_key, remember_update_token
+from bot.handlers.counting import _next as next_task
+from core.enums import ApprovalDecision, CountOutcome, EntryMethod
+from core.models import CountTask
+from core.variance.service import WorkflowError, counter_tasks, decide, record_count, review_variance
+
+log = logging.getLogger("pandian.actions")
+
+router = Router()
+CANCEL = {"取消", "cancel", "算了"}
+
+
+def _unpack(ctx: Context, text: str) -> Payload | None:
+    max_age = ctx.settings.server.card_max_age_days * 86400
+    try:
+        return unpack(
+            text, payload_key(ctx.settings), now=int(ctx.event.received_at.timestamp()), max_age=max_age
+        )
+    except ExpiredPayload:
+        ctx.reply_text("这张卡片已过期，请以最新的卡片为准（发送 /任务 查看今天的任务）。")
+    except BadPayload as exc:
+        log.warning("refused card payload from %s: %s", ctx.event.sender.user_id, exc)
+        ctx.reply_text("无法识别这张卡片的操作，请使用系统最新发送的卡片。")
+    return None
+
+
+def _subject(p: Payload) -> str | None:
+    if isinstance(p, Approve | Reject | SendBack):
+        return f"approval:{p.variance_id}:{p.step_seq}"
+    if isinstance(p, SubmitReason):
+        return f"review:{p.variance_id}"
+    return None
+
+
+@router.on(CardAction)
+async def card_action(ctx: Context) -> bool:
+    ev = ctx.event
+    assert isinstance(ev, CardAction)
+    p = _unpack(ctx, ev.payload)
+    if p is None:
+        return True
+    subject = _subject(p)
+    if subject is not None:
+        await remember_update_token(
+            ctx.session, ev.platform, ev.sender.user_id, ev.card_ref, ev.update_token, subject
+        )
+    try:
+        await _act(ctx, p, ev)
+    except WorkflowError as exc:
+        ctx.reply_text(exc.zh)
+    return True
+
+
+async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
+    now = ev.received_at
+    if isinstance(p, StartCounting):
+        if "counter" not in (ctx.user.roles or []):
+            ctx.reply_text("只有盘点员可以开始盘点")
+            return
+        today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+        mine = {t.id for t, _, _ in await counter_tasks(ctx.session, ctx.user.id, today)}
+        queue = [t for t in p.task_ids if t in mine]  # a forwarded card gives nobody else's tasks
+        if not queue:
+            ctx.reply_text("这张卡片上没有分配给您、仍待盘点的任务。发送 /任务 查看您的任务。")
+            return
+        await next_task(ctx, queue)
+        return
+    if isinstance(p, CannotFind | SubmitQuantity):
+        task = await ctx.session.get(CountTask, p.task_id)
+        if task is None or task.assignee_id != ctx.user.id:
+            ctx.reply_text("这不是分配给您的盘点任务。")
+            return
+        if isinstance(p, CannotFind):
+            await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
+                               outcome=CountOutcome.NOT_HERE, counted_at=now, dedup_key=ev.dedup_key)  # fmt: skip
+            ctx.reply_text("已记录：无法找到。主管会跟进。")
+        else:
+            qty = (ev.form.get("qty") or ev.form.get("quantity") or "").strip()
+            result = await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
+                                        text=qty or None, counted_at=now, method=EntryMethod.TYPED,
+                                        dedup_key=ev.dedup_key)  # fmt: skip
+            understood = f"（{result.understood}）" if result.understood else ""
+            ctx.reply_text(f"✓ 已记录{understood}")
+        queue = [int(t) for t in ctx.state.get("queue") or [] if int(t) != task.id]
+        if queue:
+            await next_task(ctx, queue)
+        return
+    if isinstance(p, SubmitReason):
+        picked = ev.form.get("reason") or ""
+        choice = _unpack(ctx, picked) if picked else None
+        if not isinstance(choice, PickReason) or choice.variance_id != p.variance_id:
+            if picked and choice is None:
+                return  # _unpack has answered
+            ctx.reply_text("请先在卡片上选择差异原因，再点「提交原因」。")
+            return
+        note = (ev.form.get("note") or "").strip() or None
+        reason = next((r for r in ctx.settings.reasons.codes if r.code == choice.code), None)
+        if reason is not None and reason.requires_note and not note:
+            ctx.state.update({"step": "await_review_note", "variance_id": p.variance_id, "code": choice.code})
+            ctx.reply_text(f"「{reason.zh}」需要说明，请回复一句说明（发送“取消”放弃）。")
+            return
+        await review_variance(ctx.session, ctx.settings, variance_id=p.variance_id, reviewer_id=ctx.user.id,
+                              reason_code=choice.code, note=note, now=now)  # fmt: skip
+        ctx.reply_text(f"✓ 差异 #{p.variance_id} 已复核，已提交审批。")
+        return
+    if isinstance(p, Reject):
+        comment = (ev.form.get("comment") or ev.form.get("note") or "").strip()
+        if not comment:
+            ctx.state.update({"step": "await_reject_reason", "variance_id": p.variance_id, "seq": p.step_seq})
+            ctx.reply_text(f"请回复驳回差异 #{p.variance_id} 的原因（发送“取消”放弃）。")
+            return
+        await _decide(ctx, p.variance_id, p.step_seq, ApprovalDecision.REJECTED, comment)
+        return
+    if isinstance(p, Approve | SendBack):
+        decision = ApprovalDecision.APPROVED if isinstance(p, Approve) else ApprovalDecision.RECOUNT
+        await _decide(ctx, p.variance_id, p.step_seq, decision, None)
+        return
+    ctx.reply_text("这个按钮在这里不能用。")
+
+
+_SAID = {
+    "approved": "✓ 已通过差异 #{vid}",
+    "rejected": "已驳回差异 #{vid}",
+    "recount": "已退回差异 #{vid}，复盘任务已派给另一位盘点员",
+}
+
+
+async def _decide(ctx: Context, vid: int, seq: int, decision: ApprovalDecision, comment: str | None) -> None:
+    d = await decide(ctx.session, ctx.settings, variance_id=vid, actor_id=ctx.user.id, decision=decision,
+                     comment=comment, now=ctx.event.received_at, step_seq=seq)  # fmt: skip
+    said = _SAID.get(d.outcome, "已处理差异 #{vid}").format(vid=vid)
+    if d.outcome == "approved":
+        said += "，已生成库存调整。" if d.final else "，已转下一级审批。"
+    ctx.reply_text(said)
+
+
+@router.on(TextMessage)
+async def pending_reply(ctx: Context) -> bool:
+    """The reply a card asked for: a rejection reason, or the note a review reason needs."""
+    assert isinstance(ctx.event, TextMessage)
+    step = ctx.state.get("step")
+    if step not in ("await_reject_reason", "await_review_note"):
+        return False
+    said = ctx.event.text.strip()
+    if said.lower() in CANCEL:
+        ctx.state.clear()
+        ctx.reply_text("已取消。")
+        return True
+    vid = int(ctx.state["variance_id"])
+    try:
+        if step == "await_reject_reason":
+            await _decide(ctx, vid, int(ctx.state["seq"]), ApprovalDecision.REJECTED, said)
+        else:
+            await review_variance(ctx.session, ctx.settings, variance_id=vid, reviewer_id=ctx.user.id,
+                                  reason_code=str(ctx.state["code"]), note=said, now=ctx.event.received_at)  # fmt: skip
+            ctx.reply_text(f"✓ 差异 #{vid} 已复核，已提交审批。")
+    except WorkflowError as exc:
+        ctx.reply_text(exc.zh)
+    ctx.state.clear()
+    return True

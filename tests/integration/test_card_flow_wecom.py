@@ -1,0 +1,191 @@
+"""The whole count-to-adjustment loop on WeCom, through the real server and signed, encrypted callbacks:
+count -> variance -> blind recount card to another counter -> recount by button -> review card -> reason
+picked on the card -> approval cards -> approve by button -> every copy of the card updated in place ->
+adjustment. Cards a person may not act on are refused with a reason, and nothing changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.app import build_app
+from core.config import Settings
+from core.db import make_sessionmaker
+from core.models import Adjustment, CountTask, OutboxMessage, User, Variance
+from core.scheduling.service import plan_day
+from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
+from tests.integration.builders import build_company
+
+TOKEN, AES_KEY = "tok3n", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+async def wait_for(cond: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
+
+
+def cards_to(state: WeComFakeState, user: str, prefix: str) -> list[dict[str, Any]]:
+    return [
+        m["template_card"]
+        for m in state.delivered
+        if m.get("touser") == user
+        and m.get("msgtype") == "template_card"
+        and str(m["template_card"].get("task_id", "")).startswith(prefix)
+    ]
+
+
+def texts_to(state: WeComFakeState, user: str) -> list[str]:
+    return [
+        m["text"]["content"]
+        for m in state.delivered
+        if m.get("touser") == user and m.get("msgtype") == "text"
+    ]
+
+
+def button(card: dict[str, Any], label: str) -> str:
+    return next(b["key"] for b in card["button_list"] if b["text"] == label)
+
+
+async def test_count_to_adjustment_through_cards(
+    aiohttp_server: Any, aiohttp_client: Any, database_url: str, engine: Any, tmp_path: Any
+) -> None:
+    state = WeComFakeState()
+    fake = await aiohttp_server(build_wecom_fake_app(state))
+    settings = Settings(
+        database_url=database_url,
+        wecom={"corp_id": state.corp_id, "agent_id": state.agent_id, "secret": state.secret, "token": TOKEN,
+               "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
+        server={"payload_secret": "test-secret-0123456789", "outbox_interval_s": 0.05,
+                "photos_dir": str(tmp_path / "photos")},
+    )  # fmt: skip
+    sm = make_sessionmaker(engine)
+    async with sm() as s:
+        co = await build_company(s, items=3, counters=2)
+        team_id = co.teams[0].id
+        ids = {"WH1-E01": "lina", "WH1-E02": "wang", "WH1-S01": "sup1"}
+        for u in co.users:
+            u.wecom_userid = ids[u.employee_no]
+        s.add_all(
+            [
+                User(
+                    employee_no="S02",
+                    name="主管二",
+                    roles=["supervisor"],
+                    team_id=team_id,
+                    wecom_userid="sup2",
+                ),
+                User(
+                    employee_no="S03",
+                    name="主管三",
+                    roles=["supervisor"],
+                    team_id=team_id,
+                    wecom_userid="sup3",
+                ),
+                User(employee_no="F01", name="财务", roles=["finance"], wecom_userid="fin"),
+                User(employee_no="M01", name="经理", roles=["manager"], wecom_userid="mgr"),
+            ]
+        )
+        await plan_day(s, settings, date(2026, 11, 30))  # a working Monday
+        await s.commit()
+        lina = next(u for u in co.users if u.employee_no == "WH1-E01")
+        task = (
+            (
+                await s.execute(
+                    select(CountTask).where(CountTask.assignee_id == lina.id).order_by(CountTask.id)
+                )
+            )
+            .scalars()
+            .first()
+        )
+        assert task is not None
+        task_id = task.id
+
+    client = await aiohttp_client(build_app(settings))
+    sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
+    msg_ids = iter(range(1000, 2000))
+
+    async def post(req: Any) -> int:
+        async with client.request(req.method, "/wecom/callback", params=req.query, data=req.body) as resp:
+            return resp.status
+
+    async def say(user: str, text: str) -> None:
+        assert await post(sim.text(user, text, msg_id=next(msg_ids), timestamp=int(time.time()))) == 200
+
+    async def press(
+        user: str, card: dict[str, Any], key: str, selected: dict[str, list[str]] | None = None
+    ) -> str:
+        code = state.issue_response_code(user, card["task_id"])
+        req = sim.card_event(user, event_key=key, task_id=card["task_id"], response_code=code,
+                             timestamp=int(time.time()) + next(msg_ids) % 60, selected=selected)  # fmt: skip
+        assert await post(req) == 200
+        return code
+
+    # 1. lina counts 60 where the book says 10: out of tolerance, a blind recount goes to wang
+    await say("lina", f"/盘点 {task_id} 60")
+    await wait_for(lambda: cards_to(state, "wang", "rc-"))
+    recount_card = cards_to(state, "wang", "rc-")[0]
+    assert "10" not in str(recount_card.get("horizontal_content_list"))  # blind: no book, no first count
+    assert not cards_to(state, "lina", "rc-")  # never to the first counter
+
+    # lina presses wang's card (forwarded): it is not her task, nothing happens
+    await press("lina", recount_card, button(recount_card, "开始复盘"))
+    await wait_for(lambda: any("没有分配给您" in t for t in texts_to(state, "lina")))
+
+    # 2. wang starts from the card and counts 60 too: the count stands, review cards go to the supervisors
+    await press("wang", recount_card, button(recount_card, "开始复盘"))
+    await wait_for(lambda: any("请输入数量" in t for t in texts_to(state, "wang")))
+    await say("wang", "60")
+    await wait_for(lambda: len([u for u in ("sup1", "sup2", "sup3") if cards_to(state, u, "rv-")]) == 3)
+    assert not cards_to(state, "lina", "rv-") and not cards_to(state, "wang", "rv-")
+
+    # 3. sup1 picks a reason on the card and submits
+    review_card = cards_to(state, "sup1", "rv-")[0]
+    options = review_card["button_selection"]["option_list"]
+    found = next(o["id"] for o in options if o["text"].startswith("收货") or "收" in o["text"])
+    await press("sup1", review_card, button(review_card, "提交原因"), {"reason": [found]})
+    await wait_for(lambda: len(state.updates) >= 3)  # all three review cards now say who reviewed
+    assert all("已复核" in str(u["template_card"]) for u in state.updates[:3])
+    await wait_for(lambda: cards_to(state, "sup2", "ap-") and cards_to(state, "sup3", "ap-"))
+    assert not cards_to(state, "sup1", "ap-")  # the reviewer does not approve their own review
+
+    # 4. sup2 and sup3 both press 通过 on their copies: exactly one decision; both copies updated
+    c2, c3 = cards_to(state, "sup2", "ap-")[0], cards_to(state, "sup3", "ap-")[0]
+    updates_before = len(state.updates)
+    await press("sup2", c2, button(c2, "通过"))
+    await wait_for(lambda: len(state.updates) >= updates_before + 2)
+    await press("sup3", c3, button(c3, "通过"))
+    await wait_for(lambda: any("已先一步处理" in t or "主管二" in t for t in texts_to(state, "sup3")))
+    decided = [u["template_card"] for u in state.updates[updates_before:]]
+    assert all("主管二" in str(c) and "通过" in str(c) for c in decided)
+
+    # 5. the remaining steps (by severity) go to their role holders; each approves from the card
+    for user in ("fin", "mgr"):
+        async with sm() as s:
+            v = (await s.execute(select(Variance))).scalar_one()
+            if v.state != "pending_approval":
+                break
+        await wait_for(lambda u=user: cards_to(state, u, "ap-"))  # type: ignore[misc]
+        card = cards_to(state, user, "ap-")[0]
+        await press(user, card, button(card, "通过"))
+        await wait_for(lambda u=user: any("已通过" in t for t in texts_to(state, u)))  # type: ignore[misc]
+
+    async with sm() as s:
+        v = (await s.execute(select(Variance))).scalar_one()
+        assert v.state == "adjusted"
+        assert (await s.execute(select(Adjustment))).scalars().first() is not None
+        # every card sent about the approval has exactly one update, none failed
+        rows = (await s.execute(select(OutboxMessage))).scalars().all()
+        failed = [(r.idempotency_key, r.last_error) for r in rows if r.state == "failed"]
+        assert not failed, failed
+    if os.environ.get("PANDIAN_SHOW_TRANSCRIPT"):
+        for m in state.delivered:
+            body = m.get("text", {}).get("content") or m.get("template_card", {}).get("main_title")
+            print(m["touser"], "<-", body)
