@@ -45,7 +45,7 @@ from bot.outbox import enqueue
 from core.config import Settings
 from core.enums import OPEN_STATUSES, ApprovalDecision, Role, TaskReason
 from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
-from core.variance.service import dossier
+from core.variance.service import dossier, escalate_step
 from core.variance.tolerance import Severity
 from core.variance.workflow import VarianceState
 
@@ -249,7 +249,8 @@ async def sync_cards(
             )
             out.review += await send_card(session, settings, sup, card, key=f"review:{v.id}:{sup.id}",
                                           subject=f"review:{v.id}", now=now, trace_id=trace_id)  # fmt: skip
-    # 3. open approval steps: every holder of the step's role who may decide it
+    # 3. open approval steps: every holder of the step's role who may decide it; when nobody may (everyone
+    #    holding the role counted or reviewed the line), the step moves up to its escalation role
     steps = (
         await session.execute(
             select(ApprovalStep, Variance)
@@ -258,23 +259,31 @@ async def sync_cards(
                 Variance.state == VarianceState.PENDING_APPROVAL.value,
                 ApprovalStep.opened_at.is_not(None),
                 ApprovalStep.decision == ApprovalDecision.PENDING,
-                _not_sent(_subject("approval:", ApprovalStep.variance_id, ApprovalStep.seq)),
+                _not_sent(
+                    _subject("approval:", ApprovalStep.variance_id, ApprovalStep.seq, ApprovalStep.role)
+                ),
             )
         )
     ).all()
     for step, v in steps:
         counted, team_id = await _line_people(session, v)
+        exclude = counted | ({v.reviewer_id} if v.reviewer_id else set())
+        people = await holders(session, Role(step.role), team_id=team_id, exclude=exclude)
+        while not people and escalate_step(session, settings, step, now, "no_eligible_approver"):
+            people = await holders(session, Role(step.role), team_id=team_id, exclude=exclude)
+        if not people:
+            log.warning("nobody may decide step %s of variance %s (%s)", step.seq, v.id, step.role)
+            continue
         facts = await variance_facts(session, v.id)
         reviewer = await session.get(User, v.reviewer_id) if v.reviewer_id else None
         data = approval.ApprovalRequest(facts, step.seq, Role(step.role), v.reason_code, v.reason_note,
                                         reviewer.name if reviewer else None)  # fmt: skip
-        exclude = counted | ({v.reviewer_id} if v.reviewer_id else set())
-        for person in await holders(session, Role(step.role), team_id=team_id, exclude=exclude):
+        subject = f"approval:{v.id}:{step.seq}:{step.role}"
+        for person in people:
             card = approval.build(data, lang=lang_of(settings, person), ref=f"ap-{v.id}-{step.seq}-{person.id}",
                                   reasons=reasons)  # fmt: skip
-            out.approval += await send_card(session, settings, person, card,
-                                            key=f"approval:{v.id}:{step.seq}:{person.id}",
-                                            subject=f"approval:{v.id}:{step.seq}", now=now, trace_id=trace_id)  # fmt: skip
+            out.approval += await send_card(session, settings, person, card, key=f"{subject}:{person.id}",
+                                            subject=subject, now=now, trace_id=trace_id)  # fmt: skip
     # 4. cards overtaken by a decision or a review: update every copy in place (cancel unsent ones)
     upd = aliased(OutboxMessage)
     sent = (
@@ -290,7 +299,7 @@ async def sync_cards(
         )
     ).scalars()
     for row in list(sent):
-        new_card = await _overtaken(session, settings, row, tz)
+        new_card = await _overtaken(session, settings, row, tz, now)
         if new_card is None:
             continue
         if row.state == "pending":
@@ -318,33 +327,43 @@ async def _user_at(session: AsyncSession, platform: Platform, ident: str | None)
     return (await session.execute(select(User).where(col == ident))).scalar_one_or_none()
 
 
-async def _overtaken(session: AsyncSession, settings: Settings, row: OutboxMessage, tz: Any) -> Card | None:
+async def _overtaken(
+    session: AsyncSession, settings: Settings, row: OutboxMessage, tz: Any, now: datetime
+) -> Card | None:
     """The card that should now replace ``row``'s, or None while its subject is still open."""
     assert row.subject is not None
     ref = str((row.body.get("card") or {}).get("task_id") or f"upd-{row.id}")
     parts = row.subject.split(":")
     reasons = settings.reasons.codes
     if parts[0] == "approval":
-        vid, seq = int(parts[1]), int(parts[2])
+        vid, seq, role = int(parts[1]), int(parts[2]), parts[3]
         step = (
             await session.execute(
                 select(ApprovalStep).where(ApprovalStep.variance_id == vid, ApprovalStep.seq == seq)
             )
         ).scalar_one_or_none()
-        if step is None or step.decision == ApprovalDecision.PENDING:
-            v = await session.get(Variance, vid)
-            if v is None or v.state == VarianceState.PENDING_APPROVAL.value:
-                return None
-        if step is None or step.decided_by_id is None or step.decided_at is None:
+        if step is None:
+            return None
+        escalated = step.role != role
+        if step.decision == ApprovalDecision.PENDING and not escalated:
+            return None
+        if not escalated and (step.decided_by_id is None or step.decided_at is None):
             return None  # closed some other way (cancelled); leave the card
-        who = await session.get(User, step.decided_by_id)
+        who = await session.get(User, step.decided_by_id) if step.decided_by_id else None
         facts = await variance_facts(session, vid)
         reviewer = None
         v = await session.get(Variance, vid)
         if v is not None and v.reviewer_id:
             reviewer = await session.get(User, v.reviewer_id)
-        data = approval.ApprovalRequest(facts, seq, Role(step.role), v.reason_code if v else None,
+        data = approval.ApprovalRequest(facts, seq, Role(role), v.reason_code if v else None,
                                         v.reason_note if v else None, reviewer.name if reviewer else None)  # fmt: skip
+        if escalated:
+            to = approval.role_name(Role(step.role), lang_of(settings, None))
+            return approval.approval_decided(
+                data, decision=ApprovalDecision.ESCALATED, decided_by="系统", decided_at=now.astimezone(tz),
+                comment=f"已转交{to}", ref=ref, reasons=reasons,
+            )  # fmt: skip
+        assert step.decided_at is not None
         return approval.approval_decided(
             data, decision=ApprovalDecision(step.decision), decided_by=who.name if who else "?",
             decided_at=step.decided_at.astimezone(tz), comment=step.comment, ref=ref, reasons=reasons,
@@ -375,7 +394,8 @@ async def remember_update_token(session: AsyncSession, platform: Platform, user_
     rows = (
         await session.execute(
             select(OutboxMessage).where(
-                OutboxMessage.subject == subject, OutboxMessage.platform == platform.value,
+                (OutboxMessage.subject == subject) | OutboxMessage.subject.like(f"{subject}:%"),
+                OutboxMessage.platform == platform.value,
                 OutboxMessage.kind == "card", OutboxMessage.state == "sent",
             )
         )

@@ -39,6 +39,10 @@ _DECIDED: dict[ApprovalDecision, tuple[str, str, Tone, str, str]] = {
 }
 
 
+def role_name(role: Role, lang: Lang) -> str:
+    return pick(lang, _ROLE_ZH[role], _ROLE_EN[role])
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalRequest:
     facts: VarianceFacts

@@ -843,19 +843,25 @@ async def escalate_overdue_approvals(session: AsyncSession, settings: Settings, 
         .scalars()
         .all()
     )
-    moved = 0
-    for step in steps:
-        target = settings.approval.escalate_to.get(Role(step.role))
-        if target is None or target.value == step.role:
-            continue
-        old = step.role
-        step.role = target.value
-        hours = settings.approval.sla_hours_by_role.get(target, settings.approval.sla_hours)
-        step.due_at = now + timedelta(hours=hours)
-        audit.record(session, "approval", step.id, "escalated", variance_id=step.variance_id, at=now,
-                     from_role=old, to_role=target.value)  # fmt: skip
-        moved += 1
-    return moved
+    return sum(escalate_step(session, settings, step, now, "overdue") for step in steps)
+
+
+def escalate_step(
+    session: AsyncSession, settings: Settings, step: ApprovalStep, now: datetime, why: str
+) -> bool:
+    """Move one pending step up to its escalation role (``approval.escalate_to``), with a fresh deadline.
+    ``why``: "overdue", or "no_eligible_approver" when everyone holding the role counted or reviewed the line.
+    False when the role has nowhere to go."""
+    target = settings.approval.escalate_to.get(Role(step.role))
+    if target is None or target.value == step.role:
+        return False
+    old = step.role
+    step.role = target.value
+    hours = settings.approval.sla_hours_by_role.get(target, settings.approval.sla_hours)
+    step.due_at = now + timedelta(hours=hours)
+    audit.record(session, "approval", step.id, "escalated", variance_id=step.variance_id, at=now,
+                 from_role=old, to_role=target.value, why=why)  # fmt: skip
+    return True
 
 
 async def open_improvement_items(session: AsyncSession, settings: Settings, now: datetime) -> list[int]:
