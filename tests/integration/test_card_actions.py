@@ -122,7 +122,9 @@ async def test_review_note_and_rejection_reason_come_as_replies(
         to = sorted(
             r.address["user_id"]
             for r in (
-                await s.execute(select(OutboxMessage).where(OutboxMessage.subject == f"approval:{vid}:1"))
+                await s.execute(
+                    select(OutboxMessage).where(OutboxMessage.subject == f"approval:{vid}:1:supervisor")
+                )
             ).scalars()
         )
         assert to == ["s02"]
@@ -181,3 +183,25 @@ async def test_acknowledged_event_is_replayed_once_after_a_crash(
         assert v is not None and v.state == "pending_approval" and v.reason_code == "receiving"
         seen = await s.get(InboundSeen, event.dedup_key)
         assert seen is not None and seen.processed_at is not None and seen.event is None
+
+
+async def test_a_step_nobody_may_decide_moves_up(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """The only other supervisor is away: the supervisor step goes to the manager, not into a void."""
+    vid, users = await variance_in_review(sessionmaker)
+    async with sessionmaker() as s, s.begin():
+        away = await s.get(User, users["S02"].id)
+        assert away is not None
+        away.active = False
+        s.add(User(employee_no="M01", name="经理", roles=["manager"], wecom_userid="m01"))
+    d = dispatcher(sessionmaker)
+    form = {"reason": PickReason(vid, "receiving").pack(KEY, issued_at=int(T0.timestamp()))}
+    await run(d, press("wh1-s01", SubmitReason(vid), 1, form))
+    async with sessionmaker() as s:
+        rows = (
+            (await s.execute(select(OutboxMessage).where(OutboxMessage.subject.like(f"approval:{vid}:%"))))
+            .scalars()
+            .all()
+        )
+        assert [(r.subject, r.address["user_id"]) for r in rows] == [(f"approval:{vid}:1:manager", "m01")]
+    await run(d, press("m01", Approve(vid, 1), 2))
+    assert "已通过" in await last_text(sessionmaker, "m01")
