@@ -25,6 +25,7 @@ from bot.dispatcher import Dispatcher, Router
 from bot.events import WebhookRefused, WebhookReply
 from bot.flows import sync_cards
 from bot.handlers import actions, commands, counting
+from bot.logs import install_record_factory, new_trace_id, tracing
 from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore
 from core.config import Settings
@@ -74,7 +75,9 @@ def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitabl
             return web.Response(status=exc.status, text=exc.reason)
         for event in reply.events:
             metrics.inc(f'inbound_total{{platform="{name}"}}')
-            await dispatcher.submit(event)  # durable dedup, then background work
+            with tracing(new_trace_id()) as trace_id:
+                first = await dispatcher.submit(event, trace_id)  # durable dedup, then background work
+                log.info("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
         metrics.ack_ms.append((time.perf_counter() - started) * 1000)
         return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
@@ -165,6 +168,7 @@ async def metrics_route(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings) -> web.Application:
+    install_record_factory()
     engine = make_engine(settings.database_url)
     sessionmaker = make_sessionmaker(engine)
     store = make_store(settings.redis_url)

@@ -902,18 +902,17 @@ def housekeeping_cmd() -> None:
 @click.option("--port", type=int, default=None, help="Default: server.port (8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the bot server: platform webhooks (those configured), /healthz and /metrics."""
-    import logging
-
     from aiohttp import web
 
     from bot.app import build_app
+    from bot.logs import setup_logging
     from core import migrate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
     except Exception as exc:
         raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from exc
+    setup_logging(settings.server.log_format)
 
     async def prepare() -> None:
         engine = make_engine(settings.database_url)

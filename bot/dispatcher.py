@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channel import Address
 from bot.conversation import ConversationStore
 from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMessage, from_record, to_record
+from bot.logs import new_trace_id, trace_id_var, tracing
 from bot.outbox import enqueue, first_delivery
 from core.config import Settings
 from core.models import InboundSeen, User
@@ -121,11 +122,11 @@ class Dispatcher:
         self.stats["accepted" if first else "duplicates"] += 1
         return first
 
-    async def submit(self, event: InboundEvent) -> bool:
+    async def submit(self, event: InboundEvent, trace_id: str | None = None) -> bool:
         """Accept, then process in the background. Returns False for a duplicate (nothing scheduled)."""
         if not await self.accept(event):
             return False
-        task = asyncio.create_task(self._process(event, uuid.uuid4().hex[:16]))
+        task = asyncio.create_task(self._process(event, trace_id or trace_id_var.get() or new_trace_id()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -164,13 +165,18 @@ class Dispatcher:
             except ValueError as exc:
                 log.error("event %s cannot be replayed: %s", key, exc)
                 continue
-            await self._process(event, uuid.uuid4().hex[:16])
+            await self._process(event, new_trace_id())
             self.stats["replayed"] += 1
             done += 1
         return done
 
     async def _process(self, event: InboundEvent, trace_id: str) -> None:
+        with tracing(trace_id):
+            await self._process_traced(event, trace_id)
+
+    async def _process_traced(self, event: InboundEvent, trace_id: str) -> None:
         key = f"{event.platform.value}:{event.sender.user_id}"
+        started = time.perf_counter()
         try:
             async with self.store.lock(key):
                 state = await self.store.get(key) or {}
@@ -207,6 +213,7 @@ class Dispatcher:
                 else:
                     await self.store.delete(key)
             self.stats["processed"] += 1
+            log.info("processed %s in %.0f ms", event.dedup_key, (time.perf_counter() - started) * 1000)
             if self.after_commit is not None:
                 await self.after_commit()
         except Exception:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address, Channel, ChannelError, SentRef
 from bot.events import Platform
+from bot.logs import tracing
 from core.db import dialect_insert
 from core.models import InboundSeen, OutboxMessage
 
@@ -146,53 +147,64 @@ async def deliver_due(
     now = now or datetime.now(UTC)
     counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0}
     async with sessionmaker() as s, s.begin():
-        claimed = [(r.id, r.platform, r.kind, dict(r.address), dict(r.body), r.idempotency_key, r.attempts)
-                   for r in await _claim(s, now, limit)]  # fmt: skip
-    for row_id, platform, kind, address, body, key, attempts in claimed:
-        channel = channels.get(platform)
+        claimed = [(r.id, r.platform, r.kind, dict(r.address), dict(r.body), r.idempotency_key, r.attempts,
+                    r.trace_id) for r in await _claim(s, now, limit)]  # fmt: skip
+    for row_id, platform, kind, address, body, key, attempts, trace_id in claimed:
+        with tracing(trace_id):
+            await _deliver_one(sessionmaker, channels, now, counts, row_id, platform, kind, address, body, key,
+                               attempts)  # fmt: skip
+    return counts
+
+
+async def _deliver_one(
+    sessionmaker: async_sessionmaker[AsyncSession], channels: Mapping[str, Channel], now: datetime,
+    counts: dict[str, int], row_id: int, platform: str, kind: str, address: dict[str, Any], body: dict[str, Any],
+    key: str, attempts: int,
+) -> None:  # fmt: skip
+    channel = channels.get(platform)
+    async with sessionmaker() as s, s.begin():
+        row = await s.get(OutboxMessage, row_id)
+        assert row is not None
+        if channel is None:
+            row.state, row.last_error = "failed", f"platform {platform} is not configured"
+            counts["failed"] += 1
+            return
+        cap = PER_USER_PER_MINUTE.get(Platform(platform))
+        if cap is not None and await _recent_sends(s, platform, address.get("user_id"), now) >= cap:
+            row.state, row.next_attempt_at = "pending", now + timedelta(seconds=60)
+            counts["deferred"] += 1
+            return
+    to = Address(Platform(platform), address.get("user_id"), address.get("chat_id"))
+    try:
+        ref = await _send(channel, kind, to, body, key)
+    except ChannelError as exc:
         async with sessionmaker() as s, s.begin():
             row = await s.get(OutboxMessage, row_id)
             assert row is not None
-            if channel is None:
-                row.state, row.last_error = "failed", f"platform {platform} is not configured"
+            row.attempts = attempts + 1
+            row.last_error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)
+            if exc.retryable and row.attempts < MAX_ATTEMPTS:
+                row.state, row.next_attempt_at = "pending", now + backoff(row.attempts, exc.retry_after)
+                counts["retry"] += 1
+            else:
+                row.state = "failed"
                 counts["failed"] += 1
-                continue
-            cap = PER_USER_PER_MINUTE.get(Platform(platform))
-            if cap is not None and await _recent_sends(s, platform, address.get("user_id"), now) >= cap:
-                row.state, row.next_attempt_at = "pending", now + timedelta(seconds=60)
-                counts["deferred"] += 1
-                continue
-        to = Address(Platform(platform), address.get("user_id"), address.get("chat_id"))
-        try:
-            ref = await _send(channel, kind, to, body, key)
-        except ChannelError as exc:
-            async with sessionmaker() as s, s.begin():
-                row = await s.get(OutboxMessage, row_id)
-                assert row is not None
-                row.attempts = attempts + 1
-                row.last_error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)
-                if exc.retryable and row.attempts < MAX_ATTEMPTS:
-                    row.state, row.next_attempt_at = "pending", now + backoff(row.attempts, exc.retry_after)
-                    counts["retry"] += 1
-                else:
-                    row.state = "failed"
-                    counts["failed"] += 1
-                    log.warning("outbox %s failed for good: %s", key, row.last_error)
-            continue
-        async with sessionmaker() as s, s.begin():
-            await s.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id == row_id)
-                .values(
-                    state="sent",
-                    sent_at=now,
-                    attempts=attempts + 1,
-                    sent_ref=_ref_json(ref),
-                    locked_until=None,
-                )
+                log.warning("outbox %s failed for good: %s", key, row.last_error)
+        return
+    async with sessionmaker() as s, s.begin():
+        await s.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == row_id)
+            .values(
+                state="sent",
+                sent_at=now,
+                attempts=attempts + 1,
+                sent_ref=_ref_json(ref),
+                locked_until=None,
             )
-        counts["sent"] += 1
-    return counts
+        )
+    counts["sent"] += 1
+    log.info("sent %s %s to %s:%s", kind, key, platform, address.get("user_id") or address.get("chat_id"))
 
 
 async def _send(channel: Channel, kind: str, to: Address, body: dict[str, Any], key: str) -> SentRef:

@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -121,7 +121,9 @@ class ServerSettings(BaseModel):
     # Signs card button payloads. Set it (at least 16 bytes) when several servers share the work; when unset,
     # one is generated once into ``payload_secret_file`` and reused, so cards stay valid across restarts.
     payload_secret: str | None = None
-    payload_secret_file: str = Field(default=".pandian-secret", description="where the generated secret lives")
+    payload_secret_file: str = Field(
+        default=".pandian-secret", description="where the generated secret lives"
+    )
     card_max_age_days: int = Field(default=7, ge=1, description="older card buttons are refused")
     card_sync_interval_s: float = Field(
         default=15.0, gt=0, description="how often cards are reconciled with decisions made elsewhere (CLI)"
@@ -129,6 +131,9 @@ class ServerSettings(BaseModel):
     outbox_interval_s: float = Field(default=1.0, gt=0)
     photos_dir: str = Field(default="pandian-photos", description="count photos, by content hash")
     photo_retention_days: int = Field(default=400, ge=1)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="'json': one JSON object per line, with the trace id, for log shippers"
+    )
 
 
 def _default_db_url() -> str:

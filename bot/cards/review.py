@@ -79,7 +79,9 @@ def reviewed(
     reasons: Sequence[ReasonCode] = DEFAULT_REASONS,
 ) -> Card:
     """The review card after someone reviewed it: who, which reason, and no inputs left."""
-    line = pick(lang, f"{reviewer} 已复核：", f"Reviewed by {reviewer}: ") + reason(reason_code, lang, reasons)
+    line = pick(lang, f"{reviewer} 已复核：", f"Reviewed by {reviewer}: ") + reason(
+        reason_code, lang, reasons
+    )
     if note:
         line += aside(note, lang)
     return Card(

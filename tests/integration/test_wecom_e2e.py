@@ -72,3 +72,44 @@ async def test_text_command_round_trip(
     assert await send(stale) == 401
     metrics = await (await client.get("/metrics")).text()
     assert "pandian_dispatch_duplicates_total 1" in metrics and 'refused_total{platform="wecom"} 2' in metrics
+
+
+async def test_one_trace_id_from_callback_to_send(
+    aiohttp_server: Any, aiohttp_client: Any, database_url: str, engine: Any, caplog: Any
+) -> None:
+    """The callback's log line, the handler's, and the send it caused carry one trace id, as does the
+    outbox row."""
+    import logging
+
+    from core.models import OutboxMessage
+
+    state = WeComFakeState()
+    fake = await aiohttp_server(build_wecom_fake_app(state))
+    async with make_sessionmaker(engine)() as s:
+        await build_company(s, items=3)
+        u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
+        u.wecom_userid = "zhangwei"
+        await s.commit()
+    settings = Settings(
+        database_url=database_url,
+        wecom={"corp_id": state.corp_id, "agent_id": state.agent_id, "secret": state.secret, "token": TOKEN,
+               "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
+        server={"outbox_interval_s": 0.05},
+    )  # fmt: skip
+    client = await aiohttp_client(build_app(settings))
+    sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
+    caplog.set_level(logging.INFO, logger="pandian")
+    req = sim.text("zhangwei", "/帮助", msg_id=77, timestamp=int(time.time()))
+    async with client.request(req.method, "/wecom/callback", params=req.query, data=req.body) as resp:
+        assert resp.status == 200
+    await wait_for(lambda: any(r.getMessage().startswith("sent text wecom:msg:77") for r in caplog.records))
+    by_msg = {
+        r.getMessage().split(" in ")[0]: r.trace_id
+        for r in caplog.records
+        if "wecom:msg:77" in r.getMessage()
+    }
+    traces = set(by_msg.values())
+    assert len(by_msg) >= 3 and len(traces) == 1 and "-" not in traces, by_msg
+    async with make_sessionmaker(engine)() as s:
+        row = (await s.execute(select(OutboxMessage))).scalar_one()
+    assert row.trace_id in traces
