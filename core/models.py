@@ -588,3 +588,71 @@ class OutboxMessage(Base):
     # what the card is about ("approval:12", "tasks:7:2026-11-28"): every copy sent about one subject is
     # found again to update them all in place after a decision
     subject: Mapped[str | None] = mapped_column(String(120), index=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# ERP connectors (issue 6): sync cursors and runs, and the durable write-back queue with its attempts.
+
+
+class ErpSyncCursor(Base):
+    """Where the next incremental pull of one entity from one ERP starts (the ERP's own cursor text)."""
+
+    __tablename__ = "erp_sync_cursor"
+    system: Mapped[str] = mapped_column(String(20), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(20), primary_key=True)  # items | locations | stock | movements
+    cursor: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ErpSyncRun(Base):
+    """One sync, finished or failed, with what it pulled and changed (``stats``) and the error it stopped on."""
+
+    __tablename__ = "erp_sync_run"
+    __table_args__ = (Index("ix_erp_sync_run_system", "system", "started_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    system: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ErpPosting(Base):
+    """One adjustment on its way into the ERP: claimed by one drainer at a time (compare-and-set on ``state``
+    and ``claim_token``), resumed from ``progress`` after a crash, posted once under ``doc_key`` (our bill
+    number, which the ERP keeps, so a lost answer is found again instead of posted twice)."""
+
+    __tablename__ = "erp_posting"
+    __table_args__ = (Index("ix_erp_posting_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adjustment_id: Mapped[int] = mapped_column(ForeignKey("adjustment.id"), unique=True)
+    system: Mapped[str] = mapped_column(String(20))
+    doc_key: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | posting | posted | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the document as sent
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the ERP's ids, step by step
+    erp_doc_no: Mapped[str | None] = mapped_column(String(100))
+    erp_doc_id: Mapped[str | None] = mapped_column(String(100))
+    erp_refs: Mapped[list[str]] = mapped_column(JSON, default=list)  # every ERP document it produced
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ErpPostingAttempt(Base):
+    """Every attempt at a posting, with its outcome: the history a failed posting is explained by."""
+
+    __tablename__ = "erp_posting_attempt"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    posting_id: Mapped[int] = mapped_column(ForeignKey("erp_posting.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # posted | retry | failed | lost_lease
+    erp_doc_no: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)

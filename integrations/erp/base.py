@@ -1,0 +1,350 @@
+"""The one connector interface, the records it speaks and the errors it raises.
+
+A connector is the ERP seen from pandian: it can
+
+- ``check`` its connection and credentials;
+- ``pull`` one entity (items, locations, book stock, movements) from a stored cursor, page by page, each page
+  carrying the cursor to store once the page is written (``integrations.erp.sync`` writes pages through the
+  existing import and movement code: ``core.importing`` and ``core.stock``);
+- ``write_back`` approved adjustments. The spreadsheet connector exports them to a file (``core.variance.export``);
+  the ERP connectors (``ApiConnector``) post them one by one through the durable queue of
+  ``integrations.erp.posting``, and implement ``post`` (exactly once: look the document up by our bill number
+  first, resume from the ERP's own state) and ``find_posted``.
+
+Errors say whether trying again later can help: ``ErpUnavailable`` (timeouts, 5xx, dropped connections: for a
+write, the ERP may or may not have done it, so the next attempt looks it up first), ``ErpSessionExpired``
+(log in again, then repeat: the ERP did nothing), ``ErpBadResponse`` (an answer we cannot read), and
+``ErpRejected`` (the ERP said no: a validation error, a closed period, wrong credentials; trying again changes
+nothing until a person acts).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.config import ErpSettings, Settings
+from core.enums import AdjustmentKind, MovementType
+
+
+class Entity(StrEnum):
+    ITEMS = "items"
+    LOCATIONS = "locations"
+    STOCK = "stock"
+    MOVEMENTS = "movements"
+
+
+# pull order: movements and stock refer to items and locations
+ENTITIES = (Entity.ITEMS, Entity.LOCATIONS, Entity.STOCK, Entity.MOVEMENTS)
+ENTITY_ZH = {
+    Entity.ITEMS: "物料",
+    Entity.LOCATIONS: "仓库库位",
+    Entity.STOCK: "账面库存",
+    Entity.MOVEMENTS: "出入库流水",
+}
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    sku: str
+    name: str
+    spec: str | None = None
+    unit: str | None = None
+    unit_cost: Decimal | None = None
+    barcodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LocationRecord:
+    warehouse: str
+    location: str
+    warehouse_name: str | None = None
+    barcode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StockRecord:
+    sku: str
+    warehouse: str
+    location: str
+    qty: Decimal  # base units
+    lot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MovementRecord:
+    key: str  # the ERP's own id of the line: unique and stable (becomes the ledger's import key)
+    sku: str
+    warehouse: str
+    location: str
+    qty: Decimal  # signed, base units
+    type: MovementType
+    occurred_at: datetime  # aware
+    source_doc: str | None = None  # the ERP document number
+    reference: str | None = None  # an external reference the ERP keeps (our bill number on documents we post)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """A spreadsheet to import as it is (the spreadsheet connector's pages)."""
+
+    path: Path
+    kind: str
+    digest: str
+
+
+Record = ItemRecord | LocationRecord | StockRecord | MovementRecord | FileSource
+
+
+@dataclass(slots=True)
+class Page:
+    records: Sequence[Record]
+    cursor: str | None  # store this once the records are written; None keeps the stored cursor
+
+
+# ------------------------------------------------------------------------------------------------ posting
+
+
+@dataclass(frozen=True, slots=True)
+class DocLine:
+    sku: str
+    unit: str
+    location: str
+    qty: Decimal  # signed for gains and losses; positive for a transfer
+    unit_cost: Decimal
+    to_location: str | None = None  # transfers
+    book_qty: Decimal | None = None
+    counted_qty: Decimal | None = None
+    variance_id: int | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku,
+            "unit": self.unit,
+            "location": self.location,
+            "to_location": self.to_location,
+            "qty": str(self.qty),
+            "unit_cost": str(self.unit_cost),
+            "book_qty": None if self.book_qty is None else str(self.book_qty),
+            "counted_qty": None if self.counted_qty is None else str(self.counted_qty),
+            "variance_id": self.variance_id,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DocLine:
+        def dec(v: Any) -> Decimal | None:
+            return None if v is None else Decimal(str(v))
+
+        return cls(
+            sku=d["sku"],
+            unit=d["unit"],
+            location=d["location"],
+            to_location=d.get("to_location"),
+            qty=Decimal(str(d["qty"])),
+            unit_cost=Decimal(str(d["unit_cost"])),
+            book_qty=dec(d.get("book_qty")),
+            counted_qty=dec(d.get("counted_qty")),
+            variance_id=d.get("variance_id"),
+            reason=d.get("reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PostingDoc:
+    """An approved adjustment as an ERP document: our bill number, its kind, its warehouse and lines."""
+
+    key: str  # our bill number (``PD00000012``): the ERP keeps it, so a lost answer is found again
+    adjustment_id: int
+    kind: AdjustmentKind
+    warehouse: str
+    created_at: datetime
+    lines: tuple[DocLine, ...]
+    note: str = ""
+
+    @property
+    def value(self) -> Decimal:
+        return sum((ln.qty * ln.unit_cost for ln in self.lines), Decimal(0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "adjustment_id": self.adjustment_id,
+            "kind": self.kind.value,
+            "warehouse": self.warehouse,
+            "created_at": self.created_at.isoformat(),
+            "note": self.note,
+            "lines": [ln.to_json() for ln in self.lines],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PostingDoc:
+        return cls(
+            key=d["key"],
+            adjustment_id=int(d["adjustment_id"]),
+            kind=AdjustmentKind(d["kind"]),
+            warehouse=d["warehouse"],
+            created_at=datetime.fromisoformat(d["created_at"]),
+            lines=tuple(DocLine.from_json(x) for x in d["lines"]),
+            note=d.get("note", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """The ERP's document: its number (and internal id), and every document the posting produced."""
+
+    doc_no: str
+    doc_id: str | None = None
+    refs: tuple[str, ...] = field(default=())
+
+
+SaveProgress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+class ErpError(Exception):
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, zh: str, en: str, *, code: str | None = None) -> None:
+        super().__init__(f"{zh} / {en}")
+        self.zh, self.en, self.code = zh, en, code
+
+    def text(self, lang: str = "zh") -> str:
+        return self.en if lang == "en" else self.zh
+
+
+class ErpUnavailable(ErpError):
+    """No usable answer: timeout, 5xx, connection dropped. For a write, the outcome is unknown."""
+
+    retryable = True
+
+
+class ErpSessionExpired(ErpError):
+    """The session or token is no longer valid; the ERP did nothing. Log in again and repeat."""
+
+    retryable = True
+
+
+class ErpBadResponse(ErpError):
+    """An answer that is not what the protocol promises (malformed JSON, missing fields)."""
+
+    retryable = True
+
+
+class ErpRejected(ErpError):
+    """The ERP refused: validation error, closed period, wrong credentials. A person has to act."""
+
+    retryable = False
+
+
+# ------------------------------------------------------------------------------------------------ interface
+
+
+class Connector(ABC):
+    """One ERP (or the spreadsheet default) behind one interface; see the module docstring."""
+
+    system: ClassVar[str]
+    label: ClassVar[str]  # for people: "金蝶云星空 Kingdee K/3 Cloud"
+    # book stock comes as a full snapshot read on a schedule (ERPs), not as files imported when new
+    snapshots: ClassVar[bool] = True
+
+    def __init__(self, erp: ErpSettings, tz: ZoneInfo) -> None:
+        self.erp, self.tz = erp, tz
+
+    @abstractmethod
+    async def check(self) -> list[str]:
+        """Log in and read a little; lines saying what works. Raises ``ErpError`` saying what does not."""
+
+    @abstractmethod
+    def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
+        """Pages of ``entity`` changed since ``cursor`` (everything when None). Book stock is a full snapshot."""
+
+    async def stock_snapshot(self) -> list[StockRecord]:
+        """The ERP's book stock now (for reconciliation)."""
+        out: list[StockRecord] = []
+        async for page in self.pull(Entity.STOCK, None):
+            out.extend(r for r in page.records if isinstance(r, StockRecord))
+        return out
+
+    @abstractmethod
+    async def write_back(
+        self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, now: datetime
+    ) -> dict[str, int]:
+        """Hand approved adjustments to the ERP; counts of what happened."""
+
+    async def close(self) -> None:
+        return None
+
+
+class ApiConnector(Connector):
+    """An ERP with an API: adjustments go through the durable posting queue, one document at a time."""
+
+    @abstractmethod
+    async def find_posted(self, doc: PostingDoc) -> Posted | None:
+        """The document the ERP holds under ``doc.key`` when it is complete, else None."""
+
+    @abstractmethod
+    async def post(self, doc: PostingDoc, progress: dict[str, Any], save: SaveProgress) -> Posted:
+        """Post ``doc`` exactly once: look it up by ``doc.key`` first and resume from where the ERP stands
+        (``progress`` holds what earlier attempts learnt; ``save`` makes new facts durable before the next
+        step). Returns the ERP's document when it is complete (audited / posted)."""
+
+    async def write_back(
+        self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, now: datetime
+    ) -> dict[str, int]:
+        from integrations.erp.posting import drain
+
+        return await drain(sessionmaker, settings, self, now=now)
+
+
+def decimal(value: Any, what: str, label: str) -> Decimal:
+    """A number from an ERP answer, or ``ErpBadResponse`` naming the field."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise ErpBadResponse(
+            f"{label} 返回的 {what} 不是数字：{value!r}", f"{label} sent a non-number {what}: {value!r}"
+        )
+    try:
+        d = Decimal(str(value).strip().replace(",", ""))
+    except ArithmeticError:
+        raise ErpBadResponse(
+            f"{label} 返回的 {what} 不是数字：{value!r}", f"{label} sent a non-number {what}: {value!r}"
+        ) from None
+    if not d.is_finite() or abs(d) >= Decimal("1e14"):
+        raise ErpBadResponse(
+            f"{label} 返回的 {what} 无效：{value!r}", f"{label} sent an invalid {what}: {value!r}"
+        )
+    return d
+
+
+def text(value: Any, what: str, label: str, *, required: bool = True, max_len: int = 200) -> str | None:
+    """A text field from an ERP answer (stripped), or ``ErpBadResponse`` when it is required and missing."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ErpBadResponse(f"{label} 返回的数据缺少 {what}", f"{label} sent a record without {what}")
+        return None
+    if isinstance(value, dict | list):
+        raise ErpBadResponse(
+            f"{label} 返回的 {what} 格式不对：{value!r:.80}", f"{label} sent a malformed {what}"
+        )
+    s = str(value).strip()
+    if len(s) > max_len:
+        raise ErpBadResponse(
+            f"{label} 返回的 {what} 太长（{len(s)} 个字符）", f"{label} sent a {what} of {len(s)} characters"
+        )
+    return s
