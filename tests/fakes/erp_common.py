@@ -145,6 +145,7 @@ class ErpFake:
         self.docs: dict[int, FakeDoc] = {}
         self.applied: list[str] = []  # keys of documents that changed stock, in order
         self.faults = FaultPlan()
+        self.echo_postings = False  # posted documents also show up among the ERP's movements
         self.reject: str | None = None  # the next write (Kingdee: audit) is refused with this message
         self.reject_times = 0
         self.logins = 0
@@ -223,6 +224,21 @@ class ErpFake:
                 key = (ln["sku"], doc.warehouse, ln["location"])
                 self.stock[key] = self.stock.get(key, Decimal(0)) + q
         self.applied.append(doc.key)
+        if self.echo_postings:
+            self.echo(doc)
+
+    def echo(self, doc: FakeDoc) -> None:
+        """The posted document as the ERP's movement feed shows it: numbered with our bill number."""
+        for n, ln in enumerate(doc.lines, start=1):
+            q = Decimal(str(ln["qty"]))
+            moves = (
+                [("issue", ln["location"]), ("receipt", ln["to_location"])]
+                if doc.kind == "transfer"
+                else [("receipt" if q > 0 else "issue", ln["location"])]
+            )
+            for flow, loc in moves:
+                self.movements.append(FakeMovement(self.next_id(), doc.key, n, flow, ln["sku"], doc.warehouse, loc,
+                                                   abs(q), self.tick(), doc.key))  # fmt: skip
 
     def ledger(self, key: str) -> int:
         return self.applied.count(key)
