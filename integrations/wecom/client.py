@@ -2,8 +2,10 @@
 
 - Token: ``GET /cgi-bin/gettoken``, cached until 5 minutes before ``expires_in`` runs out; on 40014 / 42001 /
   40001 from an API call the token is fetched again once and the call repeated (LangBot#986 broke without it).
-- Sends use ``enable_duplicate_check`` (1800 s), so a repeated identical send inside that window is not
-  delivered twice.
+- Card and image sends use ``enable_duplicate_check`` (1800 s), so a repeated identical send inside that
+  window is not delivered twice. Texts do not: WeCom's check compares content, so a second, different message
+  with the same words (two items counted, "✓ 已记录（10个）" twice) would be silently dropped. A text whose
+  send timed out after WeCom took it may therefore arrive twice; a card carries its unique ``task_id``.
 - ``update_card`` spends the one-shot ``response_code`` (one use, 72 h); a spent or expired code is a
   permanent error: send a new card instead.
 - Errors: 45009 (back off ≥ 60 s), 45033, -1, HTTP 5xx, timeouts and connection errors are retryable;
@@ -57,7 +59,7 @@ class WeComChannel:
     # -- Channel -----------------------------------------------------------------------------------------
 
     async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
-        data = await self._send(to, {"msgtype": "text", "text": {"content": text}})
+        data = await self._send(to, {"msgtype": "text", "text": {"content": text}}, duplicate_check=False)
         return SentRef(self.platform, _str(data.get("msgid")), sent_at=self._now())
 
     async def send_card(self, to: Address, card: dict[str, Any], *, idempotency_key: str) -> SentRef:
@@ -98,16 +100,14 @@ class WeComChannel:
 
     # -- plumbing ----------------------------------------------------------------------------------------
 
-    async def _send(self, to: Address, message: dict[str, Any]) -> dict[str, Any]:
+    async def _send(
+        self, to: Address, message: dict[str, Any], *, duplicate_check: bool = True
+    ) -> dict[str, Any]:
         if not to.user_id:
             raise ChannelError("a WeCom self-built app sends to a member (user_id), not to a chat", code="to")
-        body = {
-            "touser": to.user_id,
-            "agentid": self.settings.agent_id,
-            **message,
-            "enable_duplicate_check": 1,
-            "duplicate_check_interval": DUPLICATE_CHECK_INTERVAL_S,
-        }
+        body = {"touser": to.user_id, "agentid": self.settings.agent_id, **message}
+        if duplicate_check:
+            body |= {"enable_duplicate_check": 1, "duplicate_check_interval": DUPLICATE_CHECK_INTERVAL_S}
         return await self._json("POST", "/cgi-bin/message/send", json=body)
 
     async def _json(self, method: str, path: str, *, json: dict[str, Any]) -> dict[str, Any]:
