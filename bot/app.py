@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ def build_app(settings: Settings) -> web.Application:
                     async with sessionmaker() as s, s.begin():
                         if (await sync_cards(s, settings, datetime.now(UTC))).total():
                             wake.set()
-                    await dispatcher.replay()
+                    await dispatcher.replay(older_than=timedelta(seconds=settings.server.replay_after_s))
                 except Exception:
                     log.exception("upkeep pass failed")
                 await asyncio.sleep(settings.server.card_sync_interval_s)

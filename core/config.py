@@ -129,6 +129,9 @@ class ServerSettings(BaseModel):
         default=15.0, gt=0, description="how often cards are reconciled with decisions made elsewhere (CLI)"
     )
     outbox_interval_s: float = Field(default=1.0, gt=0)
+    replay_after_s: float = Field(
+        default=120.0, gt=0, description="acknowledged events still unprocessed this long are replayed"
+    )
     photos_dir: str = Field(default="pandian-photos", description="count photos, by content hash")
     photo_retention_days: int = Field(default=400, ge=1)
     log_format: Literal["text", "json"] = Field(
