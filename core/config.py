@@ -331,6 +331,198 @@ class ErpSettings(BaseModel):
         return self
 
 
+# ----------------------------------------------------------------------------------------------- ERP
+
+
+class SpreadsheetErpSettings(BaseModel):
+    """The built-in default: files in, files out (the import of ``pandian import`` and the export of
+    ``pandian export``)."""
+
+    inbox: str | None = Field(
+        default=None,
+        description="directory whose new .xlsx/.csv files `erp sync` imports (kind from the headers)",
+    )
+    outbox: str | None = Field(
+        default=None, description="directory where `erp post` writes the adjustment export"
+    )
+    format: Literal["xlsx", "csv"] = "xlsx"
+
+
+class ErpMovementSource(BaseModel):
+    """One ERP document type read as stock movements: where it lives, which way it moves stock."""
+
+    source: str = Field(description="Kingdee FormId, YonBIP list path or U8 resource name")
+    type: Literal["receipt", "issue", "transfer", "production_issue", "adjustment"]
+    sign: Literal[1, -1] = Field(description="+1: the quantity enters the warehouse; -1: it leaves")
+    qty_field: str = "FRealQty"
+    warehouse_field: str = "FStockId"
+    location_field: str | None = "FStockLocId"
+    line_field: str = Field(default="FEntity_FEntryID", description="the line's id (Kingdee: the entry key)")
+
+
+def _kingdee_movements() -> list[ErpMovementSource]:
+    return [
+        ErpMovementSource(source="STK_InStock", type="receipt", sign=1, line_field="FInStockEntry_FEntryID"),
+        ErpMovementSource(source="SAL_OUTSTOCK", type="issue", sign=-1),
+        ErpMovementSource(source="STK_MISCELLANEOUS", type="receipt", sign=1, qty_field="FQty"),
+        ErpMovementSource(source="STK_MisDelivery", type="issue", sign=-1, qty_field="FQty"),
+        ErpMovementSource(source="PRD_PickMtrl", type="production_issue", sign=-1, qty_field="FActualQty"),
+    ]
+
+
+class KingdeeSettings(BaseModel):
+    """Kingdee K/3 Cloud (金蝶云星空) WebAPI: session login, ExecuteBillQuery, Save → Submit → Audit."""
+
+    server_url: str = Field(description="the customer's site, e.g. http://erp.example.com/k3cloud/")
+    acct_id: str = Field(description="data centre id (账套)")
+    username: str
+    app_id: str
+    app_secret: SecretStr
+    lcid: int = 2052
+    login: Literal["app_secret", "sign"] = Field(
+        default="app_secret", description="AuthService.LoginByAppSecret, or LoginBySign (sha256 signature)"
+    )
+    org: str = Field(description="stock organisation number (FStockOrgId.FNumber); also owner and keeper")
+    location_flex: str = Field(default="FF100001", description="the flex field of the location dimension")
+    gain_bill_type: str = "PY01_SYS"
+    loss_bill_type: str = "PK01_SYS"
+    transfer_bill_type: str = "ZJDB01_SYS"
+    stock_status: str = "KCZT01_SYS"
+    cost_field: str = Field(default="FRefCost", description="BD_MATERIAL field read as the unit cost")
+    barcode_field: str = Field(default="FBARCODE", description="BD_MATERIAL field read as the barcode")
+    movement_sources: list[ErpMovementSource] = Field(default_factory=_kingdee_movements)
+
+
+def _yonbip_movements() -> list[ErpMovementSource]:
+    return [
+        ErpMovementSource(source="/yonbip/scm/purinrecord/list", type="receipt", sign=1, qty_field="qty",
+                          warehouse_field="warehouse_code", location_field="goodsposition_code"),
+        ErpMovementSource(source="/yonbip/scm/salesout/list", type="issue", sign=-1, qty_field="qty",
+                          warehouse_field="warehouse_code", location_field="goodsposition_code"),
+        ErpMovementSource(source="/yonbip/scm/othinrecord/list", type="receipt", sign=1, qty_field="qty",
+                          warehouse_field="warehouse_code", location_field="goodsposition_code"),
+        ErpMovementSource(source="/yonbip/scm/othoutrecord/list", type="issue", sign=-1, qty_field="qty",
+                          warehouse_field="warehouse_code", location_field="goodsposition_code"),
+    ]  # fmt: skip
+
+
+class YonBipSettings(BaseModel):
+    """Yonyou YonBIP / YonSuite open API: signed self-built-app token, JSON business calls."""
+
+    gateway_url: str | None = Field(default=None, description="business gateway (…/iuap-api-gateway)")
+    token_url: str | None = Field(default=None, description="token service (…/iuap-api-auth)")
+    openapi_url: str = Field(default="https://api.diwork.com", description="for data-centre discovery")
+    tenant_id: str | None = Field(default=None, description="discover gateway_url/token_url from this tenant")
+    app_key: str
+    app_secret: SecretStr
+    org: str = Field(description="stock organisation code")
+    token_error_codes: list[str] = Field(
+        default_factory=lambda: ["310036", "1090003500065"], description="answer codes meaning 'log in again'"
+    )
+    movement_sources: list[ErpMovementSource] = Field(default_factory=_yonbip_movements)
+
+    @model_validator(mode="after")
+    def _urls(self) -> YonBipSettings:
+        if not self.tenant_id and not (self.gateway_url and self.token_url):
+            raise ValueError("yonbip needs gateway_url and token_url, or tenant_id to discover them")
+        return self
+
+
+def _u8_movements() -> list[ErpMovementSource]:
+    return [
+        ErpMovementSource(source="purchasein", type="receipt", sign=1, qty_field="quantity",
+                          warehouse_field="warehousecode", location_field="position"),
+        ErpMovementSource(source="saleout", type="issue", sign=-1, qty_field="quantity",
+                          warehouse_field="warehousecode", location_field="position"),
+        ErpMovementSource(source="materialout", type="production_issue", sign=-1, qty_field="quantity",
+                          warehouse_field="warehousecode", location_field="position"),
+        ErpMovementSource(source="productin", type="receipt", sign=1, qty_field="quantity",
+                          warehouse_field="warehousecode", location_field="position"),
+    ]  # fmt: skip
+
+
+class U8Settings(BaseModel):
+    """Yonyou U8+ OpenAPI (api.yonyouup.com): token, one-time trade id per write, other-in / other-out."""
+
+    base_url: str = "https://api.yonyouup.com"
+    from_account: str
+    to_account: str
+    app_key: str
+    app_secret: SecretStr
+    ds_sequence: int | None = Field(default=None, description="data source (账套) sequence, when several")
+    gain_rd_code: str = Field(description="收发类别 code of 盘盈入库 (count gains)")
+    loss_rd_code: str = Field(description="收发类别 code of 盘亏出库 (count losses)")
+    token_error_codes: list[str] = Field(default_factory=lambda: ["30002", "30003"])
+    movement_sources: list[ErpMovementSource] = Field(default_factory=_u8_movements)
+
+
+class SapSettings(BaseModel):
+    """SAP S/4HANA OData v2: API_PHYSICAL_INVENTORY_DOC_SRV (and product, stock, material document APIs)."""
+
+    base_url: str = Field(description="https://host:port, without /sap/opu/odata")
+    username: str = Field(description="communication user (SAP_COM_0107 and friends)")
+    password: SecretStr
+    sap_client: str | None = None
+    plants: dict[str, str] = Field(
+        default_factory=dict,
+        description="plant code -> name; a plant is a warehouse, a storage location a location",
+    )
+    language: str = "ZH"
+    reason_code: str | None = Field(default=None, description="ReasonForPhysInvtryDifference")
+    skip_movement_types: list[str] = Field(
+        default_factory=lambda: ["701", "702", "711", "712"],
+        description="count postings: they reach the book through stock snapshots",
+    )
+
+
+ErpName = Literal["spreadsheet", "kingdee", "yonbip", "u8", "sap"]
+
+
+class ErpSettings(BaseModel):
+    """Where book stock comes from and where approved adjustments go (integrations.erp)."""
+
+    connector: ErpName = "spreadsheet"
+    bill_prefix: str = Field(
+        default="PD", pattern=r"^[A-Z0-9]{1,8}$", description="our bill numbers are this + 8 digits"
+    )
+    warehouses: list[str] = Field(
+        default_factory=list, description="sync only these warehouse codes (all: [])"
+    )
+    default_location: str = Field(
+        default="-", max_length=50, description="location code for stock kept per warehouse only"
+    )
+    page_size: int = Field(default=500, ge=1, le=2000)
+    stock_refresh_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="read the full book-stock snapshot when the last one is older (0: every sync)",
+    )
+    timeout_s: float = Field(default=30.0, gt=0)
+    read_retries: int = Field(default=2, ge=0, le=10, description="immediate retries of a failed read")
+    step_retries: int = Field(default=3, ge=0, le=10, description="retries of a posting inside one attempt")
+    retry_backoff_s: float = Field(default=1.0, ge=0, description="first wait between immediate retries")
+    backoff_base_s: float = Field(
+        default=60.0, ge=0, description="first wait before a posting is tried again"
+    )
+    backoff_max_s: float = Field(default=3600.0, ge=0)
+    max_attempts: int = Field(default=12, ge=1, description="attempts before a posting fails for good")
+    lease_s: int = Field(default=600, ge=30, description="a claimed posting is another drainer's after this")
+    drain_batch: int = Field(default=50, ge=1, le=1000)
+    spreadsheet: SpreadsheetErpSettings = Field(default_factory=SpreadsheetErpSettings)
+    kingdee: KingdeeSettings | None = None
+    yonbip: YonBipSettings | None = None
+    u8: U8Settings | None = None
+    sap: SapSettings | None = None
+
+    @model_validator(mode="after")
+    def _section(self) -> ErpSettings:
+        if self.connector != "spreadsheet" and getattr(self, self.connector) is None:
+            raise ValueError(
+                f"erp.connector is {self.connector!r} but the [erp.{self.connector}] section is missing"
+            )
+        return self
+
+
 def _default_db_url() -> str:
     return f"sqlite+aiosqlite:///{Path.cwd() / 'pandian.db'}"
 
@@ -354,6 +546,7 @@ class Settings(BaseSettings):
     reasons: ReasonSettings = Field(default_factory=ReasonSettings)
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    erp: ErpSettings = Field(default_factory=ErpSettings)
     erp: ErpSettings = Field(default_factory=ErpSettings)
     # Chat platforms: a section switches a platform on; bot.app validates it with the platform's own model
     # (integrations.<platform>.settings), so core never imports a platform.
