@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from bot.cards.capabilities import Capabilities
@@ -62,4 +63,30 @@ class Channel(Protocol):
         self, media_ref: str, *, message_id: str | None = None, url: str | None = None
     ) -> bytes: ...
 
+    async def send_image(self, to: Address, data: bytes | Path, *, idempotency_key: str) -> SentRef:
+        """Upload the picture (PNG or JPEG bytes, or a file holding them) and send it as an image message."""
+        ...
+
     async def close(self) -> None: ...
+
+
+IMAGE_TYPES = {b"\x89PNG\r\n\x1a\n": ("png", "image/png"), b"\xff\xd8\xff": ("jpg", "image/jpeg")}
+
+
+def image_payload(data: bytes | Path, *, max_bytes: int, min_bytes: int = 1) -> tuple[bytes, str, str]:
+    """The bytes of an image to upload with a file name and content type from its magic number, or a
+    non-retryable ChannelError (a file gone, an empty or oversized picture, not a PNG or JPEG): sending it
+    again would not help."""
+    if isinstance(data, Path):
+        try:
+            data = data.read_bytes()
+        except OSError as exc:
+            raise ChannelError(f"image file unreadable: {exc}", code="image_missing") from None
+    if not min_bytes <= len(data) <= max_bytes:
+        raise ChannelError(
+            f"image of {len(data)} bytes is outside {min_bytes}..{max_bytes}", code="image_size"
+        )
+    for magic, (ext, ctype) in IMAGE_TYPES.items():
+        if data.startswith(magic):
+            return data, f"image.{ext}", ctype
+    raise ChannelError("not a PNG or JPEG image", code="image_type")

@@ -10,6 +10,10 @@ Facts from shared/research/platforms.md §3.3-3.4 and §3.6:
 - Cards: ``POST /v1.0/card/instances/createAndDeliver`` into the user's robot chat, ``PUT /v1.0/card/instances``
   with ``updateCardDataByKey``; ``cardParamMap`` values must be strings and are checked before sending.
 - Images: ``POST /v1.0/robot/messageFiles/download {downloadCode, robotCode}`` -> ``downloadUrl``, then GET.
+- Sending an image: the legacy ``POST {oapi_base}/media/upload?access_token=…&type=image`` (multipart, field
+  ``media``; the v1.0 token is accepted there) answers ``{errcode: 0, media_id: "@…"}`` (errors as HTTP 200
+  with a non-zero ``errcode``); the robot then sends ``sampleImageMsg`` with ``photoURL`` set to that media
+  id. Uploading twice only leaves an unused media file, so the upload is retried here like a safe call.
 
 Errors: HTTP 403 (QPS limits; the code strings are unverified, so any 403 that is not about permissions) and
 429 are retried here with exponential back-off and jitter, because the platform refused them before doing
@@ -28,12 +32,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bot.cards.capabilities import DINGTALK
-from bot.channel import Address, ChannelError, SentRef
+from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.dingtalk.settings import DingTalkSettings
 
@@ -43,11 +48,15 @@ GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
 CREATE_CARD_PATH = "/v1.0/card/instances/createAndDeliver"
 UPDATE_CARD_PATH = "/v1.0/card/instances"
 MESSAGE_FILE_PATH = "/v1.0/robot/messageFiles/download"
+MEDIA_UPLOAD_PATH = "/media/upload"  # on oapi_base
 
 MAX_BATCH_USERS = 20
 REFRESH_EARLY_S = 300
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # our own cap; DingTalk's picture limit is unverified
 MAX_OUT_TRACK_ID = 64  # our own cap; DingTalk's limit is unverified
+# legacy (oapi) errcodes [unverified]: a refused token is refreshed once; throttling is retried with back-off
+OAPI_TOKEN_ERRORS = frozenset({40014, 42001})
+OAPI_THROTTLED = frozenset({90002, 90018})
 
 _TRACK_ID_OK = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -238,9 +247,19 @@ class DingTalkChannel:
 
     async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
         # DingTalk has no idempotency key for robot sends; the outbox's key guards against double sends.
-        param = {"content": text}
+        return await self._robot_send(to, "sampleText", {"content": text})
+
+    async def send_image(self, to: Address, data: bytes | Path, *, idempotency_key: str) -> SentRef:
+        raw, filename, ctype = image_payload(data, max_bytes=MAX_IMAGE_BYTES)
+        if not (to.user_id or to.chat_id):
+            raise ValueError("an address needs a user_id or a chat_id")
+        media_id = await self._upload_media(raw, filename, ctype)
+        return await self._robot_send(to, "sampleImageMsg", {"photoURL": media_id})
+
+    async def _robot_send(self, to: Address, msg_key: str, param: Mapping[str, Any]) -> SentRef:
+        """One robot message: to a person's 1:1 chat (batchSend) or to a group."""
         if to.user_id:
-            data = await self.batch_send([to.user_id], "sampleText", param)
+            data = await self.batch_send([to.user_id], msg_key, param)
             throttled = data.get("flowControlledStaffIdList") or []
             if throttled:
                 raise ChannelError(
@@ -256,8 +275,8 @@ class DingTalkChannel:
             body = {
                 "robotCode": self._settings.robot_code,
                 "openConversationId": to.chat_id,
-                "msgKey": "sampleText",
-                "msgParam": json.dumps(param, ensure_ascii=False),
+                "msgKey": msg_key,
+                "msgParam": json.dumps(dict(param), ensure_ascii=False),
             }
             data = await self._call("POST", GROUP_SEND_PATH, body, idempotent=False)
         else:
@@ -313,6 +332,55 @@ class DingTalkChannel:
         }
         await self._call("PUT", UPDATE_CARD_PATH, body, idempotent=True)
         return ref
+
+    async def _upload_media(self, raw: bytes, filename: str, ctype: str) -> str:
+        """``media/upload`` on the legacy host: the picture's ``media_id``, under the policy of ``_call``
+        (token refreshed once; throttling, 5xx and network errors retried with back-off, then retryable)."""
+        url = self._settings.oapi_base.rstrip("/") + MEDIA_UPLOAD_PATH
+        refreshed, attempt = False, 0
+        while True:
+            token = await self._access_token()
+            form = aiohttp.FormData()  # a fresh body per attempt: aiohttp sends a FormData once
+            form.add_field("media", raw, filename=filename, content_type=ctype)
+            error: ChannelError
+            try:
+                async with self._http().post(
+                    url, params={"access_token": token, "type": "image"}, data=form
+                ) as resp:
+                    status, body = resp.status, await resp.read()
+            except TimeoutError as exc:
+                error = ChannelError("DingTalk media/upload timed out", code="timeout", retryable=True)
+                error.__cause__ = exc
+            except aiohttp.ClientError as exc:
+                error = ChannelError(f"DingTalk media/upload failed: {exc}", code="network", retryable=True)
+                error.__cause__ = exc
+            else:
+                try:
+                    data = json.loads(body) if body else {}
+                except ValueError:
+                    data = {}
+                data = data if isinstance(data, dict) else {}
+                errcode = data.get("errcode", 0 if status < 300 else status)
+                media_id = data.get("media_id")
+                if status < 300 and errcode == 0 and isinstance(media_id, str) and media_id:
+                    return media_id
+                message = f"DingTalk media/upload -> {status} errcode {errcode}: {data.get('errmsg', '')}"
+                if errcode in OAPI_TOKEN_ERRORS or status == 401:
+                    if not refreshed:
+                        refreshed = True
+                        self._forget(token)
+                        continue
+                    raise ChannelError(message, code=str(errcode), retryable=True)
+                throttled = status in (403, 429) or errcode in OAPI_THROTTLED
+                error = ChannelError(message, code=str(errcode), retryable=throttled or status >= 500)
+            if not error.retryable:
+                raise error
+            delay = self._delay(attempt)
+            if attempt >= self._retries:
+                error.retry_after = delay
+                raise error
+            await self._sleep(delay)
+            attempt += 1
 
     # -- receiving --------------------------------------------------------------------------------------
 

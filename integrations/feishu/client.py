@@ -9,6 +9,9 @@ and the retries anyway; what is left is four HTTP calls.
   (Feishu hands out a new one then), and once more on 99991663 / 99991661 before retrying the call.
 - Errors: HTTP 429 or code 99991400 → retryable, ``retry_after`` from ``x-ogw-ratelimit-reset``; 5xx,
   timeouts and connection errors → retryable; any other non-zero code → not retryable.
+- ``send_image``: ``POST /open-apis/im/v1/images`` (multipart: ``image_type=message`` and the ``image`` file,
+  ≤ 10 MB, not empty) returns ``data.image_key``; then a ``msg_type: image`` message with that key (the send's
+  ``uuid`` dedups it as for any other message).
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bot.cards.capabilities import FEISHU, Capabilities
-from bot.channel import Address, ChannelError, SentRef
+from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.feishu.settings import FeishuSettings
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
+IMAGES_PATH = "/open-apis/im/v1/images"
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # im/v1/images: ≤ 10 MB, and not empty
 
 RATE_LIMITED = 99991400
 TOKEN_CODES = frozenset({99991663, 99991661})  # invalid / missing tenant token: refresh once
@@ -90,6 +96,21 @@ class FeishuChannel:
         path = f"{MESSAGES_PATH}/{message_id}/resources/{media_ref}"
         return await self._call("GET", path, params={"type": "image"}, binary=True)
 
+    async def send_image(self, to: Address, data: bytes | Path, *, idempotency_key: str) -> SentRef:
+        raw, filename, ctype = image_payload(data, max_bytes=MAX_IMAGE_BYTES)
+
+        def form() -> aiohttp.FormData:
+            fd = aiohttp.FormData()
+            fd.add_field("image_type", "message")
+            fd.add_field("image", raw, filename=filename, content_type=ctype)
+            return fd
+
+        uploaded = await self._call("POST", IMAGES_PATH, form=form)
+        image_key = (uploaded.get("data") or {}).get("image_key")
+        if not isinstance(image_key, str) or not image_key:
+            raise ChannelError("image upload answered without an image_key")
+        return await self._send(to, "image", {"image_key": image_key}, idempotency_key)
+
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
             await self._session.close()
@@ -147,11 +168,12 @@ class FeishuChannel:
         params: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
         token: str | None = None,
+        data: aiohttp.FormData | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             async with self._http().request(
-                method, self._base + path, params=params, json=json_body, headers=headers
+                method, self._base + path, params=params, json=json_body, headers=headers, data=data
             ) as resp:
                 return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
         except TimeoutError as exc:
@@ -167,11 +189,13 @@ class FeishuChannel:
         params: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
         binary: bool = False,
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> Any:
+        """``form`` builds a multipart body, afresh for each attempt (aiohttp sends a FormData once)."""
         token = await self._tenant_token()
         for attempt in (1, 2):
             status, headers, raw = await self._request(
-                method, path, params=params, json_body=json_body, token=token
+                method, path, params=params, json_body=json_body, token=token, data=form() if form else None
             )
             if binary and status == 200 and "json" not in headers.get("content-type", ""):
                 return raw

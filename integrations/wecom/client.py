@@ -8,6 +8,10 @@
   send timed out after WeCom took it may therefore arrive twice; a card carries its unique ``task_id``.
 - ``update_card`` spends the one-shot ``response_code`` (one use, 72 h); a spent or expired code is a
   permanent error: send a new card instead.
+- ``send_image`` uploads with ``POST /cgi-bin/media/upload?type=image`` (multipart, field ``media``) and sends
+  ``msgtype: image`` with the returned ``media_id`` (valid 3 days). The media id is remembered per picture
+  (by content hash, for a day), so a retried send repeats the identical message and the duplicate check
+  still recognises it.
 - Errors: 45009 (back off ≥ 60 s), 45033, -1, HTTP 5xx, timeouts and connection errors are retryable;
   everything else is not.
 """
@@ -15,16 +19,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json as jsonlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bot.cards.capabilities import WECOM
-from bot.channel import Address, ChannelError, SentRef
+from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.wecom.settings import WeComSettings
 
@@ -33,6 +39,10 @@ REFRESH_MARGIN_S = 300.0
 DUPLICATE_CHECK_INTERVAL_S = 1800
 # errcode -> seconds to wait before retrying; the rest of the errcodes are permanent
 RETRYABLE: dict[int, float | None] = {45009: 60.0, 45033: 1.0, -1: 1.0}
+# One doc copy says images up to 2 MB, another 10 MB, error 45001's note 5 MB: the smallest, checked here.
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
+MIN_MEDIA_BYTES = 6  # "所有文件size必须大于5个字节"
+MEDIA_REUSE_S = 24 * 3600.0  # well inside the 3 days a media_id lives
 
 
 class WeComChannel:
@@ -55,6 +65,7 @@ class WeComChannel:
         self._token: str | None = None
         self._token_expires_at = 0.0
         self._token_lock = asyncio.Lock()
+        self._media: dict[str, tuple[str, float]] = {}  # sha256 of a picture -> (media_id, uploaded at)
 
     # -- Channel -----------------------------------------------------------------------------------------
 
@@ -93,6 +104,32 @@ class WeComChannel:
             return result
         raise ChannelError("media/get answered JSON without an error code", code="no_media")
 
+    async def send_image(self, to: Address, data: bytes | Path, *, idempotency_key: str) -> SentRef:
+        raw, filename, ctype = image_payload(data, max_bytes=MAX_IMAGE_BYTES, min_bytes=MIN_MEDIA_BYTES)
+        if not to.user_id:  # checked before uploading anything
+            raise ChannelError("a WeCom self-built app sends to a member (user_id), not to a chat", code="to")
+        media_id = await self._upload_image(raw, filename, ctype)
+        sent = await self._send(to, {"msgtype": "image", "image": {"media_id": media_id}})
+        return SentRef(self.platform, _str(sent.get("msgid")), sent_at=self._now())
+
+    async def _upload_image(self, raw: bytes, filename: str, ctype: str) -> str:
+        digest = hashlib.sha256(raw).hexdigest()
+        known = self._media.get(digest)
+        if known is not None and self._clock() - known[1] < MEDIA_REUSE_S:
+            return known[0]
+
+        def form() -> aiohttp.FormData:
+            fd = aiohttp.FormData()
+            fd.add_field("media", raw, filename=filename, content_type=ctype)
+            return fd
+
+        result = await self._call("POST", "/cgi-bin/media/upload", params={"type": "image"}, form=form)
+        media_id = result.get("media_id") if isinstance(result, dict) else None
+        if not isinstance(media_id, str) or not media_id:
+            raise ChannelError("media/upload answered without a media_id", code="no_media_id")
+        self._media[digest] = (media_id, self._clock())
+        return media_id
+
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -123,12 +160,15 @@ class WeComChannel:
         *,
         params: Mapping[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> dict[str, Any] | bytes:
-        """One API call with the token; refreshes the token once on a token error and repeats the call."""
+        """One API call with the token; refreshes the token once on a token error and repeats the call.
+        ``form`` builds a multipart body (a fresh one per attempt: aiohttp sends a FormData only once)."""
         stale: str | None = None
         for attempt in range(2):
             token = await self._access_token(stale=stale)
-            result = await self._request(method, path, {**(params or {}), "access_token": token}, json)
+            query = {**(params or {}), "access_token": token}
+            result = await self._request(method, path, query, json, form() if form else None)
             if isinstance(result, bytes):
                 return result
             code = _errcode(result)
@@ -165,13 +205,20 @@ class WeComChannel:
             return self._token
 
     async def _request(
-        self, method: str, path: str, params: Mapping[str, str], json: dict[str, Any] | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        json: dict[str, Any] | None,
+        data: aiohttp.FormData | None = None,
     ) -> dict[str, Any] | bytes:
         session = self._session
         if session is None or session.closed:
             session = self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
-            async with session.request(method, self._base + path, params=params, json=json) as resp:
+            async with session.request(
+                method, self._base + path, params=params, json=json, data=data
+            ) as resp:
                 if resp.status >= 500:
                     raise ChannelError(
                         f"{path}: HTTP {resp.status}",

@@ -6,6 +6,12 @@ state, and injects faults per route. What it enforces: a valid ``x-acs-dingtalk-
 otherwise), ``userIds`` ≤ 20, string-only ``cardParamMap`` values, merge on ``updateCardDataByKey``, and
 that a card exists before it is updated. Error code strings are plausible, not verified (§7): clients should
 match on the HTTP status.
+
+The legacy host's ``POST /media/upload?access_token=…&type=image`` (tests point ``oapi_base`` at this same
+app) takes a multipart ``media`` file and answers ``{errcode: 0, media_id: "@…", type, created_at}``; its
+errors come as HTTP 200 with a non-zero ``errcode`` [codes unverified]: 40014 unknown token, 40004 bad type,
+41005 no ``media`` part, 40006 empty or over ``image_limit``, 40005 not a JPG/PNG/GIF/BMP. A robot
+``sampleImageMsg`` must carry an uploaded media id, or an http(s) URL, as ``photoURL``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class DingTalkFakeState:
     deliveries: list[dict[str, Any]] = field(default_factory=list)  # createAndDeliver bodies
     session_replies: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)  # downloadCode -> bytes
+    media: dict[str, bytes] = field(default_factory=dict)  # uploaded with media/upload: media_id -> bytes
+    image_limit: int = 20 * 1024 * 1024  # [unverified]: the documented limit has changed over time
     throttled_users: set[str] = field(default_factory=set)  # batchSend puts them in flowControlledStaffIdList
     faults: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     _counters: dict[str, itertools.count[int]] = field(default_factory=dict)
@@ -87,7 +95,8 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     @web.middleware
     async def record_and_inject(request: web.Request, handler: Any) -> web.StreamResponse:
         body: Any = None
-        if request.can_read_body:
+        # a multipart upload is left unread: its route parses it
+        if request.can_read_body and request.content_type != "multipart/form-data":
             raw = await request.read()
             try:
                 body = json.loads(raw)
@@ -129,6 +138,8 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
             json.loads(body["msgParam"])
         except ValueError:
             return _error(400, "invalidParameter.msgParam", "msgParam 不是 JSON 字符串")
+        if (bad := bad_image_param(body)) is not None:
+            return bad
         throttled = [u for u in user_ids if u in state.throttled_users]
         state.sent.append(body)
         return web.json_response(
@@ -145,8 +156,55 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
         body = request[_BODY]
         if not body.get("openConversationId") or not isinstance(body.get("msgParam"), str):
             return _error(400, "invalidParameter", "openConversationId 或 msgParam 不合法")
+        if (bad := bad_image_param(body)) is not None:
+            return bad
         state.sent.append(body)
         return web.json_response({"processQueryKey": state.next_id("pqk")})
+
+    def bad_image_param(body: Mapping[str, Any]) -> web.Response | None:
+        if body.get("msgKey") != "sampleImageMsg":
+            return None
+        try:
+            photo = json.loads(body["msgParam"]).get("photoURL")
+        except (ValueError, AttributeError):
+            photo = None
+        if not isinstance(photo, str) or not (
+            photo in state.media or photo.startswith(("http://", "https://"))
+        ):
+            return _error(400, "invalidParameter.msgParam", "photoURL 不是有效的 mediaId 或链接")
+        return None
+
+    async def media_upload(request: web.Request) -> web.Response:
+        def fail(code: int, msg: str) -> web.Response:
+            return web.json_response({"errcode": code, "errmsg": msg})
+
+        if request.query.get("access_token", "") not in state.tokens:
+            return fail(40014, "不合法的access_token")
+        kind = request.query.get("type")
+        if kind not in ("image", "voice", "video", "file"):
+            return fail(40004, "不合法的媒体文件类型")
+        if request.content_type != "multipart/form-data":
+            return fail(41005, "缺少多媒体文件数据")
+        form = await request.post()
+        part = form.get("media")
+        if not isinstance(part, web.FileField):
+            return fail(41005, "缺少多媒体文件数据")
+        data = part.file.read()
+        if not data or (kind == "image" and len(data) > state.image_limit):
+            return fail(40006, "不合法的文件大小")
+        if kind == "image" and not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM")):
+            return fail(40005, "不合法的文件类型")
+        media_id = "@" + state.next_id("lAD")
+        state.media[media_id] = data
+        return web.json_response(
+            {
+                "errcode": 0,
+                "errmsg": "ok",
+                "type": kind,
+                "media_id": media_id,
+                "created_at": int(time.time() * 1000),
+            }
+        )
 
     def param_map(body: Mapping[str, Any]) -> dict[str, str] | web.Response:
         card_data = body.get("cardData")
@@ -230,6 +288,7 @@ def build_dingtalk_fake_app(state: DingTalkFakeState) -> web.Application:
     app.router.add_post("/v1.0/robot/messageFiles/download", message_file)
     app.router.add_get("/files/{code}", serve_file)
     app.router.add_post("/robot/sendBySession", send_by_session)
+    app.router.add_post("/media/upload", media_upload)
     return app
 
 

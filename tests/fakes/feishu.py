@@ -1,7 +1,11 @@
 """A fake Feishu Open API and a platform simulator, speaking the real protocol (shared/research/platforms.md §5.3).
 
-``FeishuFake`` holds the state (issued tokens, sent messages, resources, recorded requests, injected faults);
-``build_feishu_fake_app`` serves it under ``/open-apis``. ``FeishuSimulator`` builds the bodies Feishu would
+``FeishuFake`` holds the state (issued tokens, sent messages, resources, uploaded images, recorded requests,
+injected faults); ``build_feishu_fake_app`` serves it under ``/open-apis``. ``POST /open-apis/im/v1/images``
+takes a multipart ``image_type`` (message | avatar) and ``image`` file and answers ``data.image_key``; its
+errors (HTTP 400): 234001 bad parameter, 234010 empty file, 234006 over 10 MB, 234011 not an image (codes as
+the upload doc lists them, not checked against the live API). A ``msg_type: image`` send must name an
+uploaded ``image_key`` (230001 otherwise: the real code for an unknown key is not verified). ``FeishuSimulator`` builds the bodies Feishu would
 POST to our webhook: schema 2.0 envelopes, encrypted and signed with its own crypto (independent of
 ``integrations.feishu.crypto``, so a round trip checks one against the other).
 """
@@ -24,6 +28,8 @@ from Crypto.Cipher import AES
 RATE_LIMITED = 99991400
 TOKEN_INVALID = 99991663
 TOKEN_MISSING = 99991661
+IMAGE_BAD_PARAM, IMAGE_TOO_BIG, IMAGE_EMPTY, IMAGE_NOT_IMAGE = 234001, 234006, 234010, 234011
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
 CARD_NOT_UPDATABLE = 230099  # the exact code for "update_multi missing" is not verified; any non-zero code
 
 
@@ -47,12 +53,14 @@ class FeishuFake:
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_uuid: dict[str, str] = field(default_factory=dict)
     resources: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    images: dict[str, bytes] = field(default_factory=dict)  # uploaded: image_key -> bytes
     requests: list[tuple[str, str]] = field(default_factory=list)
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     _sends: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     def fail_next(self, route: str, fault: Fault, times: int = 1) -> None:
-        """Inject ``fault`` on the next ``times`` calls to ``route`` ("token", "send", "patch", "resource")."""
+        """Inject ``fault`` on the next ``times`` calls to ``route`` ("token", "send", "patch", "resource",
+        "image")."""
         self.faults[route].extend([fault] * times)
 
     def revoke_tokens(self) -> None:
@@ -117,9 +125,13 @@ def build_feishu_fake_app(fake: FeishuFake) -> web.Application:
         if not isinstance(content, str):
             return _error(99992402, "field validation failed: content must be a string")
         try:
-            json.loads(content)
+            parsed = json.loads(content)
         except ValueError:
             return _error(230001, "invalid message content")
+        if body.get("msg_type") == "image" and (
+            not isinstance(parsed, dict) or parsed.get("image_key") not in fake.images
+        ):
+            return _error(230001, "invalid message content: unknown image_key")
         uuid = body.get("uuid")
         if isinstance(uuid, str) and len(uuid) > 50:
             return _error(99992402, "field validation failed: uuid too long")
@@ -198,7 +210,31 @@ def build_feishu_fake_app(fake: FeishuFake) -> web.Application:
             headers={"Content-Disposition": f'attachment; filename="{key}.png"'},
         )
 
+    async def upload_image(request: web.Request) -> web.Response:
+        fake.requests.append(("image", ""))
+        if (r := fake._auth(request)) is not None:
+            return r
+        if (f := fake._fault("image")) is not None:
+            return f
+        if request.content_type != "multipart/form-data":
+            return _error(IMAGE_BAD_PARAM, "field validation failed: multipart/form-data expected")
+        form = await request.post()
+        image = form.get("image")
+        if form.get("image_type") not in ("message", "avatar") or not isinstance(image, web.FileField):
+            return _error(IMAGE_BAD_PARAM, "field validation failed: image_type, image")
+        data = image.file.read()
+        if not data:
+            return _error(IMAGE_EMPTY, "file size can't be 0")
+        if len(data) > MAX_IMAGE_BYTES:
+            return _error(IMAGE_TOO_BIG, "the file size exceed the max value")
+        if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM")):
+            return _error(IMAGE_NOT_IMAGE, "can't recognize the image format")
+        key = f"img_v3_{len(fake.images) + 1:04d}"
+        fake.images[key] = data
+        return web.json_response({"code": 0, "msg": "success", "data": {"image_key": key}})
+
     app = web.Application()
+    app.router.add_post("/open-apis/im/v1/images", upload_image)
     app.router.add_post("/open-apis/auth/v3/tenant_access_token/internal", token)
     app.router.add_post("/open-apis/im/v1/messages", send)
     app.router.add_patch("/open-apis/im/v1/messages/{message_id}", patch)

@@ -13,6 +13,11 @@ The fake speaks the real protocol (shared/research/platforms.md §1.2-1.4, §5.2
   (``advance()`` moves the fake's clock); otherwise ``update_errcode`` (configurable: the real code is
   unknown, platforms.md §7).
 - ``media/get``: bytes with their content type, or HTTP 200 + JSON 40007 for an unknown id.
+- ``media/upload?type=image`` (multipart, field ``media`` with a file name): 40004 for a type other than
+  image/voice/video/file, 41005 without the ``media`` part, 44001 for ≤ 5 bytes, 40005 for an image that is
+  not JPG or PNG, 45001 above ``image_limit`` (2 MB: the smallest limit any copy of the doc gives); answers
+  ``{type, media_id, created_at}``. The media can be fetched back with ``media/get`` and sent as
+  ``msgtype: image`` (an unknown ``media_id`` there is 40007).
 - faults: ``inject("45009" | "-1" | "500" | "slow", times=N, route=...)`` for the next N calls.
 """
 
@@ -73,6 +78,8 @@ class WeComFakeState:
     response_codes: dict[str, ResponseCode] = field(default_factory=dict)
     updates: list[dict[str, Any]] = field(default_factory=list)
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    uploads: list[dict[str, Any]] = field(default_factory=list)  # media/upload calls that succeeded
+    image_limit: int = 2 * 1024 * 1024
     faults: list[Fault] = field(default_factory=list)
     _recent: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # dup check
     _seq: int = 0
@@ -107,8 +114,9 @@ class WeComFakeState:
 
 
 async def _body(request: web.Request) -> Any:
-    """The JSON body (aiohttp keeps the bytes, so this can be read twice), or None."""
-    if not request.body_exists:
+    """The JSON body (aiohttp keeps the bytes, so this can be read twice), or None. A multipart upload is
+    left unread here, for its route to parse."""
+    if not request.body_exists or request.content_type == "multipart/form-data":
         return None
     try:
         return await request.json()
@@ -161,8 +169,10 @@ def build_wecom_fake_app(state: WeComFakeState) -> web.Application:
         if body.get("agentid") != state.agent_id:
             return _err(40056, "invalid agentid")
         msgtype = body.get("msgtype")
-        if msgtype not in ("text", "template_card") or not isinstance(body.get(msgtype), dict):
+        if msgtype not in ("text", "template_card", "image") or not isinstance(body.get(msgtype), dict):
             return _err(40008, "invalid message type")
+        if msgtype == "image" and body["image"].get("media_id") not in state.media:
+            return _err(40007, "invalid media_id")
         dup_key = json.dumps([body["touser"], msgtype, body[msgtype]], sort_keys=True, ensure_ascii=False)
         if body.get("enable_duplicate_check") == 1:
             interval = min(int(body.get("duplicate_check_interval", 1800)), 4 * 3600)
@@ -218,8 +228,42 @@ def build_wecom_fake_app(state: WeComFakeState) -> web.Application:
             headers={"Content-disposition": f'attachment; filename="{request.query["media_id"]}.jpg"'},
         )
 
+    async def media_upload(request: web.Request) -> web.Response:
+        kind = request.query.get("type")
+        if kind not in ("image", "voice", "video", "file"):
+            return _err(40004, "invalid media type")
+        if request.content_type != "multipart/form-data":
+            return _err(41005, "media data missing")
+        form = await request.post()
+        part = form.get("media")
+        if not isinstance(part, web.FileField) or not part.filename:
+            return _err(41005, "media data missing")
+        data = part.file.read()
+        if len(data) <= 5:
+            return _err(44001, "empty media data")
+        if kind == "image":
+            if not data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):
+                return _err(40005, "invalid file type")
+            if len(data) > state.image_limit:
+                return _err(45001, "media size out of limit")
+        media_id = f"3{secrets.token_hex(8)}_{state._next()}"
+        state.media[media_id] = (data, part.content_type or "application/octet-stream")
+        state.uploads.append(
+            {"media_id": media_id, "type": kind, "filename": part.filename, "size": len(data)}
+        )
+        return web.json_response(
+            {
+                "errcode": 0,
+                "errmsg": "",
+                "type": kind,
+                "media_id": media_id,
+                "created_at": str(int(state.now)),
+            }
+        )
+
     app = web.Application(middlewares=[record_and_inject])
     app.router.add_get("/cgi-bin/gettoken", gettoken)
+    app.router.add_post("/cgi-bin/media/upload", media_upload)
     app.router.add_post("/cgi-bin/message/send", send)
     app.router.add_post("/cgi-bin/message/update_template_card", update_template_card)
     app.router.add_get("/cgi-bin/media/get", media_get)
