@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -60,9 +61,15 @@ async def enqueue(
     now: datetime | None = None,
     subject: str | None = None,
 ) -> bool:
-    """Queue one send in the caller's transaction. The same key twice queues it once. Returns True if new."""
-    if kind not in ("text", "card", "update"):
+    """Queue one send in the caller's transaction. The same key twice queues it once. Returns True if new.
+
+    An ``image`` row carries a reference, never the picture: ``{"image": "<sha256>.png", "path": "/abs/…"}``
+    as :class:`bot.photos.PhotoStore` saved it (content-addressed, so the file cannot change under the row).
+    """
+    if kind not in ("text", "card", "update", "image"):
         raise ValueError(f"unknown outbox kind {kind!r}")
+    if kind == "image" and not (isinstance(body.get("image"), str) and isinstance(body.get("path"), str)):
+        raise ValueError("an image row needs the stored picture's reference: {'image': ref, 'path': file}")
     now = now or datetime.now(UTC)
     stmt = dialect_insert(session, OutboxMessage).values(
         idempotency_key=idempotency_key,
@@ -212,6 +219,8 @@ async def _send(channel: Channel, kind: str, to: Address, body: dict[str, Any], 
         return await channel.send_text(to, str(body["text"]), idempotency_key=key)
     if kind == "card":
         return await channel.send_card(to, dict(body["card"]), idempotency_key=key)
+    if kind == "image":  # the channel reads the file; one gone (pruned) fails the row for good
+        return await channel.send_image(to, Path(body["path"]), idempotency_key=key)
     ref = body["ref"]
     return await channel.update_card(
         SentRef(
