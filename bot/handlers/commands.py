@@ -1,28 +1,333 @@
-"""Slash commands (and their Chinese aliases). Thin: parse, call one core service, reply."""
+"""Slash commands (and their Chinese aliases), each for the roles that may use it. Thin: parse, ask core, reply.
+
+| command                 | alias   | who                                      | answers                                   |
+|-------------------------|---------|------------------------------------------|-------------------------------------------|
+| ``/help``               | /帮助   | everyone                                 | the commands this user may use            |
+| ``/tasks``              | /任务   | counter                                  | my open tasks today, in walking order     |
+| ``/count TASK QTY``     | /盘点   | counter                                  | a quick count of one task                 |
+| ``/status``             | /进度   | every role                               | today's progress: counter own + team,     |
+|                         |         |                                          | supervisor the team, manager / admin /    |
+|                         |         |                                          | finance per warehouse                     |
+| ``/accuracy [DAYS]``    | /准确率 | supervisor, finance, manager, admin      | record accuracy per ABC class: a chart    |
+|                         |         |                                          | image plus a short text (text alone when  |
+|                         |         |                                          | the chart cannot be drawn or sent)        |
+| ``/variances``          | /差异   | supervisor, finance, manager, admin      | open variances waiting for my review or   |
+|                         |         | (counters are told they are blind)       | for my approval role                      |
+| ``/request CODE [WHY]`` | /复盘   | every role                               | an ad-hoc count of an item (barcode, SKU) |
+|                         |         |                                          | or a location (code, label, WH/CODE)      |
+
+A command the user may not use is answered politely, naming who may; help lists only the user's commands.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.charts import ClassAccuracy, accuracy_chart, accuracy_text
 from bot.dispatcher import Context, Router
 from bot.events import TextMessage
-from core.enums import EntryMethod
+from core.analytics import ROLE_ZH, ReportFilter, accuracy_report, open_variances_report
+from core.enums import OPEN_STATUSES, EntryMethod, Role, TaskReason, TaskStatus
+from core.models import (
+    CountRequest,
+    CountTask,
+    Item,
+    ItemBarcode,
+    ItemLocation,
+    Location,
+    Team,
+    User,
+    Variance,
+    Warehouse,
+)
+from core.scheduling.service import request_count
 from core.variance.service import WorkflowError, counter_tasks, record_count
+from core.variance.tolerance import SEVERITY_LABEL_ZH, Severity
 
+log = logging.getLogger("pandian.commands")
 router = Router()
 
-ALIASES = {
-    "/help": "/help", "/帮助": "/help",
-    "/tasks": "/tasks", "/任务": "/tasks",
-    "/count": "/count", "/盘点": "/count",
-}  # fmt: skip
+EVERY_ROLE = frozenset(r.value for r in Role)
+OVERSEERS = frozenset({"supervisor", "finance", "manager", "admin"})
+BLIND = "盘点员看不到差异（盲盘），差异由主管复核处理。您只需按任务如实盘点即可。"
+MAX_DAYS = 366
+MAX_LISTED = 15
+MAX_REQUEST_LINES = 50
 
-HELP = {
-    "counter": [
-        "开始 / start：逐项盘点今天的任务（回复数量，或 跳过 / 空 / 找不到）",
-        "/任务 /tasks：今天的盘点任务",
-        "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个",
-    ],
-    "all": ["/帮助 /help：显示这条帮助"],
-}
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    aliases: tuple[str, ...]
+    roles: frozenset[str] | None  # None: everyone, even without a role
+    usage_zh: str
+    run: Callable[[Context, list[str]], Awaitable[None]] = field(repr=False)
+
+
+def _today(ctx: Context) -> date:
+    return ctx.event.received_at.astimezone(ctx.settings.tz).date()
+
+
+def _day_start(ctx: Context, day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=ctx.settings.tz)
+
+
+def _roles(ctx: Context) -> set[str]:
+    return set(ctx.user.roles or [])
+
+
+# ---------------------------------------------------------------------------------------------- /help
+
+
+async def _help(ctx: Context, args: list[str]) -> None:
+    roles = _roles(ctx)
+    lines = [c.usage_zh for c in COMMANDS.values() if c.roles is None or roles & c.roles]
+    if "counter" in roles:
+        lines.insert(0, "开始：逐项盘点今天的任务（回复数量，或 跳过 / 空 / 找不到 / 撤销 / 结束）")
+    ctx.reply_text("可用命令 / commands:\n" + "\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------- /tasks /count
+
+
+async def _tasks(ctx: Context, args: list[str]) -> None:
+    rows = await counter_tasks(ctx.session, ctx.user.id, _today(ctx))
+    if not rows:
+        ctx.reply_text("今天没有待盘点的任务 👍")
+        return
+    lines = [
+        f"#{t.id} {loc.code} · {item.name} {item.spec or ''}（{item.sku}）" for t, item, loc in rows[:20]
+    ]
+    more = f"\n…还有 {len(rows) - 20} 项" if len(rows) > 20 else ""
+    ctx.reply_text(f"今天的盘点任务（{len(rows)} 项，按行走顺序）：\n" + "\n".join(lines) + more)
+
+
+async def _count(ctx: Context, args: list[str]) -> None:
+    if len(args) < 2 or not args[0].lstrip("#").isdigit():
+        ctx.reply_text("用法：/盘点 任务号 数量，例如 /盘点 123 3箱5个")
+        return
+    try:
+        result = await record_count(
+            ctx.session, ctx.settings, task_id=int(args[0].lstrip("#")), counter_id=ctx.user.id,
+            text=" ".join(args[1:]), counted_at=ctx.event.received_at, method=EntryMethod.TYPED,
+            dedup_key=ctx.event.dedup_key,
+        )  # fmt: skip
+    except WorkflowError as exc:
+        ctx.reply_text(exc.zh)
+        return
+    understood = f"（{result.understood}）" if result.understood else ""
+    ctx.reply_text(f"已记录{understood}。{result.message_zh}")
+
+
+# --------------------------------------------------------------------------------------------- /status
+
+
+@dataclass
+class Progress:
+    total: int = 0
+    done: int = 0
+    overdue: int = 0  # open and past its due date
+    recounts: int = 0  # open recount tasks
+
+    def add(self, status: str, due: date, reason: str, today: date) -> None:
+        self.total += 1
+        if status == TaskStatus.DONE:
+            self.done += 1
+        elif status in OPEN_STATUSES:
+            self.overdue += due < today
+            self.recounts += reason == TaskReason.RECOUNT
+
+    def line(self, name: str) -> str:
+        pct = f"（{self.done * 100 // self.total}%）" if self.total else ""
+        extra = "".join(
+            f"，{label} {n}" for label, n in (("逾期", self.overdue), ("复盘待做", self.recounts)) if n
+        )
+        return f"{name}：{self.done}/{self.total} 已完成{pct}{extra}"
+
+
+async def _status(ctx: Context, args: list[str]) -> None:
+    today, roles = _today(ctx), _roles(ctx)
+    tasks = await _todays_tasks(ctx.session, today, _day_start(ctx, today))
+    title = f"今天（{today:%m月%d日}）的盘点进度"
+    if roles & {"manager", "admin", "finance"}:
+        codes = await _warehouse_codes(ctx.session)
+        by_wh: dict[int, Progress] = defaultdict(Progress)
+        total = Progress()
+        for t in tasks:
+            for p in (by_wh[t.warehouse_id], total):
+                p.add(t.status, t.due_date, t.reason, today)
+        lines = [by_wh[w].line(f"{codes.get(w, w)}") for w in sorted(by_wh, key=lambda w: codes.get(w, ""))]
+        body = "\n".join(lines) or "今天没有盘点任务"
+        ctx.reply_text(f"{title}（按仓库）：\n{body}\n{total.line('合计')}")
+        return
+    team_name, members = await _team(ctx.session, ctx.user)
+    if "supervisor" in roles:
+        if not members:
+            ctx.reply_text("您还没有所属班组，看不到班组进度；请联系管理员设置。")
+            return
+        per: dict[int, Progress] = defaultdict(Progress)
+        team = Progress()
+        for t in tasks:
+            if t.assignee_id in members:
+                for p in (per[t.assignee_id], team):
+                    p.add(t.status, t.due_date, t.reason, today)
+        lines = [per[uid].line(members[uid]) for uid in sorted(per, key=lambda u: members[u])]
+        body = "\n".join(lines) or "班组今天没有盘点任务"
+        ctx.reply_text(f"{title} · {team_name}：\n{body}\n{team.line('合计')}")
+        return
+    mine, team = Progress(), Progress()
+    for t in tasks:
+        if t.assignee_id == ctx.user.id:
+            mine.add(t.status, t.due_date, t.reason, today)
+        if t.assignee_id in members:
+            team.add(t.status, t.due_date, t.reason, today)
+    lines = [mine.line("我")]
+    if members:
+        lines.append(team.line(f"班组 {team_name}"))
+    ctx.reply_text(f"{title}：\n" + "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------- /accuracy
+
+
+async def _accuracy(ctx: Context, args: list[str]) -> None:
+    days = 30
+    if args:
+        if not args[0].isdigit() or not 1 <= int(args[0]) <= MAX_DAYS:
+            ctx.reply_text(f"用法：/准确率 [天数]，天数为 1 到 {MAX_DAYS}，默认 30，例如 /准确率 7")
+            return
+        days = int(args[0])
+    today = _today(ctx)
+    report = await accuracy_report(
+        ctx.session, ctx.settings, ReportFilter(start=today - timedelta(days=days - 1), end=today)
+    )
+    by_group = {r.group: r for r in report}
+    rows = []
+    for label, group in (("A", "class=A"), ("B", "class=B"), ("C", "class=C"), ("total", "total")):
+        r = by_group.get(group)
+        rows.append(
+            ClassAccuracy(label, r.counts, r.hits, r.hit_rate, r.unit_accuracy, r.value_accuracy)
+            if r is not None
+            else ClassAccuracy(label, 0, 0, None, None, None)
+        )
+    ctx.reply_text(accuracy_text(rows, days=days))
+    store = ctx.services.get("photos")
+    if store is None or rows[-1].counts == 0:
+        return  # nothing to draw, or nowhere to keep the picture for the outbox: the text is the answer
+    try:
+        chart = await accuracy_chart(rows, days=days)
+    except Exception:  # matplotlib missing or failing: the text already says it all
+        log.warning("accuracy chart failed; text only", exc_info=True)
+        return
+    ref = store.save(chart.png, suffix=".png")
+    _reply_image(ctx, ref, str(store.path(ref).resolve()))
+
+
+def _reply_image(ctx: Context, ref: str, path: str) -> None:
+    """An image reply through the outbox: the row holds the stored picture's reference, never its bytes."""
+    ctx.replies.append(("image", {"image": ref, "path": path}))
+
+
+# ------------------------------------------------------------------------------------------ /variances
+
+
+async def _variances(ctx: Context, args: list[str]) -> None:
+    roles = _roles(ctx)
+    rows = await open_variances_report(ctx.session, ctx.settings, ReportFilter(), now=ctx.event.received_at)
+    mine = [r for r in rows if r.next_role in roles]
+    # whoever reviewed a variance may not approve it (segregation of duties): its approval is someone else's
+    reviewed = await _reviewed_by(
+        ctx.session, ctx.user.id, [r.id for r in mine if r.state == "pending_approval"]
+    )
+    mine = [r for r in mine if r.id not in reviewed]
+    if not mine:
+        ctx.reply_text("目前没有等您处理的差异 👍")
+        return
+    lines = []
+    for r in mine[:MAX_LISTED]:
+        try:
+            severity = SEVERITY_LABEL_ZH[Severity(r.severity)]
+        except ValueError:
+            severity = r.severity
+        step = f"（{r.next_role_zh}）" if r.state == "pending_approval" else ""
+        lines.append(
+            f"#{r.id} {r.warehouse}/{r.location} · {r.item_name}（{r.sku}）· {severity} · "
+            f"{_money(r.value)} · {r.state_zh}{step} · {r.age_hours:g} 小时"
+        )
+    more = f"\n…还有 {len(mine) - MAX_LISTED} 条" if len(mine) > MAX_LISTED else ""
+    ctx.reply_text(f"等您处理的差异（{len(mine)} 条，最久的在前）：\n" + "\n".join(lines) + more)
+
+
+def _money(v: Decimal) -> str:
+    sign = "+" if v > 0 else "-" if v < 0 else ""
+    return f"{sign}{abs(v).quantize(Decimal('0.01')):,} 元"
+
+
+# -------------------------------------------------------------------------------------------- /request
+
+
+async def _request(ctx: Context, args: list[str]) -> None:
+    if not args:
+        ctx.reply_text(
+            "用法：/复盘 编码 [原因]。编码可以是物料条码、物料编码或库位（如 A-01-03，或 WH1/A-01-03）"
+        )
+        return
+    code, note = args[0], " ".join(args[1:]) or None
+    found = await _resolve_code(ctx.session, code)
+    if isinstance(found, str):
+        ctx.reply_text(found)
+        return
+    if len(found) > MAX_REQUEST_LINES:
+        ctx.reply_text(
+            f"{code} 涉及 {len(found)} 个库位物料，太多了；请用更具体的编码（某个库位或某个物料）。"
+        )
+        return
+    pending = await _pending_requests(ctx.session, [il for il, _ in found])
+    made, skipped = [], []
+    for il_id, label in found:
+        if il_id in pending:
+            skipped.append(label)
+            continue
+        await request_count(ctx.session, il_id, requested_by_id=ctx.user.id, note=note)
+        made.append(label)
+    parts = []
+    if made:
+        parts.append(f"已登记临时盘点请求 {len(made)} 项，下次排程时优先安排：\n" + "\n".join(made[:20]))
+        if len(made) > 20:
+            parts.append(f"…还有 {len(made) - 20} 项")
+    if skipped:
+        parts.append("已有待排程的请求，未重复登记：\n" + "\n".join(skipped[:20]))
+    ctx.reply_text("\n".join(parts))
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("/tasks", ("/任务",), frozenset({"counter"}), "/任务 /tasks：今天的盘点任务", _tasks),
+        Command("/count", ("/盘点",), frozenset({"counter"}),
+                "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个", _count),
+        Command("/status", ("/进度",), EVERY_ROLE, "/进度 /status：今天的盘点进度", _status),
+        Command("/accuracy", ("/准确率",), OVERSEERS,
+                "/准确率 [天数] /accuracy：各 ABC 类的库存记录准确率（默认近 30 天，附图）", _accuracy),
+        Command("/variances", ("/差异",), OVERSEERS, "/差异 /variances：等我处理的差异", _variances),
+        Command("/request", ("/复盘",), EVERY_ROLE,
+                "/复盘 编码 [原因] /request：申请临时盘点（物料条码、物料编码或库位）", _request),
+        Command("/help", ("/帮助",), None, "/帮助 /help：显示这条帮助", _help),
+    )
+}  # fmt: skip
+ALIASES = {alias: c.name for c in COMMANDS.values() for alias in (c.name, *c.aliases)}
 
 
 def _command(text: str) -> tuple[str | None, list[str]]:
@@ -32,50 +337,27 @@ def _command(text: str) -> tuple[str | None, list[str]]:
     return ALIASES.get(parts[0].lower()), parts[1:]
 
 
+def _who(roles: Iterable[str]) -> str:
+    order = [r.value for r in Role]
+    return "、".join(ROLE_ZH.get(r, r) for r in sorted(roles, key=order.index))
+
+
 @router.on(TextMessage)
 async def commands(ctx: Context) -> bool:
     assert isinstance(ctx.event, TextMessage)
-    cmd, args = _command(ctx.event.text)
-    if cmd is None:
+    name, args = _command(ctx.event.text)
+    if name is None:
         return False
-    roles = set(ctx.user.roles or [])
-    if cmd == "/help":
-        lines = [line for role, items in HELP.items() if role == "all" or role in roles for line in items]
-        ctx.reply_text("可用命令 / commands:\n" + "\n".join(lines))
-        return True
-    if cmd == "/tasks":
-        today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
-        rows = await counter_tasks(ctx.session, ctx.user.id, today)
-        if not rows:
-            ctx.reply_text("今天没有待盘点的任务 👍")
+    cmd, roles = COMMANDS[name], _roles(ctx)
+    if cmd.roles is not None and not roles & cmd.roles:
+        if name == "/variances" and "counter" in roles:
+            ctx.reply_text(BLIND)
         else:
-            lines = [
-                f"#{t.id} {loc.code} · {item.name} {item.spec or ''}（{item.sku}）"
-                for t, item, loc in rows[:20]
-            ]
-            more = f"\n…还有 {len(rows) - 20} 项" if len(rows) > 20 else ""
-            ctx.reply_text(f"今天的盘点任务（{len(rows)} 项，按行走顺序）：\n" + "\n".join(lines) + more)
+            alias = cmd.aliases[0]
+            ctx.reply_text(f"抱歉，{alias} 仅限{_who(cmd.roles)}使用。发送 /帮助 查看您可以使用的命令。")
         return True
-    if cmd == "/count":
-        if "counter" not in roles:
-            ctx.reply_text("只有盘点员可以录入盘点数量")
-            return True
-        if len(args) < 2 or not args[0].lstrip("#").isdigit():
-            ctx.reply_text("用法：/盘点 任务号 数量，例如 /盘点 123 3箱5个")
-            return True
-        try:
-            result = await record_count(
-                ctx.session, ctx.settings, task_id=int(args[0].lstrip("#")), counter_id=ctx.user.id,
-                text=" ".join(args[1:]), counted_at=ctx.event.received_at, method=EntryMethod.TYPED,
-                dedup_key=ctx.event.dedup_key,
-            )  # fmt: skip
-        except WorkflowError as exc:
-            ctx.reply_text(exc.zh)
-            return True
-        understood = f"（{result.understood}）" if result.understood else ""
-        ctx.reply_text(f"已记录{understood}。{result.message_zh}")
-        return True
-    return False
+    await cmd.run(ctx, args)
+    return True
 
 
 fallback_router = Router()
@@ -85,3 +367,125 @@ fallback_router = Router()
 async def fallback(ctx: Context) -> bool:
     ctx.reply_text("没看懂这条消息。发送 /帮助 查看可用命令。")
     return True
+
+
+# -------------------------------------------------------------------------------------------- queries
+# The few reads the commands need that core does not offer yet (team progress, code lookup, pending requests).
+# They belong in core/analytics.py and core/scheduling/service.py; kept here, read-only, until those move.
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    assignee_id: int | None
+    warehouse_id: int
+    status: str
+    due_date: date
+    reason: str
+
+
+async def _todays_tasks(session: AsyncSession, today: date, day_start: datetime) -> list[_Task]:
+    """Today's work: tasks planned for today, and earlier ones still open or finished today (not cancelled)."""
+    rows = await session.execute(
+        select(CountTask.assignee_id, CountTask.warehouse_id, CountTask.status, CountTask.due_date,
+               CountTask.reason)
+        .where(
+            CountTask.status != TaskStatus.CANCELLED,
+            or_(
+                CountTask.plan_date == today,
+                and_(CountTask.plan_date < today,
+                     or_(CountTask.status.in_(OPEN_STATUSES), CountTask.closed_at >= day_start)),
+            ),
+        )
+    )  # fmt: skip
+    return [_Task(a, w, str(s), d, str(r)) for a, w, s, d, r in rows.all()]
+
+
+async def _warehouse_codes(session: AsyncSession) -> dict[int, str]:
+    return {
+        i: f"{c} {n}"
+        for i, c, n in (await session.execute(select(Warehouse.id, Warehouse.code, Warehouse.name)))
+    }
+
+
+async def _team(session: AsyncSession, user: User) -> tuple[str, dict[int, str]]:
+    """The user's team name and its active members (id -> name); empty without a team."""
+    if user.team_id is None:
+        return "", {}
+    team = await session.get(Team, user.team_id)
+    rows = await session.execute(
+        select(User.id, User.name).where(User.team_id == user.team_id, User.active.is_(True))
+    )
+    return (team.name if team else ""), {i: n for i, n in rows.all()}
+
+
+async def _resolve_code(session: AsyncSession, code: str) -> list[tuple[int, str]] | str:
+    """The item-locations a code names, with a label each, or the message saying why there are none.
+
+    An item barcode or SKU names every location holding the item; a location label, or a location code
+    (``WH/CODE`` when the code exists in several warehouses), names every item held there."""
+    cols: tuple[Any, ...] = (ItemLocation.id, Warehouse.code, Location.code, Item.name, Item.sku)
+    base = (
+        select(*cols)
+        .join(Item, Item.id == ItemLocation.item_id)
+        .join(Location, Location.id == ItemLocation.location_id)
+        .join(Warehouse, Warehouse.id == Location.warehouse_id)
+        .order_by(Warehouse.code, Location.sequence, Location.code, Item.sku)
+    )
+    item_id = (
+        await session.execute(select(ItemBarcode.item_id).where(ItemBarcode.barcode == code))
+    ).scalar() or (await session.execute(select(Item.id).where(Item.sku == code))).scalar()
+    if item_id is not None:
+        rows = (await session.execute(base.where(ItemLocation.item_id == item_id))).all()
+        if not rows:
+            return f"物料 {code} 目前没有任何库位的库存记录，无法安排盘点。"
+        return [(il, f"{wh}/{loc} · {name}（{sku}）") for il, wh, loc, name, sku in rows]
+    locs = list(
+        (
+            await session.execute(
+                select(Location.id, Warehouse.code)
+                .join(Warehouse, Warehouse.id == Location.warehouse_id)
+                .where(or_(Location.barcode == code, Location.code == code))
+            )
+        ).all()
+    )
+    if not locs and "/" in code:
+        wh_code, _, loc_code = code.partition("/")
+        locs = list(
+            (
+                await session.execute(
+                    select(Location.id, Warehouse.code)
+                    .join(Warehouse, Warehouse.id == Location.warehouse_id)
+                    .where(Warehouse.code == wh_code, Location.code == loc_code)
+                )
+            ).all()
+        )
+    if not locs:
+        return f"没有找到 {code}：请发送物料条码、物料编码或库位编码。"
+    if len(locs) > 1:
+        whs = "、".join(sorted(w for _, w in locs))
+        return f"库位 {code} 在多个仓库都有（{whs}），请写成 仓库/库位，例如 /复盘 {sorted(w for _, w in locs)[0]}/{code}"
+    rows = (await session.execute(base.where(ItemLocation.location_id == locs[0][0]))).all()
+    if not rows:
+        return f"库位 {code} 目前没有任何物料的库存记录，无法安排盘点。"
+    return [(il, f"{wh}/{loc} · {name}（{sku}）") for il, wh, loc, name, sku in rows]
+
+
+async def _reviewed_by(session: AsyncSession, user_id: int, variance_ids: list[int]) -> set[int]:
+    if not variance_ids:
+        return set()
+    rows = await session.execute(
+        select(Variance.id).where(Variance.id.in_(variance_ids), Variance.reviewer_id == user_id)
+    )
+    return set(rows.scalars())
+
+
+async def _pending_requests(session: AsyncSession, il_ids: list[int]) -> set[int]:
+    """Item-locations that already have a request the planner has not turned into a task yet."""
+    if not il_ids:
+        return set()
+    rows = await session.execute(
+        select(CountRequest.item_location_id).where(
+            CountRequest.item_location_id.in_(il_ids), CountRequest.planned_on.is_(None)
+        )
+    )
+    return set(rows.scalars())
