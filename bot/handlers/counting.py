@@ -6,6 +6,8 @@ States (kept in the conversation store, with a TTL):
                          |--"跳过"--> await_qty(next)      |--"空"--> record empty --> next
                          |--"找不到"--> record not here --> next
                          `--a quantity the parser rejects: its message, same task
+    any state --"撤销"--> the last count taken back (core.variance.undo) --> await_qty(that task) + the rest
+                  `--something downstream already happened: what blocks it, state unchanged
 
 A photo is kept as evidence and its barcodes are read: the current task's item (or its location label)
 confirms it, and a lot from a GS1 label goes with the count; any other code is questioned, not recorded.
@@ -14,6 +16,7 @@ Book quantities are never shown (blind counts).
 
 from __future__ import annotations
 
+from datetime import datetime, time
 from typing import Any
 
 from sqlalchemy import select
@@ -21,9 +24,11 @@ from sqlalchemy import select
 from bot.channel import ChannelError
 from bot.dispatcher import Context, Router
 from bot.events import ImageMessage, TextMessage
+from bot.notify import notify
 from core.enums import CountOutcome, EntryMethod
 from core.models import CountTask, Item, ItemBarcode, Location
 from core.variance.service import WorkflowError, counter_tasks, record_count
+from core.variance.undo import undo_last_count
 
 router = Router()
 
@@ -32,6 +37,7 @@ SKIP = {"跳过", "skip"}
 EMPTY = {"空", "库位空", "empty"}
 NOT_HERE = {"找不到", "无法找到", "没有", "not here"}
 STOP = {"结束", "停止", "stop"}
+UNDO = {"撤销", "撤回", "/撤销", "undo", "/undo"}
 
 
 def prompt(task: CountTask, item: Item, loc: Location, left: int) -> str:
@@ -69,6 +75,12 @@ async def counting(ctx: Context) -> bool:
         rows = await counter_tasks(ctx.session, ctx.user.id, today)
         await _next(ctx, [t.id for t, _, _ in rows])
         return True
+    if low in UNDO:
+        if "counter" not in (ctx.user.roles or []):
+            ctx.reply_text("只有盘点员可以撤销自己的盘点")
+            return True
+        await _undo(ctx)
+        return True
     if ctx.state.get("step") != "await_qty":
         return False
     queue: list[int] = list(ctx.state.get("queue") or [])
@@ -103,6 +115,42 @@ async def counting(ctx: Context) -> bool:
     ctx.state.pop("lot", None)
     await _next(ctx, [t for t in queue if t != task_id])
     return True
+
+
+async def _undo(ctx: Context) -> None:
+    """Take back the counter's last count today and go back to that task (see core.variance.undo)."""
+    today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+    since = datetime.combine(today, time(0), tzinfo=ctx.settings.tz)
+    try:
+        undone = await undo_last_count(
+            ctx.session, counter_id=ctx.user.id, since=since, now=ctx.event.received_at
+        )
+    except WorkflowError as exc:
+        ctx.reply_text(exc.zh)
+        return
+    e, item, loc = undone.entry, undone.item, undone.location
+    if e.outcome is CountOutcome.COUNTED:
+        qty = f"{format(e.qty.normalize(), 'f') if e.qty is not None else '?'} {item.base_unit}"
+        what = qty if (e.raw_text or "").strip() in ("", qty.split()[0]) else f"{e.raw_text}（{qty}）"
+    else:
+        what = {CountOutcome.EMPTY: "库位空", CountOutcome.NOT_HERE: "找不到"}.get(e.outcome, e.outcome.value)
+    ctx.reply_text(f"↩️ 已撤销：库位 {loc.code} · {item.name} 的盘点「{what}」。")
+    for task, assignee in undone.cancelled_recounts:
+        if assignee is not None:  # their recount card is stale now: tell them
+            await notify(
+                ctx.session, ctx.settings, assignee, key=f"{ctx.event.dedup_key}:recount-cancelled:{task.id}",
+                kind="text", trace_id=ctx.trace_id, prefer=ctx.event.platform,
+                body={"text": f"复盘任务 #{task.id}（库位 {loc.code} · {item.name}）已取消：首次盘点已被撤销，无需复盘。"},
+            )  # fmt: skip
+    # back to that task, its evidence kept for the new count, then the rest of the queue
+    ctx.state.pop("lot", None)
+    ctx.state["photos"] = list(e.photos or [])
+    if e.lot:
+        ctx.state["lot"] = e.lot
+    queue = [t for t in (ctx.state.get("queue") or []) if t != undone.task.id]
+    if not queue:
+        queue = [t.id for t, _, _ in await counter_tasks(ctx.session, ctx.user.id, today)]
+    await _next(ctx, [undone.task.id, *[t for t in queue if t != undone.task.id]])
 
 
 @router.on(ImageMessage)
