@@ -52,6 +52,9 @@ class Context:
     trace_id: str
     services: dict[str, Any] = field(default_factory=dict)  # channels, the barcode reader, the photo store
     replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # slow work that must not hold the transaction (on SQLite, the write lock): run after it commits, and
+    # what it returns is sent as further replies (e.g. drawing a chart)
+    later: list[Callable[[], Awaitable[list[tuple[str, dict[str, Any]]]]]] = field(default_factory=list)
 
     @property
     def address(self) -> Address:
@@ -62,6 +65,13 @@ class Context:
 
     def reply_card(self, card: dict[str, Any]) -> None:
         self.replies.append(("card", {"card": card}))
+
+    def reply_image(self, ref: str, path: str) -> None:
+        """An image through the outbox: the row holds the stored picture's reference, never its bytes."""
+        self.replies.append(("image", {"image": ref, "path": path}))
+
+    def after_commit(self, work: Callable[[], Awaitable[list[tuple[str, dict[str, Any]]]]]) -> None:
+        self.later.append(work)
 
 
 Handler = Callable[[Context], Awaitable[bool]]  # returns True when it handled the event
@@ -180,6 +190,7 @@ class Dispatcher:
         try:
             async with self.store.lock(key):
                 state = await self.store.get(key) or {}
+                later: list[Callable[[], Awaitable[list[tuple[str, dict[str, Any]]]]]] = []
                 async with self.sessionmaker() as s, s.begin():
                     user = (
                         await s.execute(
@@ -207,11 +218,21 @@ class Dispatcher:
                                           body=body, trace_id=trace_id)  # fmt: skip
                         if self.after_handle is not None:
                             await self.after_handle(s, trace_id)
-                        state = ctx.state
+                        state, later = ctx.state, ctx.later
                 if state:
                     await self.store.set(key, state)
                 else:
                     await self.store.delete(key)
+            for n, work in enumerate(later):  # committed already; slow work runs outside the transaction
+                try:
+                    more = await work()
+                except Exception:
+                    log.exception("after-commit work for %s failed", event.dedup_key)
+                    continue
+                async with self.sessionmaker() as s, s.begin():
+                    for i, (kind, body) in enumerate(more):
+                        await enqueue(s, idempotency_key=f"{event.dedup_key}:a{n}.{i}", to=addr, kind=kind,
+                                      body=body, trace_id=trace_id)  # fmt: skip
             self.stats["processed"] += 1
             log.info("processed %s in %.0f ms", event.dedup_key, (time.perf_counter() - started) * 1000)
             if self.after_commit is not None:

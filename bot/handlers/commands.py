@@ -223,18 +223,18 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
     store = ctx.services.get("photos")
     if store is None or rows[-1].counts == 0:
         return  # nothing to draw, or nowhere to keep the picture for the outbox: the text is the answer
-    try:
-        chart = await accuracy_chart(rows, days=days)
-    except Exception:  # matplotlib missing or failing: the text already says it all
-        log.warning("accuracy chart failed; text only", exc_info=True)
-        return
-    ref = store.save(chart.png, suffix=".png")
-    _reply_image(ctx, ref, str(store.path(ref).resolve()))
 
+    async def draw() -> list[tuple[str, dict[str, Any]]]:
+        """After the commit: drawing takes 0.1-0.3 s (2-3 s the first time), too long to hold the transaction."""
+        try:
+            chart = await accuracy_chart(rows, days=days)
+        except Exception:  # matplotlib missing or failing: the text already says it all
+            log.warning("accuracy chart failed; text only", exc_info=True)
+            return []
+        ref = store.save(chart.png, suffix=".png")
+        return [("image", {"image": ref, "path": str(store.path(ref).resolve())})]
 
-def _reply_image(ctx: Context, ref: str, path: str) -> None:
-    """An image reply through the outbox: the row holds the stored picture's reference, never its bytes."""
-    ctx.replies.append(("image", {"image": ref, "path": path}))
+    ctx.after_commit(draw)
 
 
 # ------------------------------------------------------------------------------------------ /variances
