@@ -22,7 +22,7 @@ from sqlalchemy import text
 from bot.channel import Channel
 from bot.conversation import make_store
 from bot.dispatcher import Dispatcher, Router
-from bot.events import WebhookRefused, WebhookReply
+from bot.events import InboundEvent, WebhookRefused, WebhookReply
 from bot.flows import sync_cards
 from bot.handlers import actions, commands, counting
 from bot.logs import install_record_factory, new_trace_id, tracing
@@ -84,10 +84,18 @@ def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitabl
     return route
 
 
-def _platforms(settings: Settings) -> tuple[dict[str, Channel], list[tuple[str, str, WebhookFn]]]:
-    """Channels and webhook routes for the configured platforms only (lazy imports)."""
+Submit = Callable[[InboundEvent], Awaitable[bool]]
+ConnectionFactory = Callable[[Submit], Any]  # -> an object with ``async run()`` and ``async close()``
+
+
+def _platforms(
+    settings: Settings,
+) -> tuple[dict[str, Channel], list[tuple[str, str, WebhookFn]], dict[str, ConnectionFactory]]:
+    """Channels, webhook routes and long connections for the configured platforms only (lazy imports: a
+    platform's SDK is imported only by the mode that needs it)."""
     channels: dict[str, Channel] = {}
     routes: list[tuple[str, str, WebhookFn]] = []
+    connections: dict[str, ConnectionFactory] = {}
     if settings.wecom:
         from integrations.wecom import client as wecom_client
         from integrations.wecom import settings as wecom_settings
@@ -110,11 +118,20 @@ def _platforms(settings: Settings) -> tuple[dict[str, Channel], list[tuple[str, 
         from integrations.feishu import client as feishu_client
 
         channels["feishu"] = feishu_client.FeishuChannel(fcfg)
+        if fcfg.mode == "websocket":  # no public HTTPS needed: Feishu pushes events over our connection
 
-        def feishu_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
-            return feishu.handle(dict(request.headers), body, now)
+            def feishu_ws(submit: Submit) -> Any:
+                from integrations.feishu.ws import FeishuLongConnection
 
-        routes.append(("POST", "/feishu/webhook", feishu_fn))
+                return FeishuLongConnection(fcfg, submit)
+
+            connections["feishu"] = feishu_ws
+        else:
+
+            def feishu_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+                return feishu.handle(dict(request.headers), body, now)
+
+            routes.append(("POST", "/feishu/webhook", feishu_fn))
     if settings.dingtalk:
         from integrations.dingtalk import settings as dingtalk_settings
         from integrations.dingtalk import webhook as dingtalk_webhook
@@ -124,15 +141,24 @@ def _platforms(settings: Settings) -> tuple[dict[str, Channel], list[tuple[str, 
         import integrations.dingtalk.client as dingtalk_client
 
         channels["dingtalk"] = dingtalk_client.DingTalkChannel(dcfg)
+        if dcfg.mode == "stream":  # no public HTTPS needed: DingTalk pushes over our connection
 
-        def robot_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
-            return dingtalk.handle_robot(dict(request.headers), body, now)
+            def dingtalk_stream(submit: Submit) -> Any:
+                from integrations.dingtalk.stream import DingTalkStreamConnection
 
-        def card_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
-            return dingtalk.handle_card(dict(request.headers), body, now)
+                return DingTalkStreamConnection(dcfg, submit)
 
-        routes += [("POST", "/dingtalk/robot", robot_fn), ("POST", "/dingtalk/card", card_fn)]
-    return channels, routes
+            connections["dingtalk"] = dingtalk_stream
+        else:
+
+            def robot_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+                return dingtalk.handle_robot(dict(request.headers), body, now)
+
+            def card_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
+                return dingtalk.handle_card(dict(request.headers), body, now)
+
+            routes += [("POST", "/dingtalk/robot", robot_fn), ("POST", "/dingtalk/card", card_fn)]
+    return channels, routes, connections
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -164,6 +190,8 @@ async def metrics_route(request: web.Request) -> web.Response:
         outbox = await depth(s)
     extra = {f'outbox_depth{{state="{k}"}}': v for k, v in outbox.items()}
     extra.update({f"dispatch_{k}_total": v for k, v in state["dispatcher"].stats.items()})
+    for name, conn in state["connections"].items():  # long connections (Feishu WebSocket, DingTalk Stream)
+        extra.update({f'connection_{k}_total{{platform="{name}"}}': v for k, v in conn.stats.items()})
     return web.Response(text=state["metrics"].render(extra), content_type="text/plain")
 
 
@@ -172,7 +200,7 @@ def build_app(settings: Settings) -> web.Application:
     engine = make_engine(settings.database_url)
     sessionmaker = make_sessionmaker(engine)
     store = make_store(settings.redis_url)
-    channels, routes = _platforms(settings)
+    channels, routes, connections = _platforms(settings)
     wake = asyncio.Event()
 
     async def after_commit() -> None:
@@ -192,9 +220,10 @@ def build_app(settings: Settings) -> web.Application:
 
     dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle)
     app = web.Application(client_max_size=25 * 1024 * 1024)
+    metrics = Metrics()
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
-        "channels": channels, "metrics": Metrics(), "store": store,
+        "channels": channels, "metrics": metrics, "store": store, "connections": {},
     }  # fmt: skip
     for method, path, fn in routes:
         app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
@@ -225,8 +254,26 @@ def build_app(settings: Settings) -> web.Application:
                     log.exception("upkeep pass failed")
                 await asyncio.sleep(settings.server.card_sync_interval_s)
 
+        def submitter(name: str) -> Submit:
+            async def submit(event: InboundEvent) -> bool:
+                metrics.inc(f'inbound_total{{platform="{name}"}}')
+                with tracing(new_trace_id()) as trace_id:
+                    first = await dispatcher.submit(event, trace_id)
+                    log.info("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
+                return first
+
+            return submit
+
+        conns = {name: make(submitter(name)) for name, make in connections.items()}
+        app[APP_KEY]["connections"] = conns
         tasks = [asyncio.create_task(loop()), asyncio.create_task(upkeep())]
+        conn_tasks = [asyncio.create_task(c.run()) for c in conns.values()]
         yield
+        for conn in conns.values():  # nothing more comes in before the dispatcher drains
+            await conn.close()
+        for task in conn_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for task in tasks:
             task.cancel()
         for task in tasks:
