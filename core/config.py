@@ -8,7 +8,7 @@ The file is looked up in the working directory, or wherever ``PANDIAN_CONFIG`` p
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, time
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -137,6 +137,37 @@ class ServerSettings(BaseModel):
     log_format: Literal["text", "json"] = Field(
         default="text", description="'json': one JSON object per line, with the trace id, for log shippers"
     )
+
+
+class ScheduleSettings(BaseModel):
+    """Scheduled jobs (``bot.scheduler``). Times are wall-clock times in ``timezone``; the three daily jobs run on
+    working days only (the calendar with its holidays, make-up days and overrides decides)."""
+
+    enabled: bool = Field(default=True, description="run the scheduled jobs in this server process")
+    morning_push: time = Field(default=time(7, 30), description="plan the day, push each counter's task card")
+    morning_push_enabled: bool = True
+    afternoon_reminder: time = Field(default=time(15, 0), description="remind counters of unfinished tasks")
+    afternoon_reminder_enabled: bool = True
+    end_of_day_summary: time = Field(default=time(18, 0), description="summary for supervisors, managers")
+    end_of_day_summary_enabled: bool = True
+    escalation_every_minutes: int = Field(
+        default=15, ge=1, le=1440, description="escalate overdue approval steps (and the other housekeeping)"
+    )
+    escalation_enabled: bool = True
+    erp_sync_every_minutes: int = Field(
+        default=60, ge=1, le=1440, description="ERP sync and posting drain (when integrations.erp exists)"
+    )
+    erp_sync_enabled: bool = True
+    misfire_grace_minutes: int = Field(
+        default=120, ge=1, le=720, description="a daily job missed (server down) still runs this much later"
+    )
+
+    @field_validator("morning_push", "afternoon_reminder", "end_of_day_summary")
+    @classmethod
+    def _wall_clock(cls, v: time) -> time:
+        if v.tzinfo is not None:
+            raise ValueError("give a local time such as 07:30; the time zone is the top-level 'timezone'")
+        return v.replace(second=0, microsecond=0)
 
 
 # ----------------------------------------------------------------------------------------------- ERP
@@ -355,6 +386,7 @@ class Settings(BaseSettings):
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     erp: ErpSettings = Field(default_factory=ErpSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     # Chat platforms: a section switches a platform on; bot.app validates it with the platform's own model
     # (integrations.<platform>.settings), so core never imports a platform.
     wecom: dict[str, Any] | None = None
