@@ -59,16 +59,17 @@ def jobs_list() -> None:
 
     settings, rows = run(go)
     table = Table(title=f"定时任务 / scheduled jobs（{settings.timezone}）")
-    for col in ("名称 name", "内容 what", "时间 schedule", "启用 enabled", "下次运行 next run"):
-        table.add_column(col, overflow="fold")
+    for col in ("名称 name", "时间 schedule", "下次运行 next run"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("内容 what", overflow="fold")
     on = settings.schedule.enabled
     for plan, nxt in rows:
         info = JOBS[plan.name]
-        enabled = on and plan.enabled
-        when = nxt.astimezone(settings.tz).strftime("%Y-%m-%d %a %H:%M") if nxt and enabled else "-"
-        table.add_row(
-            plan.name, f"{info.zh}\n{info.en}", describe(plan), "是 yes" if enabled else "否 no", when
-        )
+        if not (on and plan.enabled):
+            when = "关闭 off"
+        else:
+            when = nxt.astimezone(settings.tz).strftime("%Y-%m-%d %a %H:%M") if nxt else "-"
+        table.add_row(plan.name, describe(plan), when, f"{info.zh} / {info.en}")
     console.print(table)
     if not on:
         console.print("[yellow]![/] schedule.enabled = false：服务器不运行定时任务 / the server runs no jobs")

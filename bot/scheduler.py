@@ -79,7 +79,7 @@ class WorkingDayTrigger(BaseTrigger):
         return None
 
     def __str__(self) -> str:
-        return f"working days at {self.at:%H:%M} ({self.tz})"
+        return f"working days {self.at:%H:%M}"
 
     def __repr__(self) -> str:
         return f"<WorkingDayTrigger {self}>"

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+from click.testing import CliRunner
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import jobs
 from bot.cards.payload import CannotFind, StartCounting, unpack
+from bot.cli import main
 from bot.scheduler import build_scheduler, shutdown, start
 from core.config import ScheduleSettings, ServerSettings, Settings
 from core.db import make_engine, make_sessionmaker
@@ -607,3 +609,36 @@ async def test_scheduler_runs_a_missed_morning_at_start(
     finally:
         await shutdown(scheduler)
     assert len(await outbox(sessionmaker, "tasks:")) == 2
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_and_runs_jobs(engine: AsyncEngine, database_url: str) -> None:
+    async def seed() -> None:
+        eng = make_engine(database_url)
+        async with make_sessionmaker(eng)() as s:
+            await company(s, counters=3)
+        await eng.dispose()
+
+    asyncio.run(seed())
+    cli = CliRunner(
+        env={
+            "PANDIAN_DATABASE_URL": database_url,
+            "PANDIAN_WECOM__CORP_ID": "ww-test",
+            "PANDIAN_FEISHU__APP_ID": "cli_test",
+            "PANDIAN_SERVER__PAYLOAD_SECRET": KEY.decode(),
+        }
+    )
+    listing = cli.invoke(main, ["jobs", "list"])
+    assert listing.exit_code == 0, listing.output
+    assert "morning" in listing.output and "working days 07:30" in listing.output
+    ran = cli.invoke(main, ["jobs", "run", "morning", "--date", "2026-11-30"])
+    assert ran.exit_code == 0, ran.output
+    assert "已排入发件箱 3 条" in ran.output and "counters_with_tasks: 3" in ran.output
+    again = cli.invoke(main, ["jobs", "run", "morning", "--date", "2026-11-30"])
+    assert again.exit_code == 0 and "already done for this day" in again.output
+    holiday = cli.invoke(main, ["jobs", "run", "summary", "--date", "2026-10-01"])
+    assert holiday.exit_code == 0 and "不是工作日" in holiday.output
+    unknown = cli.invoke(main, ["jobs", "run", "nightly"])
+    assert unknown.exit_code != 0 and "morning" in unknown.output
