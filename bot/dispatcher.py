@@ -51,6 +51,7 @@ class Context:
     state: dict[str, Any]
     trace_id: str
     services: dict[str, Any] = field(default_factory=dict)  # channels, the barcode reader, the photo store
+    prepared: dict[str, Any] = field(default_factory=dict)  # what the router's ``before`` hooks fetched
     replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # slow work that must not hold the transaction (on SQLite, the write lock): run after it commits, and
     # what it returns is sent as further replies (e.g. drawing a chart)
@@ -75,6 +76,9 @@ class Context:
 
 
 Handler = Callable[[Context], Awaitable[bool]]  # returns True when it handled the event
+# slow I/O for an event (download a photo, decode it), run before its transaction opens: a transaction held
+# across a download would hold SQLite's write lock, and every webhook's acknowledgement with it
+Before = Callable[[InboundEvent, dict[str, Any]], Awaitable[dict[str, Any]]]
 # runs in each event's transaction after its handler, e.g. to queue the cards the new state calls for
 AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
 REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
@@ -88,6 +92,18 @@ class Router:
             ImageMessage: [],
             CardAction: [],
         }
+        self.before_hooks: dict[type[InboundEvent], list[Before]] = {
+            TextMessage: [],
+            ImageMessage: [],
+            CardAction: [],
+        }
+
+    def before(self, kind: type[InboundEvent]) -> Callable[[Before], Before]:
+        def register(fn: Before) -> Before:
+            self.before_hooks[kind].append(fn)
+            return fn
+
+        return register
 
     def on(self, kind: type[InboundEvent]) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
@@ -100,6 +116,8 @@ class Router:
         for r in routers:
             for kind, fns in r.handlers.items():
                 self.handlers[kind].extend(fns)
+            for kind, hooks in r.before_hooks.items():
+                self.before_hooks[kind].extend(hooks)
         return self
 
 
@@ -191,6 +209,9 @@ class Dispatcher:
             async with self.store.lock(key):
                 state = await self.store.get(key) or {}
                 later: list[Callable[[], Awaitable[list[tuple[str, dict[str, Any]]]]]] = []
+                prepared: dict[str, Any] = {}
+                for hook in self.router.before_hooks[type(event)]:
+                    prepared.update(await hook(event, self.services))
                 async with self.sessionmaker() as s, s.begin():
                     user = (
                         await s.execute(
@@ -208,7 +229,7 @@ class Dispatcher:
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:unknown", to=addr, kind="text",
                                       body={"text": NOT_REGISTERED}, trace_id=trace_id)  # fmt: skip
                     else:
-                        ctx = Context(event, user, s, self.settings, state, trace_id, self.services)
+                        ctx = Context(event, user, s, self.settings, state, trace_id, self.services, prepared)
                         for handler in self.router.handlers[type(event)]:
                             if await handler(ctx):
                                 break

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from bot.channel import ChannelError
 from bot.dispatcher import Context, Router
-from bot.events import ImageMessage, TextMessage
+from bot.events import ImageMessage, InboundEvent, TextMessage
 from bot.notify import notify
 from core.enums import CountOutcome, EntryMethod
 from core.models import CountTask, Item, ItemBarcode, Location
@@ -153,26 +153,35 @@ async def _undo(ctx: Context) -> None:
     await _next(ctx, [undone.task.id, *[t for t in queue if t != undone.task.id]])
 
 
+@router.before(ImageMessage)
+async def fetch_photo(event: InboundEvent, services: dict[str, Any]) -> dict[str, Any]:
+    """Download, keep and decode the photo before the event's transaction opens (slow I/O holds no lock)."""
+    assert isinstance(event, ImageMessage)
+    channel = services.get("channels", {}).get(event.platform.value)
+    reader, store = services.get("barcode_reader"), services.get("photos")
+    if channel is None or reader is None:
+        return {"photo_error": "暂时无法处理图片，请直接输入条码或数量。"}
+    try:
+        data = await channel.download_image(
+            event.media_ref, message_id=event.message_id, url=event.download_url
+        )
+    except ChannelError:
+        return {"photo_error": "图片下载失败，请重新发送，或直接输入数量。"}
+    saved = store.save(data) if store is not None else None
+    return {"photo_ref": saved, "decoded": await reader.decode(data)}
+
+
 @router.on(ImageMessage)
 async def photo(ctx: Context) -> bool:
     """Keep the photo, read its codes, and confirm or question them against the current task."""
     from integrations.barcode import match_codes
 
-    ev = ctx.event
-    assert isinstance(ev, ImageMessage)
-    channel = ctx.services.get("channels", {}).get(ev.platform.value)
-    reader, store = ctx.services.get("barcode_reader"), ctx.services.get("photos")
-    if channel is None or reader is None:
-        ctx.reply_text("暂时无法处理图片，请直接输入条码或数量。")
+    if "photo_error" in ctx.prepared:
+        ctx.reply_text(ctx.prepared["photo_error"])
         return True
-    try:
-        data = await channel.download_image(ev.media_ref, message_id=ev.message_id, url=ev.download_url)
-    except ChannelError:
-        ctx.reply_text("图片下载失败，请重新发送，或直接输入数量。")
-        return True
-    if store is not None:
-        ctx.state.setdefault("photos", []).append(store.save(data))
-    result = await reader.decode(data)
+    if ctx.prepared.get("photo_ref"):
+        ctx.state.setdefault("photos", []).append(ctx.prepared["photo_ref"])
+    result = ctx.prepared["decoded"]
     if result.error:
         ctx.reply_text(result.error.split(" / ")[0])
         return True

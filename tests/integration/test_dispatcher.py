@@ -172,3 +172,46 @@ async def test_photo_confirms_the_item_and_questions_other_codes(
         entry = (await s.execute(select(CountEntry))).scalar_one()
     assert len(entry.photos) == 2 and all((tmp_path / p[:2] / p).exists() for p in entry.photos)
     await reader.close()
+
+
+async def test_a_slow_photo_download_holds_no_lock(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Any
+) -> None:
+    """While one counter's photo downloads, other events are accepted (their dedup row written) at once: the
+    download runs before the event's transaction, so SQLite's write lock is not held across it."""
+    import asyncio
+
+    from bot.events import ImageMessage
+    from bot.photos import PhotoStore
+    from integrations.barcode import BarcodeReader
+
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class SlowChannel:
+        async def download_image(self, media_ref: str, **_: Any) -> bytes:
+            started.set()
+            await release.wait()
+            return b"not an image"
+
+    async with sessionmaker() as s:
+        await build_company(s, items=2, counters=1)
+        u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
+        u.wecom_userid = "lina"
+        await s.commit()
+    reader = BarcodeReader(max_workers=1)
+    services = {
+        "channels": {"wecom": SlowChannel()},
+        "barcode_reader": reader,
+        "photos": PhotoStore(tmp_path),
+    }
+    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
+                   Router().include(commands.router, counting.router, commands.fallback_router),
+                   services=services)  # fmt: skip
+    photo = ImageMessage(Platform.WECOM, "wecom:msg:slow", Sender(Platform.WECOM, "lina"), NOW, media_ref="m")
+    assert await d.submit(photo)
+    await started.wait()
+    assert await d.accept(text("someone", "/帮助", "other"))  # would wait for the lock if it were held
+    release.set()
+    await d.drain()
+    assert "图片" in (await replies(sessionmaker))[-1] or "无法" in (await replies(sessionmaker))[-1]
+    await reader.close()
