@@ -96,7 +96,6 @@ class Http:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         write: bool = False,
-        auth: aiohttp.BasicAuth | None = None,
     ) -> Response:
         """One request (a read is repeated after timeouts and 5xx; a write never)."""
         tries = 1 if write else 1 + self.read_retries
@@ -112,9 +111,7 @@ class Http:
                 await self._sleep(self.retry_backoff_s * 2 ** (i - 1))
             self.requests += 1
             try:
-                async with self.session.request(
-                    method, url, params=params, data=data, headers=hdrs, auth=auth
-                ) as resp:
+                async with self.session.request(method, url, params=params, data=data, headers=hdrs) as resp:
                     raw = await resp.read()
                     status, rh = resp.status, resp.headers
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:

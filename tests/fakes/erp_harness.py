@@ -20,7 +20,7 @@ from integrations.erp.base import ApiConnector
 from integrations.erp.posting import drain, queue_summary
 from tests.fakes.erp_common import ErpFake
 
-ERPS = ("kingdee", "yonbip", "u8")  # the others join as their connectors land
+ERPS = ("kingdee", "yonbip", "u8", "sap")
 FAST = {
     "timeout_s": 0.3,
     "read_retries": 2,
