@@ -287,4 +287,16 @@ def build_app(settings: Settings) -> web.Application:
         await engine.dispose()
 
     app.cleanup_ctx.append(outbox_loop)
+
+    async def scheduled_jobs(app: web.Application) -> Any:
+        """Morning plan and push, afternoon reminder, evening summary, escalation, ERP sync (``[schedule]``).
+        Every server process runs the scheduler; each job claims its run durably, so it happens once."""
+        from bot.scheduler import build_scheduler, shutdown, start
+
+        scheduler = build_scheduler(sessionmaker, settings)
+        start(scheduler)
+        yield
+        await shutdown(scheduler)
+
+    app.cleanup_ctx.append(scheduled_jobs)  # after the outbox loop: stops first, while the engine is open
     return app

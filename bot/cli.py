@@ -287,27 +287,34 @@ async def _generate(settings: Settings, items: int, seed: int) -> Any:
 
 
 @main.command()
-@click.option("--items", default=2000, show_default=True)
-def demo(items: int) -> None:
-    """The quick-start demo: generate the demo company, classify it, plan the next working day."""
-    from core.classification_service import classify as classify_items
-    from core.scheduling.service import load_calendar, plan_day
+@click.option("--items", default=2000, show_default=True, help="size of the demo company")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the transcript here")
+def demo(items: int, out: str | None) -> None:
+    """The quick-start demo: a whole working day, played through the real server.
 
-    async def go(settings: Settings) -> Any:
-        await _generate(settings, items, 20261128)
+    Generates the demo company into an empty database, starts the server with WeCom switched on against a
+    built-in simulated WeCom (signed, encrypted callbacks; its real message API), and plays a scripted day:
+    the morning push, counting by text, pack units and a barcode photo, a variance, the blind recount, the
+    review and approvals from cards, the afternoon reminder and the evening summary. Prints the chat.
+    """
+    from bot.demo_day import play
 
-        async def work(session: AsyncSession) -> Any:
-            today = datetime.now(settings.tz).date()
-            summary = await classify_items(session, settings, as_of=today)
-            cal = await load_calendar(session, settings)
-            day = today if cal.is_working_day(today) else cal.add_working_days(today, 1)
-            return summary, await plan_day(session, settings, day)
-
-        return await _with_session(settings, work)
-
-    summary, result = run(go)
-    print_classification(summary)
-    print_plan(result, limit=40)
+    try:
+        settings = load_settings()
+    except Exception as exc:
+        raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from exc
+    console.print(
+        "[bold]pandian 演示：模拟企业微信上的一个工作日[/]（服务器、数据库、卡片、回调均为真实运行）"
+    )
+    try:
+        transcript = asyncio.run(
+            play(settings, items=items, echo=lambda line: console.print(line, markup=False, highlight=False))
+        )
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if out:
+        Path(out).write_text("\n".join(transcript.lines) + "\n", encoding="utf-8")
+        console.print(f"[green]✓[/] 对话记录已写入 / transcript written to {out}")
 
 
 @main.command()
@@ -902,6 +909,7 @@ def housekeeping_cmd() -> None:
 @click.option("--port", type=int, default=None, help="Default: server.port (8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the bot server: platform webhooks (those configured), /healthz and /metrics."""
+
     from aiohttp import web
 
     from bot.app import build_app
