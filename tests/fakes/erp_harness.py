@@ -194,3 +194,42 @@ async def drain_until_done(
             return now, totals
         now += timedelta(seconds=2)
     raise AssertionError(f"the queue did not empty in {rounds} passes: {left}")
+
+
+class ThreadedServer:
+    """A fake on its own event loop in a thread, for code that runs ``asyncio.run`` itself (the CLI)."""
+
+    def __init__(self, app: Any) -> None:
+        import asyncio
+        import threading
+
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.base = ""
+
+    def __enter__(self) -> ThreadedServer:
+        import asyncio
+
+        from aiohttp import web
+
+        self.thread.start()
+
+        async def up() -> tuple[Any, str]:
+            runner = web.AppRunner(self.app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            return runner, f"http://127.0.0.1:{port}"
+
+        self.runner, self.base = asyncio.run_coroutine_threadsafe(up(), self.loop).result()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
