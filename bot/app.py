@@ -23,11 +23,11 @@ from bot.channel import Channel
 from bot.conversation import make_store
 from bot.dispatcher import Dispatcher, Router
 from bot.events import InboundEvent, WebhookRefused, WebhookReply
-from bot.flows import sync_cards
+from bot.flows import payload_key, sync_cards
 from bot.handlers import actions, commands, counting
 from bot.logs import install_record_factory, new_trace_id, tracing
 from bot.outbox import deliver_due, depth
-from bot.photos import PhotoStore
+from bot.photos import PhotoStore, check_signed
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
 
@@ -195,6 +195,22 @@ async def metrics_route(request: web.Request) -> web.Response:
     return web.Response(text=state["metrics"].render(extra), content_type="text/plain")
 
 
+async def photo_route(request: web.Request) -> web.StreamResponse:
+    """A count photo behind a signed, expiring link (review and approval cards carry them)."""
+    state = request.app[APP_KEY]
+    ref = request.match_info["ref"]
+    why = check_signed(
+        ref, payload_key(state["settings"]), request.query.get("e"), request.query.get("s"), time.time()
+    )
+    if why is not None:
+        log.warning("photo link refused (%s): %s", why, ref)
+        return web.Response(status=403, text="链接无效或已过期 / link invalid or expired")
+    path = state["photos"].path(ref)
+    if not path.is_file():
+        return web.Response(status=404, text="照片已按保留期限删除 / photo no longer kept")
+    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+
 def build_app(settings: Settings) -> web.Application:
     install_record_factory()
     engine = make_engine(settings.database_url)
@@ -223,12 +239,13 @@ def build_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
-        "channels": channels, "metrics": metrics, "store": store, "connections": {},
+        "channels": channels, "metrics": metrics, "store": store, "connections": {}, "photos": services["photos"],
     }  # fmt: skip
     for method, path, fn in routes:
         app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/photos/{ref}", photo_route)
 
     async def outbox_loop(app: web.Application) -> Any:
         async def loop() -> None:

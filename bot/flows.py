@@ -22,7 +22,8 @@ import functools
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from importlib import import_module
@@ -35,13 +36,14 @@ from sqlalchemy.orm import aliased
 
 from bot.cards import approval, recount, review
 from bot.cards.facts import VarianceFacts
-from bot.cards.model import Card, Lang
+from bot.cards.model import Card, Lang, Link, pick
 from bot.cards.render.common import Signer
 from bot.cards.text import CountLine, ItemAt
 from bot.channel import Address
 from bot.events import Platform
 from bot.notify import _IDS, address_for
 from bot.outbox import enqueue
+from bot.photos import signed_url
 from core.config import Settings
 from core.enums import OPEN_STATUSES, ApprovalDecision, Role, TaskReason
 from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
@@ -50,6 +52,7 @@ from core.variance.tolerance import Severity
 from core.variance.workflow import VarianceState
 
 log = logging.getLogger("pandian.flows")
+MAX_PHOTO_LINKS = 3  # WeCom's jump_list holds three
 
 
 # ------------------------------------------------------------------------------------------ signing, render
@@ -91,6 +94,38 @@ def render(platform: Platform, card: Card, settings: Settings, now: datetime, la
     return out
 
 
+def with_photos(card: Card, settings: Settings, refs: Sequence[str], now: datetime, lang: Lang) -> Card:
+    """The card with links to its count photos, signed and expiring (``server.photo_link_hours``), when the
+    server has a public address (``server.public_url``); phones open them in the platform's browser."""
+    base = settings.server.public_url
+    if not base or not refs:
+        return card
+    expires = int(now.timestamp()) + settings.server.photo_link_hours * 3600
+    key = payload_key(settings)
+    links = tuple(
+        Link(pick(lang, f"照片 {i}", f"Photo {i}"), signed_url(base, ref, key, expires))
+        for i, ref in enumerate(refs[:MAX_PHOTO_LINKS], 1)
+    )
+    return replace(card, links=links)
+
+
+async def photo_refs(session: AsyncSession, variance_id: int) -> list[str]:
+    """The photos taken with the counts of a variance (first count and recounts), oldest first."""
+    v = await session.get(Variance, variance_id)
+    if v is None:
+        return []
+    task_ids = select(CountTask.id).where(
+        (CountTask.id == v.task_id) | (CountTask.parent_task_id == v.task_id)
+    )
+    rows = await session.execute(
+        select(CountEntry.photos).where(CountEntry.task_id.in_(task_ids)).order_by(CountEntry.counted_at)
+    )
+    refs: list[str] = []
+    for photos in rows.scalars():
+        refs.extend(p for p in photos or [] if p not in refs)
+    return refs
+
+
 async def send_card(
     session: AsyncSession,
     settings: Settings,
@@ -101,12 +136,15 @@ async def send_card(
     subject: str,
     now: datetime,
     trace_id: str | None = None,
+    photos: Sequence[str] = (),
 ) -> bool:
     to = address_for(settings, user)
     if to is None:
         log.info("%s has no id on a configured platform: %s not sent", user.employee_no, subject)
         return False
-    body = {"card": render(to.platform, card, settings, now, lang_of(settings, user))}
+    lang = lang_of(settings, user)
+    card = with_photos(card, settings, photos, now, lang)
+    body = {"card": render(to.platform, card, settings, now, lang)}
     return await enqueue(
         session,
         idempotency_key=key,
@@ -248,7 +286,8 @@ async def sync_cards(
                 facts, lang=lang_of(settings, sup), ref=f"rv-{v.id}-{sup.id}", reasons=reasons
             )
             out.review += await send_card(session, settings, sup, card, key=f"review:{v.id}:{sup.id}",
-                                          subject=f"review:{v.id}", now=now, trace_id=trace_id)  # fmt: skip
+                                          subject=f"review:{v.id}", now=now, trace_id=trace_id,
+                                          photos=await photo_refs(session, v.id))  # fmt: skip
     # 3. open approval steps: every holder of the step's role who may decide it; when nobody may (everyone
     #    holding the role counted or reviewed the line), the step moves up to its escalation role
     steps = (
@@ -283,7 +322,8 @@ async def sync_cards(
             card = approval.build(data, lang=lang_of(settings, person), ref=f"ap-{v.id}-{step.seq}-{person.id}",
                                   reasons=reasons)  # fmt: skip
             out.approval += await send_card(session, settings, person, card, key=f"{subject}:{person.id}",
-                                            subject=subject, now=now, trace_id=trace_id)  # fmt: skip
+                                            subject=subject, now=now, trace_id=trace_id,
+                                            photos=await photo_refs(session, v.id))  # fmt: skip
     # 4. cards overtaken by a decision or a review: update every copy in place (cancel unsent ones)
     upd = aliased(OutboxMessage)
     sent = (
@@ -310,10 +350,10 @@ async def sync_cards(
             continue  # a worker is sending it right now: the next pass updates it
         platform = Platform(row.platform)
         user = await _user_at(session, platform, (row.address or {}).get("user_id"))
-        body = {
-            "ref": row.sent_ref,
-            "card": render(platform, new_card, settings, now, lang_of(settings, user)),
-        }
+        lang = lang_of(settings, user)
+        refs = await photo_refs(session, int(str(row.subject).split(":")[1]))
+        new_card = with_photos(new_card, settings, refs, now, lang)
+        body = {"ref": row.sent_ref, "card": render(platform, new_card, settings, now, lang)}
         to = Address(platform, (row.address or {}).get("user_id"), (row.address or {}).get("chat_id"))
         out.updated += await enqueue(session, idempotency_key=f"upd:{row.id}", to=to, kind="update", body=body,
                                      subject=row.subject, trace_id=trace_id, now=now)  # fmt: skip

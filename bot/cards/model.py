@@ -109,6 +109,14 @@ class Option:
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """A link the card offers (a count photo served by pandian under a signed, expiring address)."""
+
+    title: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class Select:
     """A single choice. Each option carries its own payload, so the choice is as tamper-proof as a button.
 
@@ -136,6 +144,7 @@ class Card:
     inputs: tuple[Input, ...] = ()
     selects: tuple[Select, ...] = ()
     image_keys: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
     footer: str | None = None
     template: Tone = Tone.BLUE
 

@@ -58,7 +58,7 @@ def render(card: Card, *, lang: Lang, signer: Signer) -> dict[str, str]:
         {"text": s.text or "", "fields": [{"label": f.label, "value": f.value} for f in s.fields]}
         for s in card.sections
     ]
-    return {
+    out = {
         "config": _json({"autoLayout": True}),
         "lang": lang,
         "ref": check_ref(card),
@@ -76,3 +76,7 @@ def render(card: Card, *, lang: Lang, signer: Signer) -> dict[str, str]:
         "has_selects": _flag(bool(selects)),
         "has_images": _flag(bool(images)),
     }
+    if card.links:  # strings only, like every DingTalk card value
+        out["links"] = _json([{"title": x.title, "url": x.url} for x in card.links])
+        out["links_md"] = "　".join(f"[{x.title}]({x.url})" for x in card.links)
+    return out

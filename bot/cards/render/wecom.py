@@ -91,6 +91,8 @@ def render(card: Card, *, lang: Lang, signer: Signer) -> dict[str, Any]:
         if initial is not None:
             selection["selected_id"] = initial
         out["button_selection"] = selection
+    if card.links:  # WeCom's jump_list: at most 3 links under the card
+        out["jump_list"] = [{"type": 1, "title": fit(x.title, DESC_W), "url": x.url} for x in card.links[:3]]
     out["task_id"] = check_ref(card)
     out["button_list"] = [
         {
