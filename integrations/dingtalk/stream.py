@@ -24,8 +24,8 @@ ACK (``AckMessage``, built by the handlers' ``raw_process``), the topics and the
 is fixed from an environment variable at import, it probes 8.8.8.8 for the local IP, it retries on fixed
 10 s / 3 s sleeps with no cap on a flapping server, it swallows the first cancellation (0.24.3), and it sends
 a late ACK on whatever socket is current. So the connection loop is ours: an aiohttp open call to the
-configured ``api_base``, capped exponential back-off with jitter, one task per callback frame, and
-:meth:`DingTalkStreamConnection.close`.
+configured ``api_base``, and the loop the Feishu long connection shares (:mod:`integrations.long_connection`:
+capped exponential back-off with jitter, one task per callback frame, :meth:`DingTalkStreamConnection.close`).
 
 ``dingtalk_stream`` is imported only here and only when :meth:`DingTalkStreamConnection.run` starts, so HTTP
 mode never loads it.
@@ -37,9 +37,7 @@ import asyncio
 import importlib
 import json
 import logging
-import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -48,10 +46,11 @@ import aiohttp
 from bot.events import InboundEvent, Malformed
 from integrations.dingtalk.settings import DingTalkSettings
 from integrations.dingtalk.webhook import DingTalkWebhook
+from integrations.long_connection import LongConnection, Submit
 
 log = logging.getLogger("pandian.dingtalk.stream")
 
-Submit = Callable[[InboundEvent], Awaitable[bool]]
+__all__ = ["OPEN_PATH", "DingTalkStreamConnection", "Submit"]
 
 OPEN_PATH = "/v1.0/gateway/connections/open"
 _DISCONNECT = "disconnect"
@@ -61,73 +60,25 @@ class _SubmitFailed(Exception):
     """``submit`` raised: the frame gets no ACK and DingTalk delivers it again."""
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class DingTalkStreamConnection:
+class DingTalkStreamConnection(LongConnection[DingTalkSettings]):
     """One Stream connection for one app. ``await run()`` until :meth:`close`; it reconnects by itself."""
 
-    def __init__(
-        self,
-        cfg: DingTalkSettings,
-        submit: Submit,
-        *,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        grace_s: float = 5.0,
-        clock: Callable[[], datetime] = _now,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.cfg, self._submit = cfg, submit
-        self._parser = DingTalkWebhook(cfg)
-        self._backoff_initial, self._backoff_max, self._grace = backoff_initial_s, backoff_max_s, grace_s
-        self._clock, self._rand = clock, rand
-        self._closing = False
-        self._main: asyncio.Task[None] | None = None
-        self._frames: set[asyncio.Task[None]] = set()
-        self._sdk: Any = None  # the dingtalk_stream package, once imported
-        self._callbacks: dict[str, Any] = {}  # topic -> the SDK CallbackHandler answering it
-        self._system: Any = None
-        self.stats = {"connects": 0, "events": 0, "duplicates": 0, "malformed": 0, "submit_errors": 0}
+    label, platform, task_name, _log = "dingtalk stream", "DingTalk", "dingtalk-stream", log
+    trust_env = True
+    # set by _load_sdk when run() starts (the constructor is LongConnection's)
+    _sdk: Any = None  # the dingtalk_stream package, once imported
+    _callbacks: dict[str, Any]  # topic -> the SDK CallbackHandler answering it
+    _system: Any
 
-    # -- lifecycle ----------------------------------------------------------------------------------------
+    # -- connections --------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Connect, deliver callbacks, reconnect after drops; return once :meth:`close` is called."""
-        if self._main is not None:
-            raise RuntimeError("run() was already called")
-        if self._closing:
-            return
-        self._main = asyncio.create_task(self._loop(), name="dingtalk-stream")
-        try:
-            await self._main
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._closing or (task is not None and task.cancelling()):
-                raise  # cancelled from outside, not by close()
-
-    async def close(self) -> None:
-        """Stop taking frames, let those in hand finish (``grace_s``), then close the connection."""
-        self._closing = True
-        await self._finish_frames()
-        if self._main is not None and not self._main.done():
-            self._main.cancel()
-            await asyncio.wait({self._main})
-
-    async def _finish_frames(self) -> None:
-        if self._frames:
-            await asyncio.wait(set(self._frames), timeout=self._grace)
-        for task in set(self._frames):
-            task.cancel()
-
-    def _backoff(self, failures: int) -> float:
-        base = min(self._backoff_max, self._backoff_initial * 2 ** min(failures, 32))
-        return base * (0.5 + 0.5 * self._rand())
+    async def _prepare(self) -> None:
+        if self._sdk is None:
+            await asyncio.to_thread(self._load_sdk)
 
     def _load_sdk(self) -> None:
         sdk: Any = importlib.import_module("dingtalk_stream")
-        self._sdk, owner = sdk, self
+        self._sdk, owner, parser = sdk, self, DingTalkWebhook(self.cfg)
 
         class Handler(sdk.CallbackHandler):
             def __init__(self, parse: Callable[[Mapping[str, Any]], list[InboundEvent]], answer: Any) -> None:
@@ -138,32 +89,13 @@ class DingTalkStreamConnection:
                 return await owner._callback(message, self.parse, self.answer)
 
         self._callbacks = {
-            sdk.ChatbotMessage.TOPIC: Handler(lambda d: self._parser.parse_robot(d, self._clock()), "OK"),
+            sdk.ChatbotMessage.TOPIC: Handler(lambda d: parser.parse_robot(d, self._clock()), "OK"),
             sdk.CallbackHandler.TOPIC_CARD_CALLBACK: Handler(
-                lambda d: [self._parser.parse_card(d, self._clock())],
+                lambda d: [parser.parse_card(d, self._clock())],
                 {},  # {}: the card stays as it is
             ),
         }
         self._system = sdk.SystemHandler()
-
-    async def _loop(self) -> None:
-        if self._sdk is None:
-            await asyncio.to_thread(self._load_sdk)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as http:
-            failures = 0
-            while not self._closing:
-                healthy = False
-                try:
-                    healthy = await self._session(http)
-                except Exception as exc:
-                    log.warning("dingtalk stream failed: %r", exc)
-                if self._closing:
-                    break
-                failures = 0 if healthy else failures + 1
-                delay = self._backoff(failures)
-                log.info("dingtalk stream: reconnecting in %.1f s", delay)
-                await asyncio.sleep(delay)
 
     async def _open(self, http: aiohttp.ClientSession) -> str:
         """The gateway URL for one connection (its ticket is good once)."""
@@ -192,26 +124,18 @@ class DingTalkStreamConnection:
         ws = await websockets.connect(url, open_timeout=self.cfg.request_timeout_s, close_timeout=2)
         self.stats["connects"] += 1
         log.info("dingtalk stream open")
-        spoke = False
+
+        async def on_frame(raw: str | bytes) -> bool:
+            if await self._frame(ws, raw) != _DISCONNECT:
+                return False
+            log.info("dingtalk stream: the gateway asked to reconnect")
+            await self._finish_frames()  # their ACKs still go out on this connection
+            return True
+
         try:
-            async for raw in ws:
-                spoke = True
-                if await self._frame(ws, raw) == _DISCONNECT:
-                    log.info("dingtalk stream: the gateway asked to reconnect")
-                    await self._finish_frames()  # their ACKs still go out on this connection
-                    break
-            else:
-                log.info("dingtalk stream closed by the server (%s)", ws.close_code)
-        except websockets.ConnectionClosed as exc:
-            log.warning("dingtalk stream dropped: %s", exc)
+            return await self._receive(ws, on_frame)
         finally:
             await ws.close()
-        return spoke
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._frames.add(task)
-        task.add_done_callback(self._frames.discard)
 
     # -- frames -------------------------------------------------------------------------------------------
 
@@ -223,8 +147,7 @@ class DingTalkStreamConnection:
             if not isinstance(doc, dict) or not isinstance(doc.get("headers"), dict):
                 raise ValueError("not a frame object with headers")
         except ValueError as exc:
-            self.stats["malformed"] += 1
-            log.warning("dingtalk stream: ignored a message that is not a frame: %s", exc)
+            self._malformed("ignored a message that is not a frame: %s", exc)
             return None
         kind, headers = doc.get("type"), doc["headers"]
         if kind == sdk.SystemMessage.TYPE:
@@ -235,8 +158,7 @@ class DingTalkStreamConnection:
                 return None
             await ws.send(json.dumps(ack.to_dict()))
             return _DISCONNECT if headers.get("topic") == sdk.SystemMessage.TOPIC_DISCONNECT else None
-        if not self._closing:  # frames left unanswered while closing are delivered again
-            self._spawn(self._other(ws, doc))
+        self._spawn(self._other(ws, doc))
         return None
 
     async def _other(self, ws: Any, doc: dict[str, Any]) -> None:
@@ -264,8 +186,7 @@ class DingTalkStreamConnection:
     async def _refuse(self, ws: Any, headers: Mapping[str, Any], exc: Exception) -> None:
         """Answer a frame that cannot be read with 400 (when it has a messageId to answer)."""
         sdk = self._sdk
-        self.stats["malformed"] += 1
-        log.warning("dingtalk stream: frame %s unreadable: %s", headers.get("messageId"), exc)
+        self._malformed("frame %s unreadable: %s", headers.get("messageId"), exc)
         if not isinstance(headers.get("messageId"), str):
             return
         ack = sdk.AckMessage()
@@ -288,16 +209,8 @@ class DingTalkStreamConnection:
                 raise Malformed("data is not a JSON object")
             events = parse(message.data)
         except Malformed as exc:
-            self.stats["malformed"] += 1
-            log.warning("dingtalk stream: frame %s unreadable: %s", mid, exc.reason)
+            self._malformed("frame %s unreadable: %s", mid, exc.reason)
             return sdk.AckMessage.STATUS_BAD_REQUEST, f"unreadable: {exc.reason}"
-        for event in events:
-            try:
-                accepted = await self._submit(event)
-            except Exception as exc:
-                self.stats["submit_errors"] += 1
-                log.exception("dingtalk stream: %s (frame %s) not accepted; DingTalk will deliver it again",
-                              event.dedup_key, mid)  # fmt: skip
-                raise _SubmitFailed from exc
-            self.stats["events" if accepted else "duplicates"] += 1
+        if await self._submit_all(events, mid) is None:
+            raise _SubmitFailed
         return sdk.AckMessage.STATUS_OK, answer

@@ -21,8 +21,8 @@ reassembly of split payloads, the ping loop, the answer's encoding and the hands
 receive loop on that loop, reconnects on the server's fixed 120 s interval, cannot be stopped, and calls
 event handlers synchronously (ours must await ``submit``). Its endpoint fetch (``_get_conn_url``) is a
 blocking ``requests`` call without a timeout, so the same request is made here with aiohttp. The connection
-loop is ours: capped exponential back-off with jitter, one task per frame, and
-:meth:`FeishuLongConnection.close`. This leans on private members of ``lark_oapi.ws.Client``; the dependency
+loop is ours, shared with DingTalk's Stream (:mod:`integrations.long_connection`: capped exponential back-off
+with jitter, one task per frame, :meth:`FeishuLongConnection.close`). This leans on private members of ``lark_oapi.ws.Client``; the dependency
 is pinned below 2 and the tests run the real SDK against a fake server (tests/fakes/feishu_ws.py), so a
 change there shows up as a failing test.
 
@@ -40,20 +40,22 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
-from bot.events import CardAction, InboundEvent, Malformed
+from bot.events import CardAction, Malformed
 from integrations.feishu.settings import FeishuSettings
 from integrations.feishu.webhook import parse_event, toast_body
+from integrations.long_connection import LongConnection, Submit, utc_now
 
 log = logging.getLogger("pandian.feishu.ws")
 
-Submit = Callable[[InboundEvent], Awaitable[bool]]
+__all__ = ["RECEIVED", "CardReply", "FeishuLongConnection", "Submit", "received_toast"]
+
 CardReply = Callable[[CardAction, bool], Mapping[str, Any]]
 
 RECEIVED = "已收到 / Received"
@@ -66,12 +68,10 @@ def received_toast(event: CardAction, accepted: bool) -> Mapping[str, Any]:
     return toast_body(RECEIVED, "info")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-class FeishuLongConnection:
+class FeishuLongConnection(LongConnection[FeishuSettings]):
     """One long connection for one app. ``await run()`` until :meth:`close`; it reconnects by itself."""
+
+    label, platform, task_name, _log = "feishu long connection", "Feishu", "feishu-long-connection", log
 
     def __init__(
         self,
@@ -82,54 +82,26 @@ class FeishuLongConnection:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         grace_s: float = 5.0,
-        clock: Callable[[], datetime] = _now,
+        clock: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.cfg, self._submit, self._card_reply = cfg, submit, card_reply
-        self._backoff_initial, self._backoff_max, self._grace = backoff_initial_s, backoff_max_s, grace_s
-        self._clock, self._rand = clock, rand
-        self._closing = False
-        self._main: asyncio.Task[None] | None = None
-        self._frames: set[asyncio.Task[None]] = set()
+        super().__init__(
+            cfg, submit, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s, grace_s=grace_s,
+            clock=clock, rand=rand,
+        )  # fmt: skip
+        self._card_reply = card_reply
         self._sdk: Any = None  # the lark_oapi.ws.client module, once imported
         self._client: Any = None  # its Client: endpoint fetch, config, split payloads, pings
-        self.stats = {"connects": 0, "events": 0, "duplicates": 0, "malformed": 0, "submit_errors": 0}
 
-    # -- lifecycle ----------------------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Connect, deliver events, reconnect after drops; return once :meth:`close` is called."""
-        if self._main is not None:
-            raise RuntimeError("run() was already called")
-        if self._closing:
-            return
-        self._main = asyncio.create_task(self._loop(), name="feishu-long-connection")
-        try:
-            await self._main
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._closing or (task is not None and task.cancelling()):
-                raise  # cancelled from outside, not by close()
+    # -- connections --------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop taking frames, let those in hand finish (``grace_s``), then close the connection."""
-        self._closing = True
-        if self._frames:
-            await asyncio.wait(set(self._frames), timeout=self._grace)
-        for task in set(self._frames):
-            task.cancel()
-        if self._main is not None and not self._main.done():
-            self._main.cancel()
-            await asyncio.wait({self._main})
+        await super().close()
         cron = getattr(getattr(self._client, "_cache", None), "_cron", None)
         if cron is not None:
             cron.cancel()  # the SDK's cache sweeper for split payloads
 
-    def _backoff(self, failures: int) -> float:
-        base = min(self._backoff_max, self._backoff_initial * 2 ** min(failures, 32))
-        return base * (0.5 + 0.5 * self._rand())
-
-    async def _loop(self) -> None:
+    async def _prepare(self) -> None:
         if self._sdk is None:
             self._sdk = await asyncio.to_thread(importlib.import_module, "lark_oapi.ws.client")
         sdk = self._sdk
@@ -141,23 +113,9 @@ class FeishuLongConnection:
                 domain=self.cfg.domain.rstrip("/"),
                 auto_reconnect=False,
             )
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            failures = 0
-            while not self._closing:
-                healthy = False
-                try:
-                    healthy = await self._session(http)
-                except (sdk.ClientException, sdk.ServerException) as exc:
-                    log.error("feishu long connection refused: %s", exc)
-                except Exception as exc:
-                    log.warning("feishu long connection failed: %r", exc)
-                if self._closing:
-                    break
-                failures = 0 if healthy else failures + 1
-                delay = self._backoff(failures)
-                log.info("feishu long connection: reconnecting in %.1f s", delay)
-                await asyncio.sleep(delay)
+
+    def _refusals(self) -> tuple[type[Exception], ...]:
+        return (self._sdk.ClientException, self._sdk.ServerException)
 
     async def _endpoint(self, http: aiohttp.ClientSession) -> str:
         """The SDK's ``_get_conn_url`` (same request, same answer model and error mapping, the server's
@@ -199,25 +157,17 @@ class FeishuLongConnection:
         self.stats["connects"] += 1
         log.info("feishu long connection open (device %s)", client._conn_id)
         pings = asyncio.create_task(client._ping_loop())
-        spoke = False
+
+        async def on_frame(raw: str | bytes) -> bool:
+            self._spawn(self._frame(ws, raw))
+            return False
+
         try:
-            async for raw in ws:
-                spoke = True
-                if not self._closing:  # frames left unanswered while closing are delivered again
-                    self._spawn(self._frame(ws, raw))
-            log.info("feishu long connection closed by the server (%s)", ws.close_code)
-        except websockets.ConnectionClosed as exc:
-            log.warning("feishu long connection dropped: %s", exc)
+            return await self._receive(ws, on_frame)
         finally:
             pings.cancel()
             client._conn = None
             await ws.close()
-        return spoke
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._frames.add(task)
-        task.add_done_callback(self._frames.discard)
 
     # -- frames -------------------------------------------------------------------------------------------
 
@@ -229,8 +179,7 @@ class FeishuLongConnection:
             frame = sdk.Frame()
             frame.ParseFromString(raw)
         except Exception as exc:
-            self.stats["malformed"] += 1
-            log.warning("feishu long connection: ignored a message that is not a frame: %s", exc)
+            self._malformed("ignored a message that is not a frame: %s", exc)
             return
         try:
             if frame.method == _CONTROL:
@@ -247,8 +196,7 @@ class FeishuLongConnection:
         headers = {h.key: h.value for h in frame.headers}
         message_id, kind = headers.get(sdk.HEADER_MESSAGE_ID), headers.get(sdk.HEADER_TYPE)
         if not message_id:
-            self.stats["malformed"] += 1
-            log.warning("feishu long connection: ignored a data frame without a message_id")
+            self._malformed("ignored a data frame without a message_id")
             return
         payload = frame.payload
         try:
@@ -257,8 +205,7 @@ class FeishuLongConnection:
             parts, seq = 0, 0
         if not 0 <= seq < parts:
             code, answer = 400, None
-            self.stats["malformed"] += 1
-            log.warning("feishu long connection: frame %s has sum/seq %r", message_id, headers)
+            self._malformed("frame %s has sum/seq %r", message_id, headers)
         elif parts > 1 and (payload := self._client._combine(message_id, parts, seq, payload)) is None:
             return  # more parts to come
         elif kind != "event":
@@ -282,21 +229,15 @@ class FeishuLongConnection:
                 raise Malformed("payload is not a JSON object")
             events = parse_event(doc, self._clock())
         except (ValueError, Malformed) as exc:
-            self.stats["malformed"] += 1
-            log.warning("feishu long connection: frame %s unreadable: %s", message_id, exc)
+            self._malformed("frame %s unreadable: %s", message_id, exc)
             return 400, None
+        accepted = await self._submit_all(events, message_id)
+        if accepted is None:
+            return 500, None
         header = doc.get("header")
         is_card = isinstance(header, dict) and header.get("event_type") == _CARD_EVENT
         answer: Mapping[str, Any] | None = {} if is_card else None  # a card we did not build: left as it is
-        for event in events:
-            try:
-                accepted = await self._submit(event)
-            except Exception:
-                self.stats["submit_errors"] += 1
-                log.exception("feishu long connection: %s not accepted; Feishu will deliver it again",
-                              event.dedup_key)  # fmt: skip
-                return 500, None
-            self.stats["events" if accepted else "duplicates"] += 1
+        for event, new in zip(events, accepted, strict=True):
             if isinstance(event, CardAction):
-                answer = self._card_reply(event, accepted)
+                answer = self._card_reply(event, new)
         return 200, answer
