@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-RANDOM_KINDS = ("500", "timeout", "lost", "expire", "503")
+RANDOM_KINDS = ("500", "timeout", "lost", "expire", "503", "malformed")
 
 
 @dataclass

@@ -61,6 +61,7 @@ class SapFake(ErpFake):
         self.pi: dict[str, dict[str, Any]] = {}  # document number -> header with items
         self.matdocs: list[dict[str, Any]] = []  # SAP's own documents for our postings
         self.patches = 0
+        self.stale_etag_once = False  # someone else changes the next item just before our PATCH lands
 
     def expire_sessions(self) -> None:
         self.csrf.clear()
@@ -236,6 +237,9 @@ def build_sap_app(fake: SapFake) -> web.Application:
             resp = d(item_json(h, it))
             resp.headers["ETag"] = f'W/"{it["etag"]}"'
             return resp
+        if fake.stale_etag_once:
+            fake.stale_etag_once = False
+            it["etag"] += 1
         match = request.headers.get("If-Match")
         if not match:
             return sap_err(428, "/IWBEP/CM_MGW_RT/019", "Precondition required")

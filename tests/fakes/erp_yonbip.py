@@ -43,6 +43,10 @@ class YonBipFake(ErpFake):
         self.tokens: set[str] = set()
         self.resubmit_keys: set[str] = set()
         self.bodies: list[tuple[str, Any]] = []
+        self.list_lag = (
+            0  # the next N difference-document lists do not show documents saved since (a lagging index)
+        )
+        self._lagging: set[int] = set()
 
     def expire_sessions(self) -> None:
         self.tokens.clear()
@@ -137,6 +141,7 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
         fake.resubmit_keys.add(rk)
         doc = FakeDoc(fake.next_id(), data["code"], "difference", data["warehouse"], lines, "open")
         fake.docs[doc.id] = doc
+        fake._lagging.add(doc.id)
         return ok({"id": doc.id, "code": doc.key, "status": 0})
 
     def audit(items: list[dict[str, Any]]) -> web.Response:

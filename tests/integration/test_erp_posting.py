@@ -197,6 +197,7 @@ async def test_a_refusal_marks_the_adjustment_failed_and_tells_finance_then_a_re
         await c.close()
     [(key, state, _)] = await keys_and_states(sessionmaker)
     assert state == "posted" and h.fake.ledger(key) == 1
+    assert len(h.fake.find_doc(key)) == 1  # the refused document was carried on, not made again
 
 
 async def test_two_drainers_at_once_post_each_adjustment_once(
