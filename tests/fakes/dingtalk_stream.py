@@ -18,15 +18,15 @@ bodies come from :class:`tests.fakes.dingtalk.DingTalkSimulator` (the Stream ``d
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
+
+from tests.fakes.long_connection import LongConnectionFake
 
 OPEN_PATH = "/v1.0/gateway/connections/open"
 GATEWAY_PATH = "/gw"
@@ -35,24 +35,16 @@ CARD_TOPIC = "/v1.0/card/instances/callback"
 
 
 @dataclass
-class DingTalkStreamFake:
+class DingTalkStreamFake(LongConnectionFake):
     client_id: str = "dingappkey"
     client_secret: str = "appsecret"
     opens: list[dict[str, Any]] = field(default_factory=list)  # the open-connection bodies, as received
-    connects: int = 0
     acks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # messageId -> ACK frames
     refuse_open: int = 0  # the next n open calls answer 503
     _tickets: set[str] = field(default_factory=set)
-    _sockets: list[tuple[web.WebSocketResponse, web.Request]] = field(default_factory=list)
     _unacked: dict[str, str] = field(default_factory=dict)  # messageId -> the frame, as sent
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _changed: asyncio.Condition | None = None
 
     # -- what tests call --------------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> int:
-        return sum(1 for ws, _ in self._sockets if not ws.closed)
 
     def frame(
         self, kind: str, topic: str, data: Mapping[str, Any] | str, message_id: str | None = None
@@ -98,21 +90,7 @@ class DingTalkStreamFake:
 
     async def push_raw(self, text: str) -> None:
         """Send text that may not be a frame at all, to the current connection."""
-        await self.wait_for(lambda: self.connected > 0)
-        ws = next(ws for ws, _ in reversed(self._sockets) if not ws.closed)
-        await ws.send_str(text)
-
-    async def drop(self) -> None:
-        """Cut every connection without a close frame, as a network failure would."""
-        for _, request in list(self._sockets):
-            if request.transport is not None:
-                request.transport.abort()
-        await self.wait_for(lambda: not self._sockets)
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        cond = self._cond()
-        async with cond:
-            await cond.wait_for(predicate)
+        await (await self._current()).send_str(text)
 
     async def ack(self, message_id: str) -> dict[str, Any]:
         """The first ACK for ``message_id``, with its ``data`` decoded."""
@@ -123,20 +101,9 @@ class DingTalkStreamFake:
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _cond(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _notify(self) -> None:
-        cond = self._cond()
-        async with cond:
-            cond.notify_all()
-
     async def _deliver(self, text: str) -> None:
-        live = [ws for ws, _ in self._sockets if not ws.closed]
-        if live:
-            await live[-1].send_str(text)
+        if (ws := self._live()) is not None:
+            await ws.send_str(text)
 
     async def open(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -156,25 +123,18 @@ class DingTalkStreamFake:
         if ticket not in self._tickets:
             return web.json_response({"code": "InvalidTicket", "message": "ticket"}, status=401)
         self._tickets.discard(ticket)
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        self._sockets.append((ws, request))
-        self.connects += 1
-        await self._notify()
+        return await self._serve(request)
+
+    async def _replay(self, ws: web.WebSocketResponse) -> None:
         for text in list(self._unacked.values()):  # redelivered, or pushed while nobody was connected
             await ws.send_str(text)
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    ack = json.loads(msg.data)
-                    mid = ack.get("headers", {}).get("messageId", "")
-                    self.acks.setdefault(mid, []).append(ack)
-                    self._unacked.pop(mid, None)
-                    await self._notify()
-        finally:
-            self._sockets = [(w, r) for w, r in self._sockets if w is not ws]
-            await self._notify()
-        return ws
+
+    async def _received(self, ws: web.WebSocketResponse, msg: WSMessage) -> None:
+        if msg.type == WSMsgType.TEXT:
+            ack = json.loads(msg.data)
+            mid = ack.get("headers", {}).get("messageId", "")
+            self.acks.setdefault(mid, []).append(ack)
+            self._unacked.pop(mid, None)
 
 
 def add_dingtalk_stream_routes(app: web.Application, fake: DingTalkStreamFake) -> web.Application:

@@ -22,16 +22,15 @@ SDK's generated code, so a round trip checks one against the other.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import itertools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
+
+from tests.fakes.long_connection import LongConnectionFake
 
 ENDPOINT_PATH = "/callback/ws/endpoint"
 WS_PATH = "/ws"
@@ -161,27 +160,19 @@ class _Push:
 
 
 @dataclass
-class FeishuWsFake:
+class FeishuWsFake(LongConnectionFake):
     app_id: str = "cli_test"
     app_secret: str = "secret"
     service_id: int = 33554678
     ping_interval_s: float = 120
     endpoint_calls: int = 0
-    connects: int = 0
     pings: int = 0
     answers: dict[str, list[Answer]] = field(default_factory=dict)  # frame message_id -> answers
     refuse_endpoint: int = 0  # the next n endpoint calls answer {"code": 1 "system busy"}
     _devices: dict[str, int] = field(default_factory=dict)  # device_id -> times used
-    _sockets: list[tuple[web.WebSocketResponse, web.Request]] = field(default_factory=list)
     _unanswered: dict[str, _Push] = field(default_factory=dict)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _changed: asyncio.Condition | None = None
 
     # -- what tests call --------------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> int:
-        return sum(1 for ws, _ in self._sockets if not ws.closed)
 
     async def push_event(self, doc: dict[str, Any], *, message_id: str | None = None, parts: int = 1) -> str:
         """Push one event (its JSON, as the payload), split in ``parts`` frames. Returns the frame message_id."""
@@ -218,43 +209,16 @@ class FeishuWsFake:
         ws = await self._current()
         await (ws.send_str(data) if isinstance(data, str) else ws.send_bytes(data))
 
-    async def drop(self) -> None:
-        """Cut every connection without a close frame, as a network failure would."""
-        for _, request in list(self._sockets):
-            if request.transport is not None:
-                request.transport.abort()
-        await self.wait_for(lambda: not self._sockets)
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        cond = self._cond()
-        async with cond:
-            await cond.wait_for(predicate)
-
     async def answer(self, message_id: str) -> Answer:
         await self.wait_for(lambda: bool(self.answers.get(message_id)))
         return self.answers[message_id][0]
 
     # -- internals ----------------------------------------------------------------------------------------
 
-    def _cond(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _notify(self) -> None:
-        cond = self._cond()
-        async with cond:
-            cond.notify_all()
-
-    async def _current(self) -> web.WebSocketResponse:
-        await self.wait_for(lambda: self.connected > 0)
-        return next(ws for ws, _ in reversed(self._sockets) if not ws.closed)
-
     async def _deliver(self, push: _Push) -> None:
-        live = [ws for ws, _ in self._sockets if not ws.closed]
-        if not live:
+        ws = self._live()  # cluster mode: each event goes to one client
+        if ws is None:
             return  # it waits, unanswered, for the next connection
-        ws = live[-1]  # cluster mode: each event goes to one client
         for frame in push.frames:
             await ws.send_bytes(encode_frame(frame))
 
@@ -284,23 +248,16 @@ class FeishuWsFake:
             headers = {"handshake-status": "403", "handshake-msg": "invalid device id"}
             return web.Response(status=403, headers=headers)
         self._devices[device] = 1
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        self._sockets.append((ws, request))
-        self.connects += 1
-        await self._notify()
+        return await self._serve(request)
+
+    async def _replay(self, ws: web.WebSocketResponse) -> None:
         for push in list(self._unanswered.values()):  # replayed, or pushed while nobody was connected
             await self._deliver(push)
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    await self._received(ws, decode_frame(msg.data))
-        finally:
-            self._sockets = [(w, r) for w, r in self._sockets if w is not ws]
-            await self._notify()
-        return ws
 
-    async def _received(self, ws: web.WebSocketResponse, frame: Frame) -> None:
+    async def _received(self, ws: web.WebSocketResponse, msg: WSMessage) -> None:
+        if msg.type != WSMsgType.BINARY:
+            return
+        frame = decode_frame(msg.data)
         if frame.method == CONTROL and frame.header("type") == "ping":
             self.pings += 1
             pong = Frame(service=frame.service, method=CONTROL, headers=[("type", "pong")],
@@ -318,7 +275,6 @@ class FeishuWsFake:
             )
             self.answers.setdefault(mid, []).append(answer)
             self._unanswered.pop(mid, None)
-        await self._notify()
 
 
 def add_feishu_ws_routes(app: web.Application, fake: FeishuWsFake) -> web.Application:
