@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
-from datetime import date
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,21 +20,17 @@ from sqlalchemy import func, select
 from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
-from core.models import Adjustment, CountEntry, CountTask, OutboxMessage, User, Variance
-from core.scheduling.service import plan_day
+from core.models import CountEntry
 from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
-from tests.integration.builders import build_company
+from tests.integration.cardflow import (
+    assert_adjusted,
+    server_settings,
+    set_up_company,
+    the_variance,
+    wait_for,
+)
 
 TEMPLATE = "pandian-card.schema"
-IDS = {"WH1-E01": "lina", "WH1-E02": "wang", "WH1-S01": "sup1"}
-
-
-async def wait_for(cond: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
 
 
 def cards_to(state: DingTalkFakeState, user: str, kind: str) -> list[str]:
@@ -78,33 +72,10 @@ async def test_count_to_adjustment_through_dingtalk_cards(
         dingtalk={"app_key": state.app_key, "app_secret": state.app_secret, "robot_code": state.robot_code,
                   "card_template_id": TEMPLATE, "api_base": base, "oapi_base": base,
                   "card_callback_route_key": "pandian-cards"},
-        server={"payload_secret": "test-secret-0123456789", "outbox_interval_s": 0.05,
-                "photos_dir": str(tmp_path / "photos")},
+        server=server_settings(tmp_path),
     )  # fmt: skip
     sm = make_sessionmaker(engine)
-    async with sm() as s:
-        co = await build_company(s, items=3, counters=2)
-        team_id = co.teams[0].id
-        for u in co.users:
-            u.dingtalk_userid = IDS[u.employee_no]
-        s.add_all(
-            [
-                User(employee_no="S02", name="主管二", roles=["supervisor"], team_id=team_id,
-                     dingtalk_userid="sup2"),
-                User(employee_no="S03", name="主管三", roles=["supervisor"], team_id=team_id,
-                     dingtalk_userid="sup3"),
-                User(employee_no="F01", name="财务", roles=["finance"], dingtalk_userid="fin"),
-                User(employee_no="M01", name="经理", roles=["manager"], dingtalk_userid="mgr"),
-            ]
-        )  # fmt: skip
-        await plan_day(s, settings, date(2026, 11, 30))  # a working Monday
-        await s.commit()
-        lina = next(u for u in co.users if u.employee_no == "WH1-E01")
-        task_id = (
-            await s.execute(
-                select(CountTask.id).where(CountTask.assignee_id == lina.id).order_by(CountTask.id).limit(1)
-            )
-        ).scalar_one()
+    task_id = await set_up_company(sm, settings, "dingtalk_userid")
 
     client = await aiohttp_client(build_app(settings))
     sim = DingTalkSimulator(state.app_secret, robot_code=state.robot_code, session_base=base)
@@ -169,9 +140,8 @@ async def test_count_to_adjustment_through_dingtalk_cards(
         assert params["has_buttons"] == params["has_selects"] == "false"
     await wait_for(lambda: cards_to(state, "sup2", "approval") and cards_to(state, "sup3", "approval"))
     assert not cards_to(state, "sup1", "approval")  # the reviewer does not approve their own review
-    async with sm() as s:
-        v = (await s.execute(select(Variance))).scalar_one()
-        assert (v.reason_code, v.reason_note) == ("other", "托盘被叉车挪动")
+    v = await the_variance(sm)
+    assert (v.reason_code, v.reason_note) == ("other", "托盘被叉车挪动")
 
     # 4. sup2 and sup3 press 通过 on their copies at the same moment: one decision; both copies updated
     ap2, ap3 = cards_to(state, "sup2", "approval")[0], cards_to(state, "sup3", "approval")[0]
@@ -190,23 +160,15 @@ async def test_count_to_adjustment_through_dingtalk_cards(
 
     # 5. the remaining steps (by severity) go to their role holders; each approves from the card
     for user in ("fin", "mgr"):
-        async with sm() as s:
-            v = (await s.execute(select(Variance))).scalar_one()
-            if v.state != "pending_approval":
-                break
+        if (await the_variance(sm)).state != "pending_approval":
+            break
         await wait_for(lambda u=user: cards_to(state, u, "approval"))
         track = cards_to(state, user, "approval")[0]
         await press(user, track, "通过")
         await wait_for(lambda u=user: any("已通过" in t for t in texts_to(state, u)))
         await wait_for(lambda t=track: state.card_versions[t] == 2)
 
-    async with sm() as s:
-        v = (await s.execute(select(Variance))).scalar_one()
-        assert v.state == "adjusted"
-        assert (await s.execute(select(Adjustment))).scalars().first() is not None
-        rows = (await s.execute(select(OutboxMessage))).scalars().all()
-        failed = [(r.idempotency_key, r.last_error) for r in rows if r.state == "failed"]
-        assert not failed, failed
+    await assert_adjusted(sm)
     # each card instance delivered once and updated at most once
     tracks = [d["outTrackId"] for d in state.deliveries]
     assert len(tracks) == len(set(tracks)) and all(n <= 2 for n in state.card_versions.values())

@@ -13,9 +13,7 @@ import asyncio
 import itertools
 import json
 import os
-import time
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 from sqlalchemy import func, select
@@ -23,21 +21,17 @@ from sqlalchemy import func, select
 from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
-from core.models import Adjustment, CountEntry, CountTask, OutboxMessage, User, Variance
-from core.scheduling.service import plan_day
+from core.models import CountEntry
 from tests.fakes.feishu import FeishuFake, FeishuSimulator, build_feishu_fake_app
-from tests.integration.builders import build_company
+from tests.integration.cardflow import (
+    assert_adjusted,
+    server_settings,
+    set_up_company,
+    the_variance,
+    wait_for,
+)
 
 ENCRYPT_KEY, VERIFICATION_TOKEN = "enc-key-e2e", "v-token-e2e"
-IDS = {"WH1-E01": "ou_lina", "WH1-E02": "ou_wang", "WH1-S01": "ou_sup1"}
-
-
-async def wait_for(cond: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
 
 
 def cards_to(fake: FeishuFake, open_id: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
@@ -93,33 +87,10 @@ async def test_count_to_adjustment_through_feishu_cards(
         database_url=database_url,
         feishu={"app_id": fake.app_id, "app_secret": fake.app_secret, "verification_token": VERIFICATION_TOKEN,
                 "encrypt_key": ENCRYPT_KEY, "domain": str(api.make_url("")).rstrip("/")},
-        server={"payload_secret": "test-secret-0123456789", "outbox_interval_s": 0.05,
-                "photos_dir": str(tmp_path / "photos")},
+        server=server_settings(tmp_path),
     )  # fmt: skip
     sm = make_sessionmaker(engine)
-    async with sm() as s:
-        co = await build_company(s, items=3, counters=2)
-        team_id = co.teams[0].id
-        for u in co.users:
-            u.feishu_open_id = IDS[u.employee_no]
-        s.add_all(
-            [
-                User(employee_no="S02", name="主管二", roles=["supervisor"], team_id=team_id,
-                     feishu_open_id="ou_sup2"),
-                User(employee_no="S03", name="主管三", roles=["supervisor"], team_id=team_id,
-                     feishu_open_id="ou_sup3"),
-                User(employee_no="F01", name="财务", roles=["finance"], feishu_open_id="ou_fin"),
-                User(employee_no="M01", name="经理", roles=["manager"], feishu_open_id="ou_mgr"),
-            ]
-        )  # fmt: skip
-        await plan_day(s, settings, date(2026, 11, 30))  # a working Monday
-        await s.commit()
-        lina = next(u for u in co.users if u.employee_no == "WH1-E01")
-        task_id = (
-            await s.execute(
-                select(CountTask.id).where(CountTask.assignee_id == lina.id).order_by(CountTask.id).limit(1)
-            )
-        ).scalar_one()
+    task_id = await set_up_company(sm, settings, "feishu_open_id", prefix="ou_")
 
     client = await aiohttp_client(build_app(settings))
     sim = FeishuSimulator(encrypt_key=ENCRYPT_KEY, verification_token=VERIFICATION_TOKEN, app_id=fake.app_id)
@@ -186,9 +157,8 @@ async def test_count_to_adjustment_through_feishu_cards(
         assert not any(e["tag"] in ("form", "button") for e in _elements(patched))
     await wait_for(lambda: cards_to(fake, "ou_sup2", "approval:") and cards_to(fake, "ou_sup3", "approval:"))
     assert not cards_to(fake, "ou_sup1", "approval:")  # the reviewer does not approve their own review
-    async with sm() as s:
-        v = (await s.execute(select(Variance))).scalar_one()
-        assert (v.reason_code, v.reason_note) == ("other", "托盘被叉车挪动")
+    v = await the_variance(sm)
+    assert (v.reason_code, v.reason_note) == ("other", "托盘被叉车挪动")
 
     # 4. sup2 and sup3 press 通过 on their copies at the same moment: one decision; both copies patched
     (id2, c2), (id3, c3) = (
@@ -210,23 +180,15 @@ async def test_count_to_adjustment_through_feishu_cards(
 
     # 5. the remaining steps (by severity) go to their role holders; each approves from the card
     for user in ("ou_fin", "ou_mgr"):
-        async with sm() as s:
-            v = (await s.execute(select(Variance))).scalar_one()
-            if v.state != "pending_approval":
-                break
+        if (await the_variance(sm)).state != "pending_approval":
+            break
         await wait_for(lambda u=user: cards_to(fake, u, "approval:"))
         mid, card = cards_to(fake, user, "approval:")[0]
         await press(user, mid, card, "通过")
         await wait_for(lambda u=user: any("已通过" in t for t in texts_to(fake, u)))
         await wait_for(lambda m=mid: fake.messages[m]["updates"] == 1)
 
-    async with sm() as s:
-        v = (await s.execute(select(Variance))).scalar_one()
-        assert v.state == "adjusted"
-        assert (await s.execute(select(Adjustment))).scalars().first() is not None
-        rows = (await s.execute(select(OutboxMessage))).scalars().all()
-        failed = [(r.idempotency_key, r.last_error) for r in rows if r.state == "failed"]
-        assert not failed, failed
+    await assert_adjusted(sm)
     # every card was patched at most once, and every send used its own uuid (nothing sent twice)
     assert all(m["updates"] <= 1 for m in fake.sent())
     uuids = [m["uuid"] for m in fake.sent()]

@@ -5,31 +5,23 @@ adjustment. Cards a person may not act on are refused with a reason, and nothing
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from datetime import date
 from typing import Any
-
-from sqlalchemy import select
 
 from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
-from core.models import Adjustment, CountTask, OutboxMessage, User, Variance
-from core.scheduling.service import plan_day
 from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
-from tests.integration.builders import build_company
+from tests.integration.cardflow import (
+    assert_adjusted,
+    server_settings,
+    set_up_company,
+    the_variance,
+    wait_for,
+)
 
 TOKEN, AES_KEY = "tok3n", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-
-
-async def wait_for(cond: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
 
 
 def cards_to(state: WeComFakeState, user: str, prefix: str) -> list[dict[str, Any]]:
@@ -63,50 +55,10 @@ async def test_count_to_adjustment_through_cards(
         database_url=database_url,
         wecom={"corp_id": state.corp_id, "agent_id": state.agent_id, "secret": state.secret, "token": TOKEN,
                "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
-        server={"payload_secret": "test-secret-0123456789", "outbox_interval_s": 0.05,
-                "photos_dir": str(tmp_path / "photos")},
+        server=server_settings(tmp_path),
     )  # fmt: skip
     sm = make_sessionmaker(engine)
-    async with sm() as s:
-        co = await build_company(s, items=3, counters=2)
-        team_id = co.teams[0].id
-        ids = {"WH1-E01": "lina", "WH1-E02": "wang", "WH1-S01": "sup1"}
-        for u in co.users:
-            u.wecom_userid = ids[u.employee_no]
-        s.add_all(
-            [
-                User(
-                    employee_no="S02",
-                    name="主管二",
-                    roles=["supervisor"],
-                    team_id=team_id,
-                    wecom_userid="sup2",
-                ),
-                User(
-                    employee_no="S03",
-                    name="主管三",
-                    roles=["supervisor"],
-                    team_id=team_id,
-                    wecom_userid="sup3",
-                ),
-                User(employee_no="F01", name="财务", roles=["finance"], wecom_userid="fin"),
-                User(employee_no="M01", name="经理", roles=["manager"], wecom_userid="mgr"),
-            ]
-        )
-        await plan_day(s, settings, date(2026, 11, 30))  # a working Monday
-        await s.commit()
-        lina = next(u for u in co.users if u.employee_no == "WH1-E01")
-        task = (
-            (
-                await s.execute(
-                    select(CountTask).where(CountTask.assignee_id == lina.id).order_by(CountTask.id)
-                )
-            )
-            .scalars()
-            .first()
-        )
-        assert task is not None
-        task_id = task.id
+    task_id = await set_up_company(sm, settings, "wecom_userid")
 
     client = await aiohttp_client(build_app(settings))
     sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
@@ -168,23 +120,14 @@ async def test_count_to_adjustment_through_cards(
 
     # 5. the remaining steps (by severity) go to their role holders; each approves from the card
     for user in ("fin", "mgr"):
-        async with sm() as s:
-            v = (await s.execute(select(Variance))).scalar_one()
-            if v.state != "pending_approval":
-                break
-        await wait_for(lambda u=user: cards_to(state, u, "ap-"))  # type: ignore[misc]
+        if (await the_variance(sm)).state != "pending_approval":
+            break
+        await wait_for(lambda u=user: cards_to(state, u, "ap-"))
         card = cards_to(state, user, "ap-")[0]
         await press(user, card, button(card, "通过"))
-        await wait_for(lambda u=user: any("已通过" in t for t in texts_to(state, u)))  # type: ignore[misc]
+        await wait_for(lambda u=user: any("已通过" in t for t in texts_to(state, u)))
 
-    async with sm() as s:
-        v = (await s.execute(select(Variance))).scalar_one()
-        assert v.state == "adjusted"
-        assert (await s.execute(select(Adjustment))).scalars().first() is not None
-        # every card sent about the approval has exactly one update, none failed
-        rows = (await s.execute(select(OutboxMessage))).scalars().all()
-        failed = [(r.idempotency_key, r.last_error) for r in rows if r.state == "failed"]
-        assert not failed, failed
+    await assert_adjusted(sm)
     if os.environ.get("PANDIAN_SHOW_TRANSCRIPT"):
         for m in state.delivered:
             body = m.get("text", {}).get("content") or m.get("template_card", {}).get("main_title")
