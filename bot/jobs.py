@@ -148,6 +148,27 @@ def _trace(job: str, day: date) -> str:
     return f"job-{job}-{day:%Y%m%d}"
 
 
+DayWork = Callable[[AsyncSession, JobReport], Awaitable[None]]
+
+
+async def _daily(
+    job: str, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime, work: DayWork
+) -> JobReport:
+    """A daily job: on a working day, and once (``job:<name>:<day>`` claimed), ``work`` in the claim's
+    transaction."""
+    started = clock.perf_counter()
+    report = JobReport(job, local_day(settings, now))
+    async with sessionmaker() as s, s.begin():
+        if (off := await _day_off(s, settings, report.day)) is not None:
+            report.skipped = off
+        elif not await claim(s, f"job:{job}:{report.day}", now):
+            report.skipped = ALREADY_DONE
+        else:
+            await work(s, report)
+    report.seconds = clock.perf_counter() - started
+    return report
+
+
 # ------------------------------------------------------------------------------------------- task cards
 
 
@@ -229,38 +250,24 @@ async def morning(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> JobReport:
     """Plan the day and push every counter who has tasks their daily task card. Working days only, once a day."""
-    started = clock.perf_counter()
-    report = JobReport("morning", local_day(settings, now))
-    async with sessionmaker() as s, s.begin():
-        if (off := await _day_off(s, settings, report.day)) is not None:
-            report.skipped = off
-        elif not await claim(s, f"job:morning:{report.day}", now):
-            report.skipped = ALREADY_DONE
-        else:
-            plan = await plan_day(s, settings, report.day)
-            report.details.update(
-                planned=plan.created, open_tasks=len(plan.tasks), unassigned=plan.unassigned
-            )
-            await _push_task_cards(s, settings, report, now, reminder=False)
-    report.seconds = clock.perf_counter() - started
-    return report
+
+    async def work(s: AsyncSession, report: JobReport) -> None:
+        plan = await plan_day(s, settings, report.day)
+        report.details.update(planned=plan.created, open_tasks=len(plan.tasks), unassigned=plan.unassigned)
+        await _push_task_cards(s, settings, report, now, reminder=False)
+
+    return await _daily("morning", sessionmaker, settings, now, work)
 
 
 async def afternoon(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> JobReport:
     """Remind the counters who still have open tasks today. Working days only, once a day."""
-    started = clock.perf_counter()
-    report = JobReport("afternoon", local_day(settings, now))
-    async with sessionmaker() as s, s.begin():
-        if (off := await _day_off(s, settings, report.day)) is not None:
-            report.skipped = off
-        elif not await claim(s, f"job:afternoon:{report.day}", now):
-            report.skipped = ALREADY_DONE
-        else:
-            await _push_task_cards(s, settings, report, now, reminder=True)
-    report.seconds = clock.perf_counter() - started
-    return report
+
+    async def work(s: AsyncSession, report: JobReport) -> None:
+        await _push_task_cards(s, settings, report, now, reminder=True)
+
+    return await _daily("afternoon", sessionmaker, settings, now, work)
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -337,39 +344,33 @@ async def summary_job(
 ) -> JobReport:
     """The end-of-day summary card to supervisors (their team's warehouses) and managers (all). Working days
     only, once a day."""
-    started = clock.perf_counter()
-    report = JobReport("summary", local_day(settings, now))
-    day = report.day
-    async with sessionmaker() as s, s.begin():
-        if (off := await _day_off(s, settings, day)) is not None:
-            report.skipped = off
-        elif not await claim(s, f"job:summary:{day}", now):
-            report.skipped = ALREADY_DONE
-        else:
-            warehouses = list((await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars())
-            facts = {wh.id: await _warehouse_day(s, settings, wh, day, now) for wh in warehouses}
-            scopes = await _scopes(s, warehouses)
-            people = await _users_with(s, [Role.SUPERVISOR.value, Role.MANAGER.value])
 
-            async def send(user: User, lang: Lang) -> bool:
-                manager = Role.MANAGER.value in (user.roles or [])
-                mine = set() if manager else scopes.get(user.team_id or -1, set())
-                parts = [facts[wh.id] for wh in warehouses if not mine or wh.id in mine]
-                if not parts:
-                    return False
-                card = summary.build(
-                    daily_summary(day, parts, lang=lang), lang=lang, ref=f"summary-{user.id}-{day:%Y%m%d}",
-                    reasons=settings.reasons.codes,
-                )  # fmt: skip
-                return await send_card(
-                    s, settings, user, card, key=f"summary:{user.id}:{day}", subject=f"summary:{day}", now=now,
-                    trace_id=_trace(report.job, day),
-                )  # fmt: skip
+    async def work(s: AsyncSession, report: JobReport) -> None:
+        day = report.day
+        warehouses = list((await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars())
+        facts = {wh.id: await _warehouse_day(s, settings, wh, day, now) for wh in warehouses}
+        scopes = await _scopes(s, warehouses)
+        people = await _users_with(s, [Role.SUPERVISOR.value, Role.MANAGER.value])
 
-            await _each(s, settings, report, people, send)
-            report.details["warehouses"] = len(warehouses)
-    report.seconds = clock.perf_counter() - started
-    return report
+        async def send(user: User, lang: Lang) -> bool:
+            manager = Role.MANAGER.value in (user.roles or [])
+            mine = set() if manager else scopes.get(user.team_id or -1, set())
+            parts = [facts[wh.id] for wh in warehouses if not mine or wh.id in mine]
+            if not parts:
+                return False
+            card = summary.build(
+                daily_summary(day, parts, lang=lang), lang=lang, ref=f"summary-{user.id}-{day:%Y%m%d}",
+                reasons=settings.reasons.codes,
+            )  # fmt: skip
+            return await send_card(
+                s, settings, user, card, key=f"summary:{user.id}:{day}", subject=f"summary:{day}", now=now,
+                trace_id=_trace(report.job, day),
+            )  # fmt: skip
+
+        await _each(s, settings, report, people, send)
+        report.details["warehouses"] = len(warehouses)
+
+    return await _daily("summary", sessionmaker, settings, now, work)
 
 
 # --------------------------------------------------------------------------------------------- escalation
