@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,15 @@ async def set_up_company(
             )
         ).scalar_one()
     return task_id
+
+
+def one_decision(said: Mapping[str, Sequence[str]]) -> str:
+    """Two approvers pressed at once (``said``: what each was then told, by platform id): exactly one decided,
+    the other was told it was decided first. The name of the one who decided."""
+    winners = [u for u, ts in said.items() if any("✓ 已通过差异" in t for t in ts)]
+    losers = [u for u, ts in said.items() if any("已先一步处理" in t for t in ts)]
+    assert len(winners) == 1 and len(losers) == 1, said
+    return next(name for _, name, _, _, pid in ADDED if winners[0].endswith(pid))
 
 
 async def the_variance(sm: async_sessionmaker[AsyncSession]) -> Variance:

@@ -24,6 +24,7 @@ from core.models import CountEntry
 from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
 from tests.integration.cardflow import (
     assert_adjusted,
+    one_decision,
     server_settings,
     set_up_company,
     the_variance,
@@ -148,11 +149,7 @@ async def test_count_to_adjustment_through_dingtalk_cards(
     await asyncio.gather(press("sup2", ap2, "通过"), press("sup3", ap3, "通过"))
     await wait_for(lambda: state.card_versions[ap2] == 2 and state.card_versions[ap3] == 2)
     await wait_for(lambda: len(texts_to(state, "sup2") + texts_to(state, "sup3")) >= 2)
-    said = {u: texts_to(state, u) for u in ("sup2", "sup3")}
-    winners = [u for u, ts in said.items() if any("✓ 已通过差异" in t for t in ts)]
-    losers = [u for u, ts in said.items() if any("已先一步处理" in t for t in ts)]
-    assert len(winners) == 1 and len(losers) == 1, said
-    winner_name = "主管二" if winners == ["sup2"] else "主管三"
+    winner_name = one_decision({u: texts_to(state, u) for u in ("sup2", "sup3")})
     for t in (ap2, ap3):
         params = state.cards[t]
         assert params["title"] == "差异已通过" and winner_name in params["text"]
