@@ -308,9 +308,9 @@ class ApiConnector(Connector):
     async def write_back(
         self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, now: datetime
     ) -> dict[str, int]:
-        from integrations.erp.posting import drain
+        from integrations.erp.posting import drain_backlog
 
-        return await drain(sessionmaker, settings, self, now=now)
+        return await drain_backlog(sessionmaker, settings, self, now=now)
 
 
 def decimal(value: Any, what: str, label: str) -> Decimal:

@@ -215,7 +215,8 @@ async def drain(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     limit: int | None = None,
 ) -> dict[str, int]:
-    """One pass: queue what is due, claim a batch, post each. Counts: queued, posted, retry, failed, lost."""
+    """One pass: queue what is due, claim a batch, post each. Counts: queued, posted, retry, failed, lost,
+    claimed."""
     clock = clock or (lambda: datetime.now(UTC))
     now = now or clock()
     counts = {"queued": 0, "posted": 0, "retry": 0, "failed": 0, "lost": 0}
@@ -228,7 +229,23 @@ async def drain(
     for posting_id in ids:
         outcome = await _process(sessionmaker, settings, connector, posting_id, token, now, clock, sleep)
         counts[outcome] += 1
+    counts["claimed"] = len(ids)
     return counts
+
+
+async def drain_backlog(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, connector: ApiConnector, *,
+    now: datetime | None = None, max_passes: int = 20,
+) -> dict[str, int]:  # fmt: skip
+    """Drain passes while full batches keep coming (a backlog after an outage), at most ``max_passes``."""
+    totals: dict[str, int] = {}
+    for _ in range(max_passes):
+        counts = await drain(sessionmaker, settings, connector, now=now)
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+        if counts["claimed"] < settings.erp.drain_batch:
+            break
+    return totals
 
 
 @dataclass

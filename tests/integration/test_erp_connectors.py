@@ -265,3 +265,17 @@ async def test_too_many_failed_attempts_fail_the_posting_and_tell_finance(
     async with sessionmaker() as s:
         [msg] = (await s.execute(select(OutboxMessage))).scalars().all()
         assert "3 次尝试都没有成功" in msg.body["text"] and "HTTP 503" in msg.body["text"]
+
+
+async def test_a_backlog_is_drained_in_one_run_batch_after_batch(
+    aiohttp_server: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    h = await ready("u8", aiohttp_server, sessionmaker, drain_batch=3)
+    await make_adjustments(sessionmaker, [("gain", f"M00{i % 6}", "WH1", "A-01" if i % 2 == 0 else "A-02", "1")
+                                          for i in range(8)])  # fmt: skip
+    c = h.connector()
+    try:
+        counts = await c.write_back(sessionmaker, h.settings, now=NOW)
+    finally:
+        await c.close()
+    assert counts["posted"] == 8 and counts["claimed"] == 8 and len(h.fake.applied) == 8

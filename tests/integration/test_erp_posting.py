@@ -188,7 +188,7 @@ async def test_a_refusal_marks_the_adjustment_failed_and_tells_finance_then_a_re
         counts = await drain(
             sessionmaker, h.settings, c, now=NOW + timedelta(hours=1), clock=lambda: NOW, sleep=no_sleep
         )
-        assert counts == {"queued": 0, "posted": 0, "retry": 0, "failed": 0, "lost": 0}
+        assert counts == {"queued": 0, "posted": 0, "retry": 0, "failed": 0, "lost": 0, "claimed": 0}
         h.fake.stop_refusing()
         async with sessionmaker() as s, s.begin():
             assert await retry(s, h.settings, [adj_id], now=NOW) == [adj_id]
