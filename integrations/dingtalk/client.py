@@ -3,8 +3,9 @@
 Facts from shared/research/platforms.md §3.3-3.4 and §3.6:
 
 - Token: ``POST {api_base}/v1.0/oauth2/accessToken {appKey, appSecret}`` -> ``{accessToken, expireIn}``,
-  sent in header ``x-acs-dingtalk-access-token``. Cached here and refreshed five minutes early; refreshed
-  once more on a 401 (or an access-token error code) and the call retried.
+  sent in header ``x-acs-dingtalk-access-token``. Cached (in ``token_cache``, shared by the server processes
+  when it is Redis: integrations/tokens.py) and refreshed five minutes early; refreshed once more on a 401 (or
+  an access-token error code) and the call retried.
 - Text: ``POST /v1.0/robot/oToMessages/batchSend`` (≤ 20 ``userIds``, ``msgParam`` a JSON *string*); users
   listed in ``flowControlledStaffIdList`` were throttled, which is a retryable failure.
 - Cards: ``POST /v1.0/card/instances/createAndDeliver`` into the user's robot chat, ``PUT /v1.0/card/instances``
@@ -41,6 +42,7 @@ from bot.cards.capabilities import DINGTALK
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.dingtalk.settings import DingTalkSettings
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
 
 TOKEN_PATH = "/v1.0/oauth2/accessToken"
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
@@ -107,15 +109,20 @@ class DingTalkChannel:
         retries: int = 2,
         backoff_s: float = 0.5,
         jitter: Callable[[], float] = random.random,
+        token_cache: TokenCache | None = None,
     ) -> None:
         self._settings = settings
         self._session = session
         self._owns_session = session is None
         self._clock, self._sleep, self._jitter = clock, sleep, jitter
         self._retries, self._backoff_s = retries, backoff_s
-        self._token: str | None = None
-        self._refresh_at = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens = TokenKeeper(
+            token_cache or MemoryTokenCache(clock=clock),
+            f"dingtalk:{settings.app_key}",
+            self._fetch_token,
+            margin_s=REFRESH_EARLY_S,
+            clock=clock,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -153,47 +160,38 @@ class DingTalkChannel:
             data = {}  # an HTML error page, for instance
         return status, data if isinstance(data, dict) else {}
 
-    async def _access_token(self) -> str:
-        if self._token is not None and self._clock() < self._refresh_at:
-            return self._token
-        async with self._token_lock:
-            if self._token is not None and self._clock() < self._refresh_at:
-                return self._token
-            body = {"appKey": self._settings.app_key, "appSecret": self._settings.secret()}
-            for attempt in range(self._retries + 1):
-                try:
-                    status, data = await self._exchange("POST", self._url(TOKEN_PATH), body, {})
-                except ChannelError:
-                    if attempt < self._retries:
-                        await self._sleep(self._delay(attempt))
-                        continue
-                    raise
-                token = data.get("accessToken")
-                if status < 300 and isinstance(token, str) and token:
-                    expire_in = int(data.get("expireIn") or 7200)
-                    self._token = token
-                    self._refresh_at = self._clock() + max(expire_in - REFRESH_EARLY_S, 0)
-                    return token
-                retryable = status >= 500 or status in (403, 429)
-                if retryable and attempt < self._retries:
+    async def _fetch_token(self) -> tuple[str, float]:
+        """The access token and the seconds it lives (``self._tokens`` caches and shares it); throttling,
+        5xx and network errors are retried here with back-off."""
+        body = {"appKey": self._settings.app_key, "appSecret": self._settings.secret()}
+        for attempt in range(self._retries + 1):
+            try:
+                status, data = await self._exchange("POST", self._url(TOKEN_PATH), body, {})
+            except ChannelError:
+                if attempt < self._retries:
                     await self._sleep(self._delay(attempt))
                     continue
-                raise ChannelError(
-                    f"DingTalk access token refused ({status}): {data.get('message', '')}",
-                    code=str(data.get("code") or status),
-                    retryable=retryable,
-                )
-            raise AssertionError("unreachable")  # pragma: no cover
-
-    def _forget(self, token: str) -> None:
-        if self._token == token:
-            self._token, self._refresh_at = None, 0.0
+                raise
+            token = data.get("accessToken")
+            if status < 300 and isinstance(token, str) and token:
+                return token, float(data.get("expireIn") or 7200)
+            retryable = status >= 500 or status in (403, 429)
+            if retryable and attempt < self._retries:
+                await self._sleep(self._delay(attempt))
+                continue
+            raise ChannelError(
+                f"DingTalk access token refused ({status}): {data.get('message', '')}",
+                code=str(data.get("code") or status),
+                retryable=retryable,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call(self, method: str, path: str, body: Any, *, idempotent: bool) -> dict[str, Any]:
         """Call a v1.0 API with the token, applying the retry policy in the module docstring."""
-        refreshed, attempt = False, 0
+        stale: str | None = None  # the token the API refused (once)
+        attempt = 0
         while True:
-            token = await self._access_token()
+            token = await self._tokens.get(stale=stale)
             try:
                 status, data = await self._exchange(
                     method, self._url(path), body, {"x-acs-dingtalk-access-token": token}
@@ -209,9 +207,8 @@ class DingTalkChannel:
             code = str(data.get("code") or status)
             message = f"DingTalk {method} {path} -> {status} {code}: {data.get('message', '')}"
             if _token_problem(status, code):
-                if not refreshed:
-                    refreshed = True
-                    self._forget(token)
+                if stale is None:
+                    stale = token
                     continue
                 raise ChannelError(message, code=code, retryable=True)
             if _throttled(status, code):
@@ -337,9 +334,10 @@ class DingTalkChannel:
         """``media/upload`` on the legacy host: the picture's ``media_id``, under the policy of ``_call``
         (token refreshed once; throttling, 5xx and network errors retried with back-off, then retryable)."""
         url = self._settings.oapi_base.rstrip("/") + MEDIA_UPLOAD_PATH
-        refreshed, attempt = False, 0
+        stale: str | None = None
+        attempt = 0
         while True:
-            token = await self._access_token()
+            token = await self._tokens.get(stale=stale)
             form = aiohttp.FormData()  # a fresh body per attempt: aiohttp sends a FormData once
             form.add_field("media", raw, filename=filename, content_type=ctype)
             error: ChannelError
@@ -366,9 +364,8 @@ class DingTalkChannel:
                     return media_id
                 message = f"DingTalk media/upload -> {status} errcode {errcode}: {data.get('errmsg', '')}"
                 if errcode in OAPI_TOKEN_ERRORS or status == 401:
-                    if not refreshed:
-                        refreshed = True
-                        self._forget(token)
+                    if stale is None:
+                        stale = token
                         continue
                     raise ChannelError(message, code=str(errcode), retryable=True)
                 throttled = status in (403, 429) or errcode in OAPI_THROTTLED

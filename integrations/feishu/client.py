@@ -5,8 +5,9 @@ calls fetch the token *synchronously* (blocking the event loop), open a new http
 retry on 429 or on token-invalid codes, and lose headers on ``aget``. We would own the token, the 429 back-off
 and the retries anyway; what is left is four HTTP calls.
 
-- Token: ``POST /open-apis/auth/v3/tenant_access_token/internal``, cached; fetched again when < 30 min remain
-  (Feishu hands out a new one then), and once more on 99991663 / 99991661 before retrying the call.
+- Token: ``POST /open-apis/auth/v3/tenant_access_token/internal``, cached (in ``token_cache``, shared by the
+  server processes when it is Redis: integrations/tokens.py); fetched again when < 30 min remain (Feishu hands
+  out a new one then), and once more on 99991663 / 99991661 before retrying the call.
 - Errors: HTTP 429 or code 99991400 → retryable, ``retry_after`` from ``x-ogw-ratelimit-reset``; 5xx,
   timeouts and connection errors → retryable; any other non-zero code → not retryable.
 - ``send_image``: ``POST /open-apis/im/v1/images`` (multipart: ``image_type=message`` and the ``image`` file,
@@ -16,7 +17,6 @@ and the retries anyway; what is left is four HTTP calls.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -31,6 +31,7 @@ from bot.cards.capabilities import FEISHU, Capabilities
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.feishu.settings import FeishuSettings
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
@@ -61,15 +62,20 @@ class FeishuChannel:
         session: aiohttp.ClientSession | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        token_cache: TokenCache | None = None,
     ) -> None:
         self.settings = settings
         self._base = settings.domain.rstrip("/")
         self._session = session
         self._owns_session = session is None
         self._monotonic, self._now = monotonic, now
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens = TokenKeeper(
+            token_cache or MemoryTokenCache(clock=monotonic),
+            f"feishu:{settings.app_id}",
+            self._fetch_token,
+            margin_s=REFRESH_MARGIN_S,
+            clock=monotonic,
+        )
 
     # -- Channel --
 
@@ -146,19 +152,17 @@ class FeishuChannel:
         return self._session
 
     async def _tenant_token(self, *, stale: str | None = None) -> str:
-        async with self._token_lock:
-            fresh = self._token is not None and self._token_expires - self._monotonic() > REFRESH_MARGIN_S
-            if fresh and self._token != stale:
-                assert self._token is not None
-                return self._token
-            body = {"app_id": self.settings.app_id, "app_secret": self.settings.app_secret}
-            status, headers, raw = await self._request("POST", TOKEN_PATH, json_body=body)
-            data = _check(status, headers, raw)
-            token, expire = data.get("tenant_access_token"), data.get("expire")
-            if not isinstance(token, str) or not isinstance(expire, int):
-                raise ChannelError("token answer without tenant_access_token/expire")
-            self._token, self._token_expires = token, self._monotonic() + expire
-            return token
+        return await self._tokens.get(stale=stale)
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        """The tenant token and the seconds it lives (``self._tokens`` caches and shares it)."""
+        body = {"app_id": self.settings.app_id, "app_secret": self.settings.app_secret}
+        status, headers, raw = await self._request("POST", TOKEN_PATH, json_body=body)
+        data = _check(status, headers, raw)
+        token, expire = data.get("tenant_access_token"), data.get("expire")
+        if not isinstance(token, str) or not isinstance(expire, int):
+            raise ChannelError("token answer without tenant_access_token/expire")
+        return token, float(expire)
 
     async def _request(
         self,

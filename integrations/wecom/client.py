@@ -1,7 +1,8 @@
 """WeComChannel: the bot's Channel for a WeCom self-built app, on aiohttp (shared/research/platforms.md §1.2-1.4).
 
-- Token: ``GET /cgi-bin/gettoken``, cached until 5 minutes before ``expires_in`` runs out; on 40014 / 42001 /
-  40001 from an API call the token is fetched again once and the call repeated (LangBot#986 broke without it).
+- Token: ``GET /cgi-bin/gettoken``, cached until 5 minutes before ``expires_in`` runs out (in ``token_cache``,
+  shared by the server processes when it is Redis: integrations/tokens.py); on 40014 / 42001 / 40001 from an
+  API call the token is fetched again once and the call repeated (LangBot#986 broke without it).
 - Card and image sends use ``enable_duplicate_check`` (1800 s), so a repeated identical send inside that
   window is not delivered twice. Texts do not: WeCom's check compares content, so a second, different message
   with the same words (two items counted, "✓ 已记录（10个）" twice) would be silently dropped. A text whose
@@ -18,7 +19,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json as jsonlib
 import time
@@ -32,6 +32,7 @@ import aiohttp
 from bot.cards.capabilities import WECOM
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
 from integrations.wecom.settings import WeComSettings
 
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
@@ -56,15 +57,20 @@ class WeComChannel:
         timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        token_cache: TokenCache | None = None,
     ) -> None:
         self.settings = settings
         self._base = settings.api_base.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock, self._now = clock, now
         self._session: aiohttp.ClientSession | None = None
-        self._token: str | None = None
-        self._token_expires_at = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens = TokenKeeper(
+            token_cache or MemoryTokenCache(clock=clock),
+            f"wecom:{settings.corp_id}:{settings.agent_id}",  # a token belongs to one app's secret
+            self._fetch_token,
+            margin_s=REFRESH_MARGIN_S,
+            clock=clock,
+        )
         self._media: dict[str, tuple[str, float]] = {}  # sha256 of a picture -> (media_id, uploaded at)
 
     # -- Channel -----------------------------------------------------------------------------------------
@@ -166,7 +172,7 @@ class WeComChannel:
         ``form`` builds a multipart body (a fresh one per attempt: aiohttp sends a FormData only once)."""
         stale: str | None = None
         for attempt in range(2):
-            token = await self._access_token(stale=stale)
+            token = await self._tokens.get(stale=stale)
             query = {**(params or {}), "access_token": token}
             result = await self._request(method, path, query, json, form() if form else None)
             if isinstance(result, bytes):
@@ -180,29 +186,21 @@ class WeComChannel:
             raise _error(path, code, result)
         raise AssertionError("unreachable")
 
-    async def _access_token(self, *, stale: str | None = None) -> str:
-        """The cached token, or a new one when it is near expiry or is ``stale`` (refused by the API).
-        Under the lock, so concurrent callers refused with the same token fetch one new token."""
-        async with self._token_lock:
-            fresh = self._clock() < self._token_expires_at - REFRESH_MARGIN_S
-            if self._token and fresh and self._token != stale:
-                return self._token
-            started = self._clock()
-            data = await self._request(
-                "GET",
-                "/cgi-bin/gettoken",
-                {"corpid": self.settings.corp_id, "corpsecret": self.settings.secret},
-                None,
-            )
-            if isinstance(data, bytes):
-                raise ChannelError("gettoken answered with a non-JSON body", code="not_json", retryable=True)
-            code = _errcode(data)
-            if code != 0 or not data.get("access_token"):
-                # 40001 here is a wrong secret: retrying gets the IP banned for an hour (doc 45009 note)
-                raise _error("/cgi-bin/gettoken", code, data, token_fetch=True)
-            self._token = str(data["access_token"])
-            self._token_expires_at = started + float(data.get("expires_in", 7200))
-            return self._token
+    async def _fetch_token(self) -> tuple[str, float]:
+        """``gettoken``: the token and the seconds it lives (``self._tokens`` caches and shares it)."""
+        data = await self._request(
+            "GET",
+            "/cgi-bin/gettoken",
+            {"corpid": self.settings.corp_id, "corpsecret": self.settings.secret},
+            None,
+        )
+        if isinstance(data, bytes):
+            raise ChannelError("gettoken answered with a non-JSON body", code="not_json", retryable=True)
+        code = _errcode(data)
+        if code != 0 or not data.get("access_token"):
+            # 40001 here is a wrong secret: retrying gets the IP banned for an hour (doc 45009 note)
+            raise _error("/cgi-bin/gettoken", code, data, token_fetch=True)
+        return str(data["access_token"]), float(data.get("expires_in", 7200))
 
     async def _request(
         self,
