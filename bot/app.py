@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy import text
@@ -30,6 +30,9 @@ from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore, check_signed
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
+
+if TYPE_CHECKING:
+    from integrations.tokens import TokenCache
 
 log = logging.getLogger("pandian.app")
 
@@ -90,12 +93,20 @@ ConnectionFactory = Callable[[Submit], Any]  # -> an object with ``async run()``
 
 def _platforms(
     settings: Settings,
-) -> tuple[dict[str, Channel], list[tuple[str, str, WebhookFn]], dict[str, ConnectionFactory]]:
+) -> tuple[
+    dict[str, Channel], list[tuple[str, str, WebhookFn]], dict[str, ConnectionFactory], TokenCache | None
+]:
     """Channels, webhook routes and long connections for the configured platforms only (lazy imports: a
-    platform's SDK is imported only by the mode that needs it)."""
+    platform's SDK is imported only by the mode that needs it), and the token cache the channels share through
+    Redis when ``redis_url`` is set (None: each channel keeps its token in memory); closed after them."""
     channels: dict[str, Channel] = {}
     routes: list[tuple[str, str, WebhookFn]] = []
     connections: dict[str, ConnectionFactory] = {}
+    tokens: TokenCache | None = None
+    if settings.redis_url and (settings.wecom or settings.feishu or settings.dingtalk):
+        from integrations.tokens import RedisTokenCache
+
+        tokens = RedisTokenCache.from_url(settings.redis_url)
     if settings.wecom:
         from integrations.wecom import client as wecom_client
         from integrations.wecom import settings as wecom_settings
@@ -103,7 +114,7 @@ def _platforms(
 
         cfg = wecom_settings.WeComSettings(**settings.wecom)
         wecom = wecom_webhook.WeComWebhook(cfg)
-        channels["wecom"] = wecom_client.WeComChannel(cfg)
+        channels["wecom"] = wecom_client.WeComChannel(cfg, token_cache=tokens)
 
         def wecom_fn(request: web.Request, body: bytes, now: datetime) -> WebhookReply:
             return wecom.handle(request.method, dict(request.query), body, now)
@@ -117,7 +128,7 @@ def _platforms(
         feishu = feishu_webhook.FeishuWebhook(fcfg)
         from integrations.feishu import client as feishu_client
 
-        channels["feishu"] = feishu_client.FeishuChannel(fcfg)
+        channels["feishu"] = feishu_client.FeishuChannel(fcfg, token_cache=tokens)
         if fcfg.mode == "websocket":  # no public HTTPS needed: Feishu pushes events over our connection
 
             def feishu_ws(submit: Submit) -> Any:
@@ -140,7 +151,7 @@ def _platforms(
         dingtalk = dingtalk_webhook.DingTalkWebhook(dcfg)
         import integrations.dingtalk.client as dingtalk_client
 
-        channels["dingtalk"] = dingtalk_client.DingTalkChannel(dcfg)
+        channels["dingtalk"] = dingtalk_client.DingTalkChannel(dcfg, token_cache=tokens)
         if dcfg.mode == "stream":  # no public HTTPS needed: DingTalk pushes over our connection
 
             def dingtalk_stream(submit: Submit) -> Any:
@@ -158,7 +169,7 @@ def _platforms(
                 return dingtalk.handle_card(dict(request.headers), body, now)
 
             routes += [("POST", "/dingtalk/robot", robot_fn), ("POST", "/dingtalk/card", card_fn)]
-    return channels, routes, connections
+    return channels, routes, connections, tokens
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -216,7 +227,7 @@ def build_app(settings: Settings) -> web.Application:
     engine = make_engine(settings.database_url)
     sessionmaker = make_sessionmaker(engine)
     store = make_store(settings.redis_url)
-    channels, routes, connections = _platforms(settings)
+    channels, routes, connections, tokens = _platforms(settings)
     wake = asyncio.Event()
 
     async def after_commit() -> None:
@@ -299,6 +310,8 @@ def build_app(settings: Settings) -> web.Application:
         await dispatcher.drain()
         for ch in channels.values():
             await ch.close()
+        if tokens is not None:
+            await tokens.close()
         await reader.close()
         await store.close()
         await engine.dispose()
