@@ -41,6 +41,7 @@ from sqlalchemy.orm import aliased
 
 from core import audit
 from core.config import Settings
+from core.db import dialect_insert
 from core.enums import AdjustmentKind, Role
 from core.models import (
     Adjustment,
@@ -101,11 +102,12 @@ async def enqueue_due(session: AsyncSession, settings: Settings, system: str, no
         doc = docs.get(adj_id)
         if doc is None:  # no lines left (should not happen: an emptied document is deleted)
             continue
-        session.add(ErpPosting(adjustment_id=adj_id, system=system, doc_key=doc.key, state=PENDING, attempts=0,
-                               next_attempt_at=now, payload=doc.to_json(), progress={}, erp_refs=[],
-                               created_at=now))  # fmt: skip
-        queued += 1
-    await session.flush()
+        # another drainer may queue the same adjustment at the same moment: the first one wins, quietly
+        stmt = dialect_insert(session, ErpPosting).values(
+            adjustment_id=adj_id, system=system, doc_key=doc.key, state=PENDING, attempts=0, next_attempt_at=now,
+            payload=doc.to_json(), progress={}, erp_refs=[], created_at=now,
+        ).on_conflict_do_nothing()  # fmt: skip
+        queued += (await session.execute(stmt)).rowcount  # type: ignore[attr-defined]
     return queued
 
 

@@ -279,3 +279,22 @@ async def test_a_backlog_is_drained_in_one_run_batch_after_batch(
     finally:
         await c.close()
     assert counts["posted"] == 8 and counts["claimed"] == 8 and len(h.fake.applied) == 8
+
+
+async def test_two_drainers_queueing_the_same_adjustments_at_once_queue_each_once(
+    aiohttp_server: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    import asyncio
+
+    h = await ready("kingdee", aiohttp_server, sessionmaker)
+    await make_adjustments(
+        sessionmaker, [("gain", "M000", "WH1", "A-01", "1"), ("loss", "M001", "WH1", "A-02", "-1")]
+    )
+
+    async def enqueue() -> int:
+        async with sessionmaker() as s, s.begin():
+            return await enqueue_due(s, h.settings, "kingdee", NOW)
+
+    assert sorted(await asyncio.gather(enqueue(), enqueue())) in ([0, 2], [1, 1])
+    async with sessionmaker() as s:
+        assert len((await s.execute(select(ErpPosting))).scalars().all()) == 2
