@@ -16,15 +16,16 @@ platform-specific, a ``fetch`` that calls the token API and answers ``(token, se
    not obtained in time does not stop it: it fetches anyway.
 
 Two caches share that contract: ``MemoryTokenCache`` (one process; a channel's default, today's behaviour)
-and ``RedisTokenCache`` (``redis.asyncio``; keys ``pandian:token:<platform>:<app id>``, the value is the token
-with its expiry as Unix time, and the key's TTL is that expiry). A Redis that is down costs sharing, never
-sending: the keeper logs it and fetches as a single process would.
+and ``RedisTokenCache`` (``redis.asyncio``; keys ``pandian:token:<platform>:<app id>:<fingerprint>``, see
+``token_key``; the value is the token with its expiry as Unix time, and the key's TTL is that expiry). A Redis
+that is down costs sharing, never sending: the keeper logs it and fetches as a single process would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -39,6 +40,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pandian.tokens")
 
 Fetch = Callable[[], Awaitable[tuple[str, float]]]  # -> (token, seconds it lives from the request)
+
+
+def token_key(platform: str, app_id: str, *, endpoint: str, secret: str) -> str:
+    """``<platform>:<app id>:<fingerprint>``. The fingerprint, a digest of the API endpoint and the secret
+    (never the secret itself), keeps apart tokens that share an app id but not an issuer: a sandbox or test
+    server (``pandian demo``, a fake on another port) and the real platform, or a secret before and after it
+    was reset."""
+    digest = hashlib.sha256(f"{endpoint.rstrip('/')}\n{secret}".encode()).hexdigest()[:12]
+    return f"{platform}:{app_id}:{digest}"
 
 
 class TokenCacheUnavailable(Exception):

@@ -42,7 +42,7 @@ from bot.cards.capabilities import DINGTALK
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.dingtalk.settings import DingTalkSettings
-from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper, token_key
 
 TOKEN_PATH = "/v1.0/oauth2/accessToken"
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
@@ -118,7 +118,7 @@ class DingTalkChannel:
         self._retries, self._backoff_s = retries, backoff_s
         self._tokens = TokenKeeper(
             token_cache or MemoryTokenCache(clock=clock),
-            f"dingtalk:{settings.app_key}",
+            token_key("dingtalk", settings.app_key, endpoint=settings.api_base, secret=settings.secret()),
             self._fetch_token,
             margin_s=REFRESH_EARLY_S,
             clock=clock,

@@ -31,7 +31,7 @@ from bot.cards.capabilities import FEISHU, Capabilities
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
 from integrations.feishu.settings import FeishuSettings
-from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper, token_key
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
@@ -71,7 +71,7 @@ class FeishuChannel:
         self._monotonic, self._now = monotonic, now
         self._tokens = TokenKeeper(
             token_cache or MemoryTokenCache(clock=monotonic),
-            f"feishu:{settings.app_id}",
+            token_key("feishu", settings.app_id, endpoint=self._base, secret=settings.app_secret),
             self._fetch_token,
             margin_s=REFRESH_MARGIN_S,
             clock=monotonic,

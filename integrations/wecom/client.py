@@ -32,7 +32,7 @@ import aiohttp
 from bot.cards.capabilities import WECOM
 from bot.channel import Address, ChannelError, SentRef, image_payload
 from bot.events import Platform
-from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper
+from integrations.tokens import MemoryTokenCache, TokenCache, TokenKeeper, token_key
 from integrations.wecom.settings import WeComSettings
 
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
@@ -66,7 +66,12 @@ class WeComChannel:
         self._session: aiohttp.ClientSession | None = None
         self._tokens = TokenKeeper(
             token_cache or MemoryTokenCache(clock=clock),
-            f"wecom:{settings.corp_id}:{settings.agent_id}",  # a token belongs to one app's secret
+            token_key(
+                "wecom",
+                f"{settings.corp_id}:{settings.agent_id}",
+                endpoint=self._base,
+                secret=settings.secret,
+            ),
             self._fetch_token,
             margin_s=REFRESH_MARGIN_S,
             clock=clock,
