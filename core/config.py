@@ -297,6 +297,9 @@ class U8Settings(BaseModel):
     gain_rd_code: str = Field(description="收发类别 code of 盘盈入库 (count gains)")
     loss_rd_code: str = Field(description="收发类别 code of 盘亏出库 (count losses)")
     token_error_codes: list[str] = Field(default_factory=lambda: ["30002", "30003"])
+    movement_lookback_days: int = Field(
+        default=7, ge=0, le=90, description="re-read vouchers dated this many days before the last one seen"
+    )
     movement_sources: list[ErpMovementSource] = Field(default_factory=_u8_movements)
 
 

@@ -216,7 +216,16 @@ async def sync(
             t0 = time.perf_counter()
             try:
                 if entity is Entity.STOCK:
-                    await _sync_stock(sessionmaker, settings, connector, st, full=full, now=now, clock=clock)
+                    await _sync_stock(
+                        sessionmaker,
+                        settings,
+                        connector,
+                        st,
+                        full=full,
+                        now=now,
+                        clock=clock,
+                        progress=progress,
+                    )
                 else:
                     await _sync_pages(
                         sessionmaker, settings, connector, entity, st, full=full, now=now, progress=progress
@@ -228,6 +237,9 @@ async def sync(
     except (ErpError, ImportFailed) as exc:
         report.error = _describe(exc)
         log.warning("%s sync stopped: %s", connector.system, report.error)
+    except Exception as exc:  # a bug or an answer nobody foresaw: the run is still recorded, with what it was
+        log.exception("%s sync failed unexpectedly", connector.system)
+        report.error = f"内部错误 / internal error: {type(exc).__name__}: {exc}"
     report.finished_at = clock()
     async with sessionmaker() as s, s.begin():
         s.add(
@@ -503,6 +515,7 @@ async def _sync_stock(
     full: bool,
     now: datetime,
     clock: Callable[[], datetime],
+    progress: Progress | None = None,
 ) -> None:
     async with sm() as s:
         last = await load_cursor(s, connector.system, Entity.STOCK)
@@ -521,6 +534,8 @@ async def _sync_stock(
         records.extend(r for r in page.records if isinstance(r, StockRecord))
         files.extend(r for r in page.records if isinstance(r, FileSource))
         cursor = page.cursor or cursor
+        if progress:
+            progress(Entity.STOCK, st)
     async with sm() as s, s.begin():
         for f in files:  # the spreadsheet connector: stock files, imported as they are
             st.add(await import_file(s, f.path, f.kind, tz=settings.tz, now=now))

@@ -8,8 +8,9 @@
 - Reads: ``GET /api/{resource}/batch_get?from_account=&to_account=&app_key=&token=[&ds_sequence=]&page_index=
   &rows_per_page=`` → ``{"errcode": "0", "page_count": …, "<resource>": [...]}``: ``inventory`` (changed since
   ``modifydate_begin``), ``warehouse``, ``position`` (货位), ``currentstock`` (现存量), and the vouchers of
-  ``erp.u8.movement_sources`` (since ``date_begin``; lines in ``entry``; the time of a line is the voucher's
-  ``maketime``, else its date).
+  ``erp.u8.movement_sources`` (from ``date_begin`` = the last voucher date seen minus
+  ``movement_lookback_days``, since vouchers entered late carry an earlier date; lines in ``entry``; the time of
+  a line is the voucher's ``maketime``, else its date).
 - Writes: U8's public OpenAPI has no 盘点单 endpoint (research §d2), so gains are 其他入库单
   ``/api/otherin/add`` with the 收发类别 ``gain_rd_code`` (盘盈入库), losses 其他出库单 ``/api/otherout/add``
   with ``loss_rd_code`` (盘亏出库), and a mis-slot transfer an other-out from one position plus an other-in to
@@ -28,7 +29,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -236,7 +237,14 @@ class U8Connector(ApiConnector):
         marks: dict[str, str] = json.loads(cursor) if cursor else {}
         for src in self.cfg.movement_sources:
             since = marks.get(src.source)
-            async for rows in self._batches(src.source, date_begin=since):
+            # vouchers are filtered by their (business) date, which may be back-dated when entered late: look
+            # back a few days; lines seen before are recognised by their key
+            begin = since
+            if since:
+                begin = (
+                    date.fromisoformat(since) - timedelta(days=self.cfg.movement_lookback_days)
+                ).isoformat()
+            async for rows in self._batches(src.source, date_begin=begin):
                 recs = []
                 for r in rows:
                     day = str(r.get("date") or "")[:10]

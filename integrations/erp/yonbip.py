@@ -266,7 +266,7 @@ class YonBipConnector(ApiConnector):
                         location=(text(r.get(src.location_field), src.location_field, self.label, required=False,
                                        max_len=50) if src.location_field else None) or self.erp.default_location,
                         qty=src.sign * abs(decimal(r.get(src.qty_field), src.qty_field, self.label)),
-                        type=MovementType(src.type), occurred_at=self._time(str(r.get("vouchdate") or ts)),
+                        type=MovementType(src.type), occurred_at=self._time(ts or str(r.get("vouchdate") or "")),
                         source_doc=text(r.get("code"), "code", self.label, required=False, max_len=100),
                         reference=text(r.get("srcBillNO"), "srcBillNO", self.label, required=False, max_len=100),
                     ))  # fmt: skip

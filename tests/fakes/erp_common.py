@@ -115,8 +115,9 @@ class FakeMovement:
     warehouse: str
     location: str
     qty: Decimal  # positive; the flow says which way
-    at: datetime
+    at: datetime  # the business date and time
     reference: str | None = None
+    entered: datetime | None = None  # when it was keyed in, if later than ``at`` (a back-dated voucher)
 
 
 @dataclass
@@ -193,11 +194,12 @@ class ErpFake:
         return self.stock.get((sku, warehouse, location), Decimal(0))
 
     def add_movement(self, flow: str, sku: str, warehouse: str, location: str, qty: str, *, doc_no: str | None = None,
-                     reference: str | None = None, at: datetime | None = None) -> FakeMovement:  # fmt: skip
+                     reference: str | None = None, at: datetime | None = None,
+                     entered: datetime | None = None) -> FakeMovement:  # fmt: skip
         """A document that moved stock (the fake applies it to its stock, as the ERP did)."""
         doc_id = self.next_id()
         m = FakeMovement(doc_id, doc_no or f"DOC{doc_id}", 1, flow, sku, warehouse, location, Decimal(qty),
-                         at or self.tick(), reference)  # fmt: skip
+                         at or self.tick(), reference, entered)  # fmt: skip
         self.movements.append(m)
         sign = 1 if flow == "receipt" else -1
         key = (sku, warehouse, location)

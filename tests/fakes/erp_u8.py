@@ -97,7 +97,7 @@ def build_u8_app(fake: U8Fake) -> web.Application:
                     for (sku, wh, loc), q_ in sorted(fake.stock.items())]  # fmt: skip
         if resource in FLOWS:
             since = q.get("date_begin")
-            return [{"id": m.doc_id, "code": m.doc_no, "date": ts(m.at)[:10], "maketime": ts(m.at),
+            return [{"id": m.doc_id, "code": m.doc_no, "date": ts(m.at)[:10], "maketime": ts(m.entered or m.at),
                      "warehousecode": m.warehouse,
                      "entry": [{"rowno": m.line, "inventorycode": m.sku, "quantity": str(m.qty), "position": m.location}]}
                     for m in fake.movements if m.flow == FLOWS[resource] and (not since or ts(m.at)[:10] >= since)]  # fmt: skip

@@ -298,3 +298,48 @@ async def test_two_drainers_queueing_the_same_adjustments_at_once_queue_each_onc
     assert sorted(await asyncio.gather(enqueue(), enqueue())) in ([0, 2], [1, 1])
     async with sessionmaker() as s:
         assert len((await s.execute(select(ErpPosting))).scalars().all()) == 2
+
+
+async def test_u8_picks_up_a_voucher_entered_late_with_an_earlier_date(
+    aiohttp_server: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    h = await start("u8", aiohttp_server)
+    seed_catalogue(h.fake)
+    c = h.connector()
+    try:
+        assert (await sync(sessionmaker, h.settings, c, now=NOW, clock=lambda: NOW)).ok
+        # keyed in after the sync, dated three days before the last voucher the cursor saw
+        last = max(m.at for m in h.fake.movements)
+        h.fake.add_movement("receipt", "M004", "WH1", "A-01", "6", at=last - timedelta(days=3),
+                            entered=NOW + timedelta(minutes=3))  # fmt: skip
+        later = NOW + timedelta(minutes=5)
+        r = await sync(sessionmaker, h.settings, c, now=later, clock=lambda: later)
+    finally:
+        await c.close()
+    assert r.ok and r.entities["movements"].created == 1
+    from tests.integration.test_erp_sync import book
+
+    assert (await book(sessionmaker))[("M004", "WH1", "A-01")] == h.fake.qty("M004", "WH1", "A-01")
+
+
+async def test_an_unexpected_error_in_a_sync_is_recorded(
+    tmp_path: Any, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    from collections.abc import AsyncIterator
+
+    from core.config import Settings
+    from core.models import ErpSyncRun
+    from integrations.erp.base import Page
+    from integrations.erp.spreadsheet import SpreadsheetConnector
+
+    class Broken(SpreadsheetConnector):  # a connector with a bug in it
+        async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
+            raise KeyError("FNumber")
+            yield Page([], None)  # pragma: no cover
+
+    settings = Settings()
+    r = await sync(sessionmaker, settings, Broken(settings.erp, settings.tz), now=NOW, clock=lambda: NOW)
+    assert r.error is not None and "KeyError" in r.error
+    async with sessionmaker() as s:
+        [run] = (await s.execute(select(ErpSyncRun))).scalars().all()
+    assert not run.ok and "FNumber" in (run.error or "")
