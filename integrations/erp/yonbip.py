@@ -18,6 +18,8 @@
   ``/storecheckdifference/list`` and audited (``/storecheckdifference/batchaudit``; status 0 开立 → 1 已审核).
   A mis-slot transfer is one difference document with a loss line at one goods position and a gain line at the
   other. A refused audit (closed period) is permanent.
+- A movement's time is its ``pubts`` (when the ERP saved it), not its business date (``vouchdate``, often
+  midnight): it has to fall after the stock snapshot that does not contain it.
 
 Field names of list answers not fixed by the research (``product_code``, ``warehouse_code``,
 ``goodsposition_code``, ``currentqty``, ``qty``, ``detail_id``) follow the fake in tests/fakes/erp_yonbip.py;
