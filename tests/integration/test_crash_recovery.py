@@ -183,6 +183,14 @@ async def test_killed_server_loses_no_acknowledged_count_and_no_queued_notificat
     for who in IDS.values():
         await redis.delete(f"wecom:{who}")
     await redis.close()
+    import redis.asyncio as aioredis
+
+    raw = aioredis.from_url(
+        REDIS_URL
+    )  # access tokens an earlier run left shared: this run's fake never issued them
+    async for k in raw.scan_iter("pandian:token:*"):
+        await raw.delete(k)
+    await raw.aclose()
 
     sim = WeComSimulator(TOKEN, AES_KEY, fake.corp_id, fake.agent_id)
     now = int(time.time())
