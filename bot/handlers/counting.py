@@ -16,7 +16,8 @@ Book quantities are never shown (blind counts).
 
 from __future__ import annotations
 
-from datetime import datetime, time
+import hashlib
+from datetime import UTC, datetime, time
 from typing import Any
 
 from sqlalchemy import select
@@ -59,6 +60,19 @@ async def _next(ctx: Context, queue: list[int]) -> None:
         return
     t, item, loc = open_rows[queue[0]]
     ctx.state.update({"step": "await_qty", "task_id": t.id, "queue": queue})
+    channel = ctx.services.get("channels", {}).get(ctx.event.platform.value)
+    if getattr(getattr(channel, "capabilities", None), "inputs_in_card", False):  # Feishu: the box is in the card
+        from bot.cards import count_prompt
+        from bot.cards.text import ItemAt
+        from bot.flows import lang_of, render
+
+        lang = lang_of(ctx.settings, ctx.user)
+        at = ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit)
+        ref = f"cp-{t.id}-{hashlib.sha1(ctx.event.dedup_key.encode()).hexdigest()[:10]}"
+        card = count_prompt.build(count_prompt.CountPrompt(t.id, at, len(open_rows) - len(queue) + 1, len(open_rows)),
+                                  lang=lang, ref=ref)  # fmt: skip
+        ctx.reply_card(render(ctx.event.platform, card, ctx.settings, datetime.now(UTC), lang))
+        return
     ctx.reply_text(prompt(t, item, loc, len(queue)))
 
 

@@ -47,6 +47,16 @@ def cards_to(fake: FeishuFake, open_id: str, kind: str) -> list[tuple[str, dict[
     ]
 
 
+def prompt_cards(fake: FeishuFake, open_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The count prompt cards sent to ``open_id`` (title 盘点 <location>, a quantity box and 提交)."""
+    return [
+        (m["message_id"], card)
+        for m in fake.sent()
+        if m["receive_id"] == open_id and m["msg_type"] == "interactive"
+        and (card := json.loads(m["content"]))["header"]["title"]["content"].startswith("盘点 ")
+    ]  # fmt: skip
+
+
 def texts_to(fake: FeishuFake, open_id: str) -> list[str]:
     return [
         json.loads(m["content"])["text"]
@@ -136,8 +146,11 @@ async def test_count_to_adjustment_through_feishu_cards(
 
     # 2. wang starts from the card and counts 60 too: the count stands; review cards go to the supervisors
     await press("ou_wang", rc_id, recount_card, "开始复盘")
-    await wait_for(lambda: any("请输入数量" in t for t in texts_to(fake, "ou_wang")))
-    await say("ou_wang", "60")
+    # on Feishu the count prompt is a card with the quantity box in it (blind: no book, no first count)
+    await wait_for(lambda: prompt_cards(fake, "ou_wang"))
+    prompt_id, prompt_card = prompt_cards(fake, "ou_wang")[-1]
+    assert "请输入数量" in card_text(prompt_card) and "账面" not in card_text(prompt_card)
+    await press("ou_wang", prompt_id, prompt_card, "提交", form={"qty": "６０"})
     sups = ("ou_sup1", "ou_sup2", "ou_sup3")
     await wait_for(lambda: all(cards_to(fake, u, "review:") for u in sups))
     assert not cards_to(fake, "ou_lina", "review:") and not cards_to(fake, "ou_wang", "review:")
