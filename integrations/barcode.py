@@ -750,12 +750,14 @@ def _decode_gray(gray: Image.Image, factor: float, steps: Steps, t0: float) -> l
     return codes
 
 
-def _find_regions(gray: Image.Image) -> list[tuple[int, int, int, int]]:
-    """Boxes (in ``gray``'s pixels) around every code zxing-cpp *locates* on a small copy of a big frame,
-    including reads that fail their checks (``return_errors``). (A gradient-density saliency map was
-    tried as well: on busy frames it picked clutter and cost reads; see bench/barcode.py.)"""
+def _find_regions(gray: Image.Image) -> tuple[Image.Image, float, list[tuple[int, int, int, int]]]:
+    """A small copy of a big frame (``FIND_LONG_SIDE``), its scale, and boxes (in ``gray``'s pixels)
+    around every code zxing-cpp *locates* on it, including reads that fail their checks
+    (``return_errors``). (A gradient-density saliency map was tried as well: on busy frames it picked
+    clutter and cost reads; see bench/barcode.py.)"""
     f = FIND_LONG_SIDE / max(gray.size)
-    small = gray.resize((round(gray.width * f), round(gray.height * f)), Image.Resampling.BILINEAR)
+    small_size = (round(gray.width * f), round(gray.height * f))
+    small = gray.resize(small_size, Image.Resampling.BILINEAR, reducing_gap=2.0)  # box-reduces first
     outlines: list[list[tuple[float, float]]] = []
     for b in zxingcpp.read_barcodes(small, formats=_ZX_FORMATS, return_errors=True):
         p = b.position
@@ -774,7 +776,7 @@ def _find_regions(gray: Image.Image) -> list[tuple[int, int, int, int]]:
         )
         if not any(_inside(box, b) for b in boxes):
             boxes = [b for b in boxes if not _inside(b, box)] + [box]
-    return boxes[:MAX_REGIONS]
+    return small, f, boxes[:MAX_REGIONS]
 
 
 def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
@@ -785,10 +787,12 @@ def _regions_chain(
     gray: Image.Image, to_orig: Callable[[float, float], Point], steps: Steps, t0: float
 ) -> list[_Obs]:
     """A big frame: the retry chain runs on native-resolution crops around the located codes, not on
-    the whole frame; the whole (downscaled) frame only when nothing is located or read there."""
+    the whole frame; on the small search copy only when nothing is located or read there. (On the whole
+    frame at ``WORK_LONG_SIDE`` one cross-check step costs ~100 ms, and read no more within the budget.)"""
     obs: list[_Obs] = []
     budget = min(steps.budget_ms, BIG_FRAME_BUDGET_MS)
-    for x0, y0, x1, y1 in _find_regions(gray):
+    small, f, regions = _find_regions(gray)
+    for x0, y0, x1, y1 in regions:
         if (time.perf_counter() - t0) * 1000 > budget:
             break
 
@@ -798,7 +802,11 @@ def _regions_chain(
         crop = gray.crop((x0, y0, x1, y1))
         obs += _chain(crop, crop_to_orig, steps, t0, budget, work_side=CROP_LONG_SIDE)
     if not obs and (time.perf_counter() - t0) * 1000 < budget:
-        obs = _chain(gray, to_orig, steps, t0, budget, native=False)
+
+        def small_to_orig(x: float, y: float) -> Point:
+            return to_orig(x / f, y / f)
+
+        obs = _chain(small, small_to_orig, steps, t0, budget, native=False, work_side=FIND_LONG_SIDE)
     return obs
 
 
@@ -811,6 +819,8 @@ def _chain(
     native: bool = True,
     work_side: int = WORK_LONG_SIDE,
 ) -> list[_Obs]:
+    """Read ``gray`` and, while a code is missing or uncertain, preprocessed copies of it. Every read
+    after the first checks the time budget first (a step on a big copy costs tens of ms)."""
     full = _Variant("full", gray, to_orig)
     long_side = max(gray.size)
     if long_side > work_side:
@@ -818,71 +828,75 @@ def _chain(
     else:
         base = _Variant("base", gray, to_orig)
 
-    obs = _zxing_reads(base)
-    if steps.pyzbar:
-        obs += _zbar_reads(base)
-    if steps.retry and any(o.symbology not in MATRIX for o in obs):
-        # Cross-check linear reads: a checksum-valid misread rarely survives a blurred and a sharpened copy
-        for v in (
-            _Variant("blur", base.image.filter(ImageFilter.GaussianBlur(1)), base.to_orig),
-            _Variant("sharp", base.image.filter(ImageFilter.UnsharpMask(2, 200, 2)), base.to_orig),
-        ):
-            obs += _zxing_reads(v)
-            if steps.pyzbar:
-                obs += _zbar_reads(v)
-        checked = {"blur", "sharp"}
-    else:
-        checked = set()
+    def spent() -> bool:
+        return (time.perf_counter() - t0) * 1000 > budget_ms
+
+    obs: list[_Obs] = []
+
+    def read(v: _Variant, binarizer: zxingcpp.Binarizer = zxingcpp.Binarizer.LocalAverage) -> None:
+        obs.extend(_zxing_reads(v, binarizer))
+        if steps.pyzbar and not spent():
+            obs.extend(_zbar_reads(v))
+
+    def copy(name: str) -> _Variant:
+        if name == "up2":
+            return _scaled("up2", gray, 2.0, to_orig)
+        if name == "full":
+            return full
+        if name in _COPIES:
+            return _Variant(name, _COPIES[name](base.image), base.to_orig)
+        return _rotated(name, base.image, float(name.removeprefix("rot")), base.to_orig)
 
     def settled() -> bool:
         codes = _finish(_group(obs))
         return bool(codes) and all(c.certain for c in codes)
 
-    if steps.retry and not settled():
-        chain: list[Callable[[], _Variant]] = []
-        if long_side < SMALL_LONG_SIDE:
-            chain.append(lambda: _scaled("up2", gray, 2.0, to_orig))
-        chain += [
-            lambda: _Variant("contrast", ImageOps.autocontrast(base.image, cutoff=2), base.to_orig),
-            lambda: _Variant("sharp", base.image.filter(ImageFilter.UnsharpMask(2, 200, 2)), base.to_orig),
-            lambda: _Variant("blur", base.image.filter(ImageFilter.GaussianBlur(1)), base.to_orig),
-            lambda: _rotated("rot+30", base.image, 30, base.to_orig),
-            lambda: _rotated("rot-30", base.image, -30, base.to_orig),
-        ]
-        if base is not full and native:
-            chain.append(lambda: full)
-        for make in chain:
-            if (time.perf_counter() - t0) * 1000 > budget_ms:
+    read(base)
+    done = {"base"}
+    if steps.retry and any(o.symbology not in MATRIX for o in obs):
+        # Cross-check linear reads: a checksum-valid misread rarely survives a blurred and a sharpened copy
+        for name in ("blur", "sharp"):
+            if spent():
                 break
-            v = make()
-            if v.name in checked:
+            read(copy(name))
+            done.add(name)
+
+    if steps.retry and not settled():
+        chain = ["up2"] if long_side < SMALL_LONG_SIDE else []
+        chain += [*_COPIES, "rot+30", "rot-30"]
+        if base is not full and native:
+            chain.append("full")
+        for name in chain:
+            if name in done:
                 continue
-            obs += _zxing_reads(v)
-            if steps.pyzbar:
-                obs += _zbar_reads(v)
+            if spent():
+                break
+            read(copy(name))
             if settled():
                 break
-
-    def spent() -> bool:
-        return (time.perf_counter() - t0) * 1000 > budget_ms
 
     if steps.rectify and not spent() and not settled():
         for v in _rectified(base):
             obs += _zxing_reads(v) + _zxing_reads(v, zxingcpp.Binarizer.GlobalHistogram)
-            if settled():
+            if settled() or spent():
                 break
     if steps.deblur and not spent() and not settled():
         axis = _bar_axis(base.image)
         for name, most, smooth, usm in DEBLUR:
             if spent():
                 break
-            v = _deblurred(name, base, most, smooth, axis, usm)
-            obs += _zxing_reads(v, zxingcpp.Binarizer.GlobalHistogram)
-            if steps.pyzbar:
-                obs += _zbar_reads(v)
+            read(_deblurred(name, base, most, smooth, axis, usm), zxingcpp.Binarizer.GlobalHistogram)
             if settled():
                 break
     return obs
+
+
+# The preprocessed copies of the retry chain, in order; blur and sharp also cross-check linear reads.
+_COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "contrast": lambda im: ImageOps.autocontrast(im, cutoff=2),
+    "sharp": lambda im: im.filter(ImageFilter.UnsharpMask(2, 200, 2)),
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
+}
 
 
 # The deblur steps, in order: (name, largest upscale, smoothing along the bars in original pixels,
