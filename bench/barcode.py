@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
 
+import integrations.barcode as barcode_module  # noqa: E402
 from integrations.barcode import (  # noqa: E402
     GS,
     BarcodeReader,
@@ -147,18 +148,52 @@ def show(title: str, table: dict[str, dict[str, float]]) -> None:
         )
 
 
-ABLATION = [
-    ("zxing only (every read taken)", Steps(pyzbar=False, retry=False, policy=False)),
-    ("+ pyzbar (every read taken)", Steps(retry=False, policy=False)),
-    ("+ retry chain (every read taken)", Steps(policy=False)),
-    ("+ certainty policy (the shipped chain)", Steps()),
+_NONE = {"pyzbar": False, "retry": False, "rectify": False, "deblur": False}
+_CUMULATIVE = [
+    ("zxing-cpp alone", Steps(**_NONE)),
+    ("+ pyzbar", Steps(**{**_NONE, "pyzbar": True})),
+    ("+ retry chain (rotations, 2x, contrast, sharp, blur)", Steps(rectify=False, deblur=False)),
+    ("+ rectify located QR/DM", Steps(deblur=False)),
+    ("+ deblur copies (the shipped chain)", Steps()),
 ]
+# (title, steps, module constants to change for the run)
+ABLATION: list[tuple[str, Steps, dict[str, float]]] = [
+    *[(f"{t} | every read taken", replace(s, policy=False), {}) for t, s in _CUMULATIVE],
+    *[(f"{t} | certainty policy", s, {}) for t, s in _CUMULATIVE],
+    ("shipped chain without the line-support rule", Steps(), {"MIN_LINE_SUPPORT": 0.0}),
+]
+
+
+def run_patched(samples: list[Sample], steps: Steps, patch: dict[str, float]) -> dict[str, dict[str, float]]:
+    saved = {k: getattr(barcode_module, k) for k in patch}
+    try:
+        for k, v in patch.items():
+            setattr(barcode_module, k, v)
+        return run(samples, steps)
+    finally:
+        for k, v in saved.items():
+            setattr(barcode_module, k, v)
+
+
+def show_summary(title: str, tables: dict[str, dict[str, dict[str, float]]]) -> None:
+    """One line per configuration: the totals, then the read % of each symbology."""
+    syms = [k for k in next(iter(tables.values())) if k != "TOTAL"]
+    print(f"\n{title}")
+    head = f"{'configuration':<70}{'read %':>7}{'cert %':>7}{'wrong':>6}{'med ms':>7}{'p95 ms':>7}  "
+    print(head + "".join(f"{s[:6]:>7}" for s in syms))
+    for name, t in tables.items():
+        r = t["TOTAL"]
+        line = (
+            f"{name:<70}{r['read_pct']:>7.1f}{r['certain_pct']:>7.1f}{r['wrong']:>6}"
+            f"{r['median_ms']:>7.1f}{r['p95_ms']:>7.1f}  "
+        )
+        print(line + "".join(f"{t[s]['read_pct']:>7.1f}" for s in syms))
 
 
 async def pool_compare(samples: list[Sample]) -> dict[str, float]:
     out = {}
     for kind in ("thread", "process"):
-        async with BarcodeReader(2, executor=kind) as reader:  # type: ignore[arg-type]
+        async with BarcodeReader(2, executor=kind) as reader:
             await reader.decode(samples[0].data)  # start the workers
             t = time.perf_counter()
             await asyncio.gather(*(reader.decode(s.data) for s in samples))
@@ -180,10 +215,9 @@ def main() -> None:
     samples = load(args.directory)
     report: dict[str, object] = {}
     if args.ablation:
-        for title, steps in ABLATION:
-            table = run(samples, steps)
-            show(title, table)
-            report[title] = table
+        tables = {title: run_patched(samples, steps, patch) for title, steps, patch in ABLATION}
+        show_summary("ablation on the photo set (read % per symbology on the right)", tables)
+        report["ablation"] = tables
     else:
         misses: list[str] = []
         table = run(samples, Steps(), misses)

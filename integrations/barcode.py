@@ -833,9 +833,11 @@ def _chain(
 
     obs: list[_Obs] = []
 
-    def read(v: _Variant, binarizer: zxingcpp.Binarizer = zxingcpp.Binarizer.LocalAverage) -> None:
+    def read(
+        v: _Variant, binarizer: zxingcpp.Binarizer = zxingcpp.Binarizer.LocalAverage, always: bool = False
+    ) -> None:
         obs.extend(_zxing_reads(v, binarizer))
-        if steps.pyzbar and not spent():
+        if steps.pyzbar and (always or not spent()):
             obs.extend(_zbar_reads(v))
 
     def copy(name: str) -> _Variant:
@@ -851,14 +853,14 @@ def _chain(
         codes = _finish(_group(obs))
         return bool(codes) and all(c.certain for c in codes)
 
-    read(base)
+    read(base, always=True)
     done = {"base"}
     if steps.retry and any(o.symbology not in MATRIX for o in obs):
-        # Cross-check linear reads: a checksum-valid misread rarely survives a blurred and a sharpened copy
+        # Cross-check linear reads: a checksum-valid misread rarely survives a blurred and a sharpened
+        # copy. Never skipped for time: without it zxing-cpp and zbar agreeing on a misread would be
+        # certain (2 wrong certain reads on the photo set with the retry chain off).
         for name in ("blur", "sharp"):
-            if spent():
-                break
-            read(copy(name))
+            read(copy(name), always=True)
             done.add(name)
 
     if steps.retry and not settled():
