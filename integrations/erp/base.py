@@ -20,20 +20,24 @@ nothing until a person acts).
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.config import ErpSettings, Settings
 from core.enums import AdjustmentKind, MovementType
+
+if TYPE_CHECKING:
+    from integrations.erp.http import Http
 
 
 class Entity(StrEnum):
@@ -293,7 +297,42 @@ class Connector(ABC):
 
 
 class ApiConnector(Connector):
-    """An ERP with an API: adjustments go through the durable posting queue, one document at a time."""
+    """An ERP with an API, spoken through ``http``: each entity is pulled by its own method (``_items``,
+    ``_locations``, ``_stock``, ``_movements``), and adjustments go through the durable posting queue, one
+    document at a time."""
+
+    http: Http
+
+    async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
+        if entity is Entity.ITEMS:
+            pages = self._items(cursor)
+        elif entity is Entity.LOCATIONS:
+            pages = self._locations()
+        elif entity is Entity.STOCK:
+            pages = self._stock()
+        else:
+            pages = self._movements(cursor)
+        async for page in pages:
+            yield page
+
+    @abstractmethod
+    def _items(self, cursor: str | None) -> AsyncIterator[Page]:
+        """Items changed since ``cursor``."""
+
+    @abstractmethod
+    def _locations(self) -> AsyncIterator[Page]:
+        """Warehouses (with the default location) and the locations the ERP lists."""
+
+    @abstractmethod
+    def _stock(self) -> AsyncIterator[Page]:
+        """Book stock: a full snapshot."""
+
+    @abstractmethod
+    def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
+        """Movements since ``cursor``."""
+
+    async def close(self) -> None:
+        await self.http.close()
 
     @abstractmethod
     async def find_posted(self, doc: PostingDoc) -> Posted | None:
@@ -311,6 +350,39 @@ class ApiConnector(Connector):
         from integrations.erp.posting import drain_backlog
 
         return await drain_backlog(sessionmaker, settings, self, now=now)
+
+
+S = TypeVar("S")
+
+
+def configured(section: S | None, system: str) -> S:
+    """A connector's ``[erp.<system>]`` settings, or ``ErpRejected`` saying they are missing."""
+    if section is None:
+        raise ErpRejected(f"缺少 [erp.{system}] 配置", f"the [erp.{system}] section is missing")
+    return section
+
+
+class SourceMarks:
+    """The movements cursor of an ERP that reads several document sources: per source, the latest mark (a date
+    or a time, as text) seen, stored as a JSON object."""
+
+    def __init__(self, cursor: str | None) -> None:
+        self._marks: dict[str, str] = json.loads(cursor) if cursor else {}
+
+    def get(self, source: str) -> str | None:
+        return self._marks.get(source)
+
+    def page(self, records: Sequence[Record], source: str, mark: str | None) -> Page:
+        """``records`` of ``source``, read up to ``mark``, with the cursor to store once they are written."""
+        if mark:
+            self._marks[source] = mark
+        return Page(records, json.dumps(self._marks, sort_keys=True))
+
+
+def latest(mark: str | None, seen: str) -> str | None:
+    """A cursor mark moved on to ``seen`` when that is later (marks are ISO texts: they compare as text); an
+    empty ``seen`` leaves it."""
+    return seen if seen and (mark is None or seen > mark) else mark
 
 
 def decimal(value: Any, what: str, label: str) -> Decimal:
@@ -348,3 +420,14 @@ def text(value: Any, what: str, label: str, *, required: bool = True, max_len: i
             f"{label} 返回的 {what} 太长（{len(s)} 个字符）", f"{label} sent a {what} of {len(s)} characters"
         )
     return s
+
+
+def local_time(value: str, tz: ZoneInfo, label: str) -> datetime:
+    """A date-time from an ERP answer, in the ERP's time zone ``tz`` (it sends no offset), as UTC; or
+    ``ErpBadResponse``."""
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=tz).astimezone(UTC)
+    except ValueError:
+        raise ErpBadResponse(
+            f"{label} 返回的时间无法识别：{value!r}", f"{label} sent an unreadable time: {value!r}"
+        ) from None

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from integrations.erp.base import ErpBadResponse, ErpUnavailable
+from integrations.erp.base import Connector, ErpBadResponse, ErpUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,19 @@ class Http:
         self._session: aiohttp.ClientSession | None = None
         self.log = logging.getLogger(f"pandian.erp.{system}")
         self.requests = 0  # for reports and tests
+
+    @classmethod
+    def of(
+        cls,
+        connector: Connector,
+        *,
+        secrets: Callable[[], Iterable[str | None]],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> Http:
+        """The connector's HTTP, with the timeout and read retries of its ``[erp]`` settings."""
+        erp = connector.erp
+        return cls(connector.system, connector.label, timeout_s=erp.timeout_s, read_retries=erp.read_retries,
+                   retry_backoff_s=erp.retry_backoff_s, secrets=secrets, sleep=sleep)  # fmt: skip
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -37,7 +35,6 @@ from core.config import ErpSettings, KingdeeSettings
 from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
-    Entity,
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
@@ -48,8 +45,12 @@ from integrations.erp.base import (
     Posted,
     PostingDoc,
     SaveProgress,
+    SourceMarks,
     StockRecord,
+    configured,
     decimal,
+    latest,
+    local_time,
     text,
 )
 from integrations.erp.http import Http
@@ -83,21 +84,16 @@ class KingdeeConnector(ApiConnector):
         self, erp: ErpSettings, tz: ZoneInfo, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     ) -> None:
         super().__init__(erp, tz)
-        if erp.kingdee is None:
-            raise ErpRejected("缺少 [erp.kingdee] 配置", "the [erp.kingdee] section is missing")
-        self.cfg: KingdeeSettings = erp.kingdee
+        self.cfg: KingdeeSettings = configured(erp.kingdee, self.system)
         self._sid: str | None = None
         self._lock = asyncio.Lock()
         self.logins = 0
-        self.http = Http(self.system, self.label, timeout_s=erp.timeout_s, read_retries=erp.read_retries,
-                         retry_backoff_s=erp.retry_backoff_s, sleep=sleep,
-                         secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._sid))  # fmt: skip
+        self.http = Http.of(
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._sid)
+        )
 
     def _url(self, service: str) -> str:
         return f"{self.cfg.server_url.rstrip('/')}/{service}.common.kdsvc"
-
-    async def close(self) -> None:
-        await self.http.close()
 
     # -- session -----------------------------------------------------------------------------------------
 
@@ -203,20 +199,6 @@ class KingdeeConnector(ApiConnector):
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
-        if entity is Entity.ITEMS:
-            async for page in self._items(cursor):
-                yield page
-        elif entity is Entity.LOCATIONS:
-            async for page in self._warehouses():
-                yield page
-        elif entity is Entity.STOCK:
-            async for page in self._stock():
-                yield page
-        else:
-            async for page in self._movements(cursor):
-                yield page
-
     async def _items(self, cursor: str | None) -> AsyncIterator[Page]:
         c = self.cfg
         fields = ["FMATERIALID", "FNumber", "FName", "FSpecification", "FBaseUnitId.FNumber", c.cost_field,
@@ -235,12 +217,10 @@ class KingdeeConnector(ApiConnector):
                     unit_cost=decimal(cost, c.cost_field, self.label) if cost not in (None, "") else None,
                     barcodes=tuple(b for b in str(barcode or "").replace("，", ",").split(",") if b.strip()),
                 ))  # fmt: skip
-                m = kd_time(modified)
-                if last is None or m > last:
-                    last = m
+                last = latest(last, kd_time(modified))
             yield Page(recs, last)
 
-    async def _warehouses(self) -> AsyncIterator[Page]:
+    async def _locations(self) -> AsyncIterator[Page]:
         fields = ["FNumber", "FName", "FIsOpenLocation"]
         async for rows in self._pages("BD_STOCK", fields, "FDocumentStatus='C'", "FNumber ASC"):
             recs = []
@@ -281,7 +261,7 @@ class KingdeeConnector(ApiConnector):
             yield Page(recs, None)
 
     async def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
-        marks: dict[str, str] = json.loads(cursor) if cursor else {}
+        marks = SourceMarks(cursor)
         flex = self.cfg.location_flex
         for src in self.cfg.movement_sources:
             fields = ["FID", "FBillNo", src.line_field, "FMaterialId.FNumber", f"{src.warehouse_field}.FNumber",
@@ -300,22 +280,11 @@ class KingdeeConnector(ApiConnector):
                         location=(text(loc, "仓位", self.label, required=False, max_len=50) if src.location_field else None)
                         or self.erp.default_location,
                         qty=src.sign * abs(decimal(qty, src.qty_field, self.label)),
-                        type=MovementType(src.type), occurred_at=self._time(when),
+                        type=MovementType(src.type), occurred_at=local_time(when, self.tz, self.label),
                         source_doc=text(bill_no, "FBillNo", self.label, required=False, max_len=100),
                     ))  # fmt: skip
-                    if since is None or when > since:
-                        since = when
-                if since:
-                    marks[src.source] = since
-                yield Page(recs, json.dumps(marks, sort_keys=True))
-
-    def _time(self, value: str) -> datetime:
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=self.tz).astimezone(UTC)
-        except ValueError:
-            raise ErpBadResponse(
-                f"金蝶返回的时间无法识别：{value!r}", f"Kingdee sent an unreadable time: {value!r}"
-            ) from None
+                    since = latest(since, when)
+                yield marks.page(recs, src.source, since)
 
     # -- write back ----------------------------------------------------------------------------------------
 

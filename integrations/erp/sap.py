@@ -42,7 +42,6 @@ from core.config import ErpSettings, SapSettings
 from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
-    Entity,
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
@@ -55,7 +54,9 @@ from integrations.erp.base import (
     PostingDoc,
     SaveProgress,
     StockRecord,
+    configured,
     decimal,
+    latest,
     text,
 )
 from integrations.erp.http import Http, Response
@@ -110,21 +111,18 @@ class SapConnector(ApiConnector):
         self, erp: ErpSettings, tz: ZoneInfo, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     ) -> None:
         super().__init__(erp, tz)
-        if erp.sap is None:
-            raise ErpRejected("缺少 [erp.sap] 配置", "the [erp.sap] section is missing")
-        self.cfg: SapSettings = erp.sap
+        self.cfg: SapSettings = configured(erp.sap, self.system)
         self._csrf: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self.logins = 0
         self._authorization = aiohttp.encode_basic_auth(
             self.cfg.username, self.cfg.password.get_secret_value()
         )
-        self.http = Http(self.system, self.label, timeout_s=erp.timeout_s, read_retries=erp.read_retries,
-                         retry_backoff_s=erp.retry_backoff_s, sleep=sleep,
-                         secrets=lambda: (self.cfg.password.get_secret_value(), self._authorization, *self._csrf.values()))  # fmt: skip
-
-    async def close(self) -> None:
-        await self.http.close()
+        self.http = Http.of(
+            self,
+            sleep=sleep,
+            secrets=lambda: (self.cfg.password.get_secret_value(), self._authorization, *self._csrf.values()),
+        )
 
     # -- transport -----------------------------------------------------------------------------------------
 
@@ -227,18 +225,6 @@ class SapConnector(ApiConnector):
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
-        if entity is Entity.ITEMS:
-            gen = self._items(cursor)
-        elif entity is Entity.LOCATIONS:
-            gen = self._plants()
-        elif entity is Entity.STOCK:
-            gen = self._stock()
-        else:
-            gen = self._movements(cursor)
-        async for page in gen:
-            yield page
-
     async def _items(self, cursor: str | None) -> AsyncIterator[Page]:
         params: dict[str, Any] = {
             "$orderby": "LastChangeDateTime,Product",
@@ -267,8 +253,7 @@ class SapConnector(ApiConnector):
                 changed = parse_odata_date(r.get("LastChangeDateTime"), self.label).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
-                if last is None or changed > last:
-                    last = changed
+                last = latest(last, changed)
             yield Page(recs, last)
 
     def _cost(self, product: dict[str, Any]) -> Decimal | None:
@@ -285,7 +270,7 @@ class SapConnector(ApiConnector):
         per = decimal(v.get("PriceUnitQty") or 1, "PriceUnitQty", self.label) or Decimal(1)
         return (decimal(price or 0, "StandardPrice", self.label) / per).quantize(Decimal("0.0001"))
 
-    async def _plants(self) -> AsyncIterator[Page]:
+    async def _locations(self) -> AsyncIterator[Page]:
         # plants are configured (the storage locations come with the stock that names them)
         yield Page(
             [
@@ -348,9 +333,7 @@ class SapConnector(ApiConnector):
                         reference=text(h.get("MaterialDocumentHeaderText"), "header text", self.label, required=False,
                                        max_len=100),
                     ))  # fmt: skip
-                day = created.isoformat()
-                if last is None or day > last:
-                    last = day
+                last = latest(last, created.isoformat())
             yield Page(recs, last)
 
     # -- write back: physical inventory documents ----------------------------------------------------------

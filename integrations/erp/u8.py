@@ -26,10 +26,9 @@ check them against the customer's OpenAPI catalogue.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -37,7 +36,6 @@ from core.config import ErpSettings, U8Settings
 from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
-    Entity,
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
@@ -48,8 +46,12 @@ from integrations.erp.base import (
     Posted,
     PostingDoc,
     SaveProgress,
+    SourceMarks,
     StockRecord,
+    configured,
     decimal,
+    latest,
+    local_time,
     text,
 )
 from integrations.erp.http import Http
@@ -67,23 +69,18 @@ class U8Connector(ApiConnector):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         super().__init__(erp, tz)
-        if erp.u8 is None:
-            raise ErpRejected("缺少 [erp.u8] 配置", "the [erp.u8] section is missing")
-        self.cfg: U8Settings = erp.u8
+        self.cfg: U8Settings = configured(erp.u8, self.system)
         self._token: str | None = None
         self._expires = 0.0
         self._clock = clock
         self._lock = asyncio.Lock()
         self.logins = 0
-        self.http = Http(self.system, self.label, timeout_s=erp.timeout_s, read_retries=erp.read_retries,
-                         retry_backoff_s=erp.retry_backoff_s, sleep=sleep,
-                         secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token))  # fmt: skip
+        self.http = Http.of(
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token)
+        )
 
     def _url(self, path: str) -> str:
         return f"{self.cfg.base_url.rstrip('/')}{path}"
-
-    async def close(self) -> None:
-        await self.http.close()
 
     # -- token ---------------------------------------------------------------------------------------------
 
@@ -182,18 +179,6 @@ class U8Connector(ApiConnector):
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
-        if entity is Entity.ITEMS:
-            gen = self._items(cursor)
-        elif entity is Entity.LOCATIONS:
-            gen = self._locations()
-        elif entity is Entity.STOCK:
-            gen = self._stock()
-        else:
-            gen = self._movements(cursor)
-        async for page in gen:
-            yield page
-
     async def _items(self, cursor: str | None) -> AsyncIterator[Page]:
         last = cursor
         async for rows in self._batches("inventory", modifydate_begin=cursor):
@@ -208,9 +193,7 @@ class U8Connector(ApiConnector):
                     unit_cost=decimal(cost, "iinvrcost", self.label) if cost not in (None, "") else None,
                     barcodes=tuple(b.strip() for b in str(r.get("barcode") or "").split(",") if b.strip()),
                 ))  # fmt: skip
-                m = str(r.get("modifydate") or "")
-                if m and (last is None or m > last):
-                    last = m
+                last = latest(last, str(r.get("modifydate") or ""))
             yield Page(recs, last)
 
     async def _locations(self) -> AsyncIterator[Page]:
@@ -234,7 +217,7 @@ class U8Connector(ApiConnector):
             ) for r in rows], None)  # fmt: skip
 
     async def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
-        marks: dict[str, str] = json.loads(cursor) if cursor else {}
+        marks = SourceMarks(cursor)
         for src in self.cfg.movement_sources:
             since = marks.get(src.source)
             # vouchers are filtered by their (business) date, which may be back-dated when entered late: look
@@ -261,22 +244,12 @@ class U8Connector(ApiConnector):
                             location=(text(e.get(src.location_field), src.location_field, self.label, required=False,
                                            max_len=50) if src.location_field else None) or self.erp.default_location,
                             qty=src.sign * abs(decimal(e.get(src.qty_field), src.qty_field, self.label)),
-                            type=MovementType(src.type), occurred_at=self._time(str(r.get("maketime") or day)),
+                            type=MovementType(src.type),
+                            occurred_at=local_time(str(r.get("maketime") or day), self.tz, self.label),
                             source_doc=text(r.get("code"), "code", self.label, required=False, max_len=100),
                         ))  # fmt: skip
-                    if day and (since is None or day > since):
-                        since = day
-                if since:
-                    marks[src.source] = since
-                yield Page(recs, json.dumps(marks, sort_keys=True))
-
-    def _time(self, value: str) -> datetime:
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=self.tz).astimezone(UTC)
-        except ValueError:
-            raise ErpBadResponse(
-                f"U8 返回的时间无法识别：{value!r}", f"U8 sent an unreadable time: {value!r}"
-            ) from None
+                    since = latest(since, day)
+                yield marks.page(recs, src.source, since)
 
     # -- write back ----------------------------------------------------------------------------------------
 

@@ -32,10 +32,8 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,7 +41,6 @@ from core.config import ErpSettings, YonBipSettings
 from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
-    Entity,
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
@@ -54,8 +51,12 @@ from integrations.erp.base import (
     Posted,
     PostingDoc,
     SaveProgress,
+    SourceMarks,
     StockRecord,
+    configured,
     decimal,
+    latest,
+    local_time,
     text,
 )
 from integrations.erp.http import Http
@@ -79,21 +80,16 @@ class YonBipConnector(ApiConnector):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         super().__init__(erp, tz)
-        if erp.yonbip is None:
-            raise ErpRejected("缺少 [erp.yonbip] 配置", "the [erp.yonbip] section is missing")
-        self.cfg: YonBipSettings = erp.yonbip
+        self.cfg: YonBipSettings = configured(erp.yonbip, self.system)
         self._token: str | None = None
         self._expires = 0.0
         self._clock = clock
         self._lock = asyncio.Lock()
         self._gateway, self._token_url = self.cfg.gateway_url, self.cfg.token_url
         self.logins = 0
-        self.http = Http(self.system, self.label, timeout_s=erp.timeout_s, read_retries=erp.read_retries,
-                         retry_backoff_s=erp.retry_backoff_s, sleep=sleep,
-                         secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token))  # fmt: skip
-
-    async def close(self) -> None:
-        await self.http.close()
+        self.http = Http.of(
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token)
+        )
 
     # -- token ---------------------------------------------------------------------------------------------
 
@@ -193,18 +189,6 @@ class YonBipConnector(ApiConnector):
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    async def pull(self, entity: Entity, cursor: str | None) -> AsyncIterator[Page]:
-        if entity is Entity.ITEMS:
-            gen = self._items(cursor)
-        elif entity is Entity.LOCATIONS:
-            gen = self._locations()
-        elif entity is Entity.STOCK:
-            gen = self._stock()
-        else:
-            gen = self._movements(cursor)
-        async for page in gen:
-            yield page
-
     @staticmethod
     def _since(cursor: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"queryOrders": [{"field": "pubts", "order": "asc"}]}
@@ -226,9 +210,7 @@ class YonBipConnector(ApiConnector):
                     unit_cost=decimal(cost, "costPrice", self.label) if cost not in (None, "") else None,
                     barcodes=tuple(b.strip() for b in str(r.get("barCode") or "").split(",") if b.strip()),
                 ))  # fmt: skip
-                ts = str(r.get("pubts") or "")
-                if ts and (last is None or ts > last):
-                    last = ts
+                last = latest(last, str(r.get("pubts") or ""))
             yield Page(recs, last)
 
     async def _locations(self) -> AsyncIterator[Page]:
@@ -254,7 +236,7 @@ class YonBipConnector(ApiConnector):
             ) for r in rows], None)  # fmt: skip
 
     async def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
-        marks: dict[str, str] = json.loads(cursor) if cursor else {}
+        marks = SourceMarks(cursor)
         for src in self.cfg.movement_sources:
             since = marks.get(src.source)
             async for rows in self._records(src.source, {**self._since(since), "isSum": False}):
@@ -268,23 +250,13 @@ class YonBipConnector(ApiConnector):
                         location=(text(r.get(src.location_field), src.location_field, self.label, required=False,
                                        max_len=50) if src.location_field else None) or self.erp.default_location,
                         qty=src.sign * abs(decimal(r.get(src.qty_field), src.qty_field, self.label)),
-                        type=MovementType(src.type), occurred_at=self._time(ts or str(r.get("vouchdate") or "")),
+                        type=MovementType(src.type),
+                        occurred_at=local_time(ts or str(r.get("vouchdate") or ""), self.tz, self.label),
                         source_doc=text(r.get("code"), "code", self.label, required=False, max_len=100),
                         reference=text(r.get("srcBillNO"), "srcBillNO", self.label, required=False, max_len=100),
                     ))  # fmt: skip
-                    if ts and (since is None or ts > since):
-                        since = ts
-                if since:
-                    marks[src.source] = since
-                yield Page(recs, json.dumps(marks, sort_keys=True))
-
-    def _time(self, value: str) -> datetime:
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=self.tz).astimezone(UTC)
-        except ValueError:
-            raise ErpBadResponse(
-                f"用友返回的时间无法识别：{value!r}", f"YonBIP sent an unreadable time: {value!r}"
-            ) from None
+                    since = latest(since, ts)
+                yield marks.page(recs, src.source, since)
 
     # -- write back ----------------------------------------------------------------------------------------
 
