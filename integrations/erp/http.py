@@ -7,6 +7,9 @@
   (Kingdee login), and every configured secret is masked in any text that leaves this module.
 - JSON is parsed with ``Decimal`` for numbers; an unreadable body is ``ErpBadResponse`` with a short, masked
   excerpt of what came back.
+- ``Login`` holds what a connector logs in with (a token, a session id, a CSRF token): fetched once under a
+  lock, renewed shortly before it expires, and when the ERP refuses it, dropped and the call repeated once
+  with a new one.
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from integrations.erp.base import Connector, ErpBadResponse, ErpUnavailable
+from integrations.erp.base import Connector, ErpBadResponse, ErpSessionExpired, ErpUnavailable
+
+REFRESH_MARGIN_S = 300.0  # a token that expires is renewed this long before it does
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +170,54 @@ class Http:
                 f"{self.label} answered {what} with malformed JSON (HTTP {resp.status}): {self.excerpt(resp.body)}",
                 code="malformed",
             ) from None
+
+
+class Login:
+    """What a connector logs in with: a token or a session id.
+
+    ``fetch`` logs in and answers the value with the seconds it lives (None: until the ERP refuses it). The value
+    is fetched under a lock, so calls that need it at once log in once, and renewed ``REFRESH_MARGIN_S`` before
+    it expires. ``forget`` runs when a refused value is dropped (a session's cookies go with it)."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[str, float | None]]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        forget: Callable[[], None] | None = None,
+    ) -> None:
+        self._fetch, self._clock, self._forget = fetch, clock, forget
+        self._lock = asyncio.Lock()
+        self.value: str | None = None
+        self._expires: float | None = None
+        self.count = 0  # logins so far (for reports and tests)
+
+    async def get(self) -> str:
+        async with self._lock:
+            if self.value and (self._expires is None or self._clock() < self._expires - REFRESH_MARGIN_S):
+                return self.value
+            value, lives_s = await self._fetch()
+            self.value, self._expires = value, None if lives_s is None else self._clock() + lives_s
+            self.count += 1
+            return value
+
+    async def drop(self, value: str) -> None:
+        """Forget ``value`` (the ERP refused it), unless another call has replaced it already."""
+        async with self._lock:
+            if self.value == value:
+                self.value = None
+                if self._forget is not None:
+                    self._forget()
+
+    async def renewing(self, call: Callable[[str], Awaitable[T]]) -> T:
+        """``call(value)``; when it raises ``ErpSessionExpired`` (the ERP refused the value and did nothing), the
+        value is dropped and the call repeated once with a new one."""
+        for again in (False, True):
+            value = await self.get()
+            try:
+                return await call(value)
+            except ErpSessionExpired:
+                await self.drop(value)
+                if again:
+                    raise
+        raise AssertionError("unreachable")

@@ -53,7 +53,7 @@ from integrations.erp.base import (
     local_time,
     text,
 )
-from integrations.erp.http import Http
+from integrations.erp.http import Http, Login
 
 DYN = "Kingdee.BOS.WebApi.ServicesStub.DynamicFormService"
 AUTH = "Kingdee.BOS.WebApi.ServicesStub.AuthService"
@@ -85,73 +85,63 @@ class KingdeeConnector(ApiConnector):
     ) -> None:
         super().__init__(erp, tz)
         self.cfg: KingdeeSettings = configured(erp.kingdee, self.system)
-        self._sid: str | None = None
-        self._lock = asyncio.Lock()
-        self.logins = 0
         self.http = Http.of(
-            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._sid)
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self.login.value)
         )
+        # a session lives until Kingdee says it is lost; its cookies go with it
+        self.login = Login(self._new_session, forget=self.http.forget_cookies)
 
     def _url(self, service: str) -> str:
         return f"{self.cfg.server_url.rstrip('/')}/{service}.common.kdsvc"
 
     # -- session -----------------------------------------------------------------------------------------
 
-    async def _login(self) -> str:
-        async with self._lock:
-            if self._sid:
-                return self._sid
-            c = self.cfg
-            secret = c.app_secret.get_secret_value()
-            if c.login == "sign":
-                ts = str(int(time.time()))
-                sign = hashlib.sha256(
-                    "".join(sorted([c.acct_id, c.username, c.app_id, secret, ts])).encode()
-                ).hexdigest()
-                service = f"{AUTH}.LoginBySign"
-                body: Any = {"acctID": c.acct_id, "username": c.username, "appId": c.app_id, "timestamp": ts,
-                             "sign": sign, "lcid": c.lcid}  # fmt: skip
-            else:
-                service = f"{AUTH}.LoginByAppSecret"
-                body = {"parameters": [c.acct_id, c.username, c.app_id, secret, c.lcid]}
-            resp = await self.http.send("POST", self._url(service), body=body)
-            data = self.http.parse(resp, "登录 login")
-            if not isinstance(data, dict) or data.get("LoginResultType") != 1:
-                msg = data.get("Message") if isinstance(data, dict) else None
-                raise ErpRejected(
-                    f"金蝶登录失败（账套 {c.acct_id}，用户 {c.username}）：{msg or '未知原因'}",
-                    f"Kingdee login failed (data centre {c.acct_id}, user {c.username}): {msg or 'no reason given'}",
-                    code="login",
-                )
-            sid = data.get("KDSVCSessionId") or (data.get("Context") or {}).get("SessionId")
-            if not sid:
-                raise ErpBadResponse(
-                    "金蝶登录成功但没有返回会话号", "Kingdee login answered without a session id"
-                )
-            self._sid = str(sid)
-            self.logins += 1
-            return self._sid
+    async def _new_session(self) -> tuple[str, None]:
+        c = self.cfg
+        secret = c.app_secret.get_secret_value()
+        if c.login == "sign":
+            ts = str(int(time.time()))
+            sign = hashlib.sha256(
+                "".join(sorted([c.acct_id, c.username, c.app_id, secret, ts])).encode()
+            ).hexdigest()
+            service = f"{AUTH}.LoginBySign"
+            body: Any = {"acctID": c.acct_id, "username": c.username, "appId": c.app_id, "timestamp": ts,
+                         "sign": sign, "lcid": c.lcid}  # fmt: skip
+        else:
+            service = f"{AUTH}.LoginByAppSecret"
+            body = {"parameters": [c.acct_id, c.username, c.app_id, secret, c.lcid]}
+        resp = await self.http.send("POST", self._url(service), body=body)
+        data = self.http.parse(resp, "登录 login")
+        if not isinstance(data, dict) or data.get("LoginResultType") != 1:
+            msg = data.get("Message") if isinstance(data, dict) else None
+            raise ErpRejected(
+                f"金蝶登录失败（账套 {c.acct_id}，用户 {c.username}）：{msg or '未知原因'}",
+                f"Kingdee login failed (data centre {c.acct_id}, user {c.username}): {msg or 'no reason given'}",
+                code="login",
+            )
+        sid = data.get("KDSVCSessionId") or (data.get("Context") or {}).get("SessionId")
+        if not sid:
+            raise ErpBadResponse(
+                "金蝶登录成功但没有返回会话号", "Kingdee login answered without a session id"
+            )
+        return str(sid), None
 
     async def _call(self, op: str, body: Any, *, write: bool) -> Any:
         """One business call; an expired session is renewed and the call repeated once."""
-        for again in (False, True):
-            sid = await self._login()
+
+        async def once(sid: str) -> Any:
             resp = await self.http.send("POST", self._url(f"{DYN}.{op}"), body=body, write=write,
                                         headers={"kdservice-sessionid": sid})  # fmt: skip
             data = self.http.parse(resp, op)
             status = _response_status(data)
             if status is not None and status.get("MsgCode") == CONTEXT_LOST:
-                async with self._lock:
-                    if self._sid == sid:
-                        self._sid = None
-                        self.http.forget_cookies()
-                if again:
-                    raise ErpSessionExpired(
-                        "金蝶会话再次失效", "the Kingdee session expired again after a new login"
-                    )
-                continue
+                # renewed and repeated once; this is what the second refusal says
+                raise ErpSessionExpired(
+                    "金蝶会话再次失效", "the Kingdee session expired again after a new login"
+                )
             return data
-        raise AssertionError("unreachable")
+
+        return await self.login.renewing(once)
 
     async def query(
         self,
@@ -190,7 +180,7 @@ class KingdeeConnector(ApiConnector):
             start += len(rows)
 
     async def check(self) -> list[str]:
-        await self._login()
+        await self.login.get()
         stocks = await self.query("BD_STOCK", ["FNumber"], "FDocumentStatus='C'", limit=1)
         return [
             f"登录成功：账套 {self.cfg.acct_id}，用户 {self.cfg.username}（{self.cfg.login}）/ logged in",

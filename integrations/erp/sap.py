@@ -4,7 +4,8 @@ location.
 - Every request carries the communication user (basic auth) and ``sap-client`` when set. Writes carry an
   ``x-csrf-token`` fetched per service (``GET <service>/`` with ``x-csrf-token: Fetch``; the session cookies
   come with it). A write answered ``403`` with ``x-csrf-token: Required`` (the token or its session expired) is
-  repeated once with a fresh token; ``401`` is wrong credentials (permanent). Errors are OData's
+  repeated once with a fresh token (a read carries no token: such an answer to it is ``ErpSessionExpired`` at
+  once); ``401`` is wrong credentials (permanent). Errors are OData's
   ``{"error": {"code", "message": {"value"}}}``.
 - Reads (``$top``/``$skip`` pages): products ``API_PRODUCT_SRV/A_Product`` changed since
   ``LastChangeDateTime`` (description in ``sap.language``, GTIN ``ProductStandardID``, cost from
@@ -33,6 +34,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -59,7 +61,7 @@ from integrations.erp.base import (
     latest,
     text,
 )
-from integrations.erp.http import Http, Response
+from integrations.erp.http import Http, Login, Response
 
 ODATA = "/sap/opu/odata/sap"
 PI = f"{ODATA}/API_PHYSICAL_INVENTORY_DOC_SRV"
@@ -112,16 +114,18 @@ class SapConnector(ApiConnector):
     ) -> None:
         super().__init__(erp, tz)
         self.cfg: SapSettings = configured(erp.sap, self.system)
-        self._csrf: dict[str, str] = {}
-        self._lock = asyncio.Lock()
-        self.logins = 0
+        self._csrf: dict[str, Login] = {}  # per OData service
         self._authorization = aiohttp.encode_basic_auth(
             self.cfg.username, self.cfg.password.get_secret_value()
         )
         self.http = Http.of(
             self,
             sleep=sleep,
-            secrets=lambda: (self.cfg.password.get_secret_value(), self._authorization, *self._csrf.values()),
+            secrets=lambda: (
+                self.cfg.password.get_secret_value(),
+                self._authorization,
+                *(login.value for login in self._csrf.values()),
+            ),
         )
 
     # -- transport -----------------------------------------------------------------------------------------
@@ -135,20 +139,21 @@ class SapConnector(ApiConnector):
             p["sap-client"] = self.cfg.sap_client
         return p
 
-    async def _token(self, service: str) -> str:
-        async with self._lock:
-            if service in self._csrf:
-                return self._csrf[service]
-            resp = await self.http.send("GET", self._url(f"{service}/"), params=self._params(None),
-                                        headers={"x-csrf-token": "Fetch", "Accept": "application/json",
-                                                 "Authorization": self._authorization})  # fmt: skip
-            self._check_auth(resp)
-            token = resp.headers.get("x-csrf-token")
-            if not token or token.lower() == "required":
-                raise ErpBadResponse("SAP 没有返回 CSRF token", "SAP sent no CSRF token")
-            self._csrf[service] = token
-            self.logins += 1
-            return token
+    def _login(self, service: str) -> Login:
+        """The service's CSRF token: it lives until SAP refuses it; its session cookies go with it."""
+        if service not in self._csrf:
+            self._csrf[service] = Login(partial(self._new_csrf, service), forget=self.http.forget_cookies)
+        return self._csrf[service]
+
+    async def _new_csrf(self, service: str) -> tuple[str, None]:
+        resp = await self.http.send("GET", self._url(f"{service}/"), params=self._params(None),
+                                    headers={"x-csrf-token": "Fetch", "Accept": "application/json",
+                                             "Authorization": self._authorization})  # fmt: skip
+        self._check_auth(resp)
+        token = resp.headers.get("x-csrf-token")
+        if not token or token.lower() == "required":
+            raise ErpBadResponse("SAP 没有返回 CSRF token", "SAP sent no CSRF token")
+        return token, None
 
     def _check_auth(self, resp: Response) -> None:
         if resp.status == 401:
@@ -157,24 +162,22 @@ class SapConnector(ApiConnector):
 
     async def _send(self, method: str, service: str, path: str, *, params: dict[str, Any] | None = None,
                     body: Any = None, headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+        """A request; a write carries the service's CSRF token (refused: renewed and the write repeated once)."""
         write = method != "GET"
-        for again in (False, True):
+
+        async def once(token: str | None) -> Response:
             hdrs = {"Accept": "application/json", "Authorization": self._authorization, **(headers or {})}
-            if write:
-                hdrs["x-csrf-token"] = await self._token(service)
+            if token is not None:
+                hdrs["x-csrf-token"] = token
             resp = await self.http.send(method, self._url(f"{service}{path}"), params=self._params(params), body=body,
                                         headers=hdrs, write=write)  # fmt: skip
             self._check_auth(resp)
             if resp.status == 403 and resp.headers.get("x-csrf-token", "").lower() == "required":
-                async with self._lock:
-                    if self._csrf.get(service) == hdrs.get("x-csrf-token"):
-                        self._csrf.pop(service, None)
-                        self.http.forget_cookies()
-                if again:
-                    raise ErpSessionExpired("SAP CSRF token 再次失效", "the SAP CSRF token was refused again")
-                continue
+                # a write is renewed and repeated once; this is what the second refusal says
+                raise ErpSessionExpired("SAP CSRF token 再次失效", "the SAP CSRF token was refused again")
             return resp
-        raise AssertionError("unreachable")
+
+        return await self._login(service).renewing(once) if write else await once(None)
 
     def _json(self, resp: Response, what: str) -> Any:
         if resp.status >= 400:
@@ -218,7 +221,7 @@ class SapConnector(ApiConnector):
             skip += len(rows)
 
     async def check(self) -> list[str]:
-        await self._token(PI)
+        await self._login(PI).get()
         await self._get(PI, "/A_PhysInventoryDocHeader", {"$top": 1}, "A_PhysInventoryDocHeader")
         return [f"SAP 登录成功（用户 {self.cfg.username}），CSRF token 已获取 / logged in, CSRF token fetched",
                 "读取盘点凭证：可以 / physical inventory documents readable"]  # fmt: skip

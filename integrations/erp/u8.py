@@ -2,7 +2,8 @@
 
 - Token: ``GET /system/token?from_account=&app_key=&app_secret=`` → ``token.id`` (cached ``expiresIn``, renewed
   5 minutes early). An answer whose ``errcode`` is in ``token_error_codes`` means the token is no longer
-  valid: a new one is fetched and the call repeated once (the ERP did nothing).
+  valid: a new one is fetched and the call repeated once (the ERP did nothing), the trade id request of a
+  write included.
 - Every write needs a one-time trade id: ``GET /system/tradeid?from_account=&app_key=&token=`` → ``trade.id``,
   fetched fresh for each write.
 - Reads: ``GET /api/{resource}/batch_get?from_account=&to_account=&app_key=&token=[&ds_sequence=]&page_index=
@@ -54,9 +55,8 @@ from integrations.erp.base import (
     local_time,
     text,
 )
-from integrations.erp.http import Http
+from integrations.erp.http import Http, Login
 
-REFRESH_MARGIN_S = 300.0
 DUPLICATE_HINTS = ("重复", "已存在", "duplicate")
 
 
@@ -70,13 +70,9 @@ class U8Connector(ApiConnector):
     ) -> None:  # fmt: skip
         super().__init__(erp, tz)
         self.cfg: U8Settings = configured(erp.u8, self.system)
-        self._token: str | None = None
-        self._expires = 0.0
-        self._clock = clock
-        self._lock = asyncio.Lock()
-        self.logins = 0
+        self.login = Login(self._new_token, clock=clock)
         self.http = Http.of(
-            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token)
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self.login.value)
         )
 
     def _url(self, path: str) -> str:
@@ -84,21 +80,15 @@ class U8Connector(ApiConnector):
 
     # -- token ---------------------------------------------------------------------------------------------
 
-    async def _get_token(self) -> str:
-        async with self._lock:
-            if self._token and self._clock() < self._expires - REFRESH_MARGIN_S:
-                return self._token
-            resp = await self.http.send("GET", self._url("/system/token"), params={
-                "from_account": self.cfg.from_account, "app_key": self.cfg.app_key,
-                "app_secret": self.cfg.app_secret.get_secret_value()})  # fmt: skip
-            data = self._ok(self.http.parse(resp, "token"), "token", login=True)
-            tok = data.get("token") if isinstance(data.get("token"), dict) else None
-            if not tok or not tok.get("id"):
-                raise ErpBadResponse("U8 没有返回 token", "U8 sent no token")
-            self._token = str(tok["id"])
-            self._expires = self._clock() + float(tok.get("expiresIn") or 7200)
-            self.logins += 1
-            return self._token
+    async def _new_token(self) -> tuple[str, float]:
+        resp = await self.http.send("GET", self._url("/system/token"), params={
+            "from_account": self.cfg.from_account, "app_key": self.cfg.app_key,
+            "app_secret": self.cfg.app_secret.get_secret_value()})  # fmt: skip
+        data = self._ok(self.http.parse(resp, "token"), "token", login=True)
+        tok = data.get("token") if isinstance(data.get("token"), dict) else None
+        if not tok or not tok.get("id"):
+            raise ErpBadResponse("U8 没有返回 token", "U8 sent no token")
+        return str(tok["id"]), float(tok.get("expiresIn") or 7200)
 
     def _ok(self, data: Any, what: str, *, login: bool = False) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -123,22 +113,16 @@ class U8Connector(ApiConnector):
     async def _call(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
                     trade: bool = False) -> dict[str, Any]:  # fmt: skip
         """A call; expired token: renewed and repeated once. ``trade``: a write with a fresh trade id."""
-        for again in (False, True):
-            token = await self._get_token()
+
+        async def once(token: str) -> dict[str, Any]:
             extra = dict(params or {})
             if trade:
                 extra["tradeid"] = await self._tradeid(token)
-            try:
-                resp = await self.http.send(method, self._url(path), params=self._params(token, **extra), body=body,
-                                            write=trade)  # fmt: skip
-                return self._ok(self.http.parse(resp, path), path)
-            except ErpSessionExpired:
-                async with self._lock:
-                    if self._token == token:
-                        self._token = None
-                if again:
-                    raise
-        raise AssertionError("unreachable")
+            resp = await self.http.send(method, self._url(path), params=self._params(token, **extra), body=body,
+                                        write=trade)  # fmt: skip
+            return self._ok(self.http.parse(resp, path), path)
+
+        return await self.login.renewing(once)
 
     async def _tradeid(self, token: str) -> str:
         resp = await self.http.send("GET", self._url("/system/tradeid"), params={
@@ -171,7 +155,7 @@ class U8Connector(ApiConnector):
             index += 1
 
     async def check(self) -> list[str]:
-        await self._get_token()
+        await self.login.get()
         async for _ in self._batches("warehouse"):
             break
         return [f"token 获取成功（{self.cfg.from_account} → 账套 {self.cfg.to_account}）/ token issued",

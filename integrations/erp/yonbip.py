@@ -59,10 +59,9 @@ from integrations.erp.base import (
     local_time,
     text,
 )
-from integrations.erp.http import Http
+from integrations.erp.http import Http, Login
 
 DIFF = "/yonbip/scm/storecheckdifference"
-REFRESH_MARGIN_S = 300.0
 REPEATED_HINTS = ("重复", "resubmit", "已提交")
 
 
@@ -81,14 +80,10 @@ class YonBipConnector(ApiConnector):
     ) -> None:  # fmt: skip
         super().__init__(erp, tz)
         self.cfg: YonBipSettings = configured(erp.yonbip, self.system)
-        self._token: str | None = None
-        self._expires = 0.0
-        self._clock = clock
-        self._lock = asyncio.Lock()
         self._gateway, self._token_url = self.cfg.gateway_url, self.cfg.token_url
-        self.logins = 0
+        self.login = Login(self._new_token, clock=clock)
         self.http = Http.of(
-            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self._token)
+            self, sleep=sleep, secrets=lambda: (self.cfg.app_secret.get_secret_value(), self.login.value)
         )
 
     # -- token ---------------------------------------------------------------------------------------------
@@ -116,34 +111,28 @@ class YonBipConnector(ApiConnector):
                 "用友数据中心没有返回网关地址", "YonBIP's data centre sent no gateway address"
             )
 
-    async def _get_token(self) -> str:
-        async with self._lock:
-            if self._token and self._clock() < self._expires - REFRESH_MARGIN_S:
-                return self._token
-            await self._discover()
-            ts = str(int(time.time() * 1000))
-            sig = signature(self.cfg.app_key, self.cfg.app_secret.get_secret_value(), ts)
-            resp = await self.http.send(
-                "GET", f"{(self._token_url or '').rstrip('/')}/open-auth/selfAppAuth/base/v1/getAccessToken",
-                params={"appKey": self.cfg.app_key, "timestamp": ts, "signature": sig},
-            )  # fmt: skip
-            data = self.http.parse(resp, "getAccessToken")
-            if not isinstance(data, dict) or data.get("code") != "00000":
-                raise ErpRejected(f"用友获取 access_token 失败：{_msg(data)}", f"YonBIP refused a token: {_msg(data)}",
-                                  code="login")  # fmt: skip
-            body = data.get("data") or {}
-            token = body.get("access_token") if isinstance(body, dict) else None
-            if not token:
-                raise ErpBadResponse("用友没有返回 access_token", "YonBIP sent no access_token")
-            self._token = str(token)
-            self._expires = self._clock() + float(body.get("expire") or 7200)
-            self.logins += 1
-            return self._token
+    async def _new_token(self) -> tuple[str, float]:
+        await self._discover()
+        ts = str(int(time.time() * 1000))
+        sig = signature(self.cfg.app_key, self.cfg.app_secret.get_secret_value(), ts)
+        resp = await self.http.send(
+            "GET", f"{(self._token_url or '').rstrip('/')}/open-auth/selfAppAuth/base/v1/getAccessToken",
+            params={"appKey": self.cfg.app_key, "timestamp": ts, "signature": sig},
+        )  # fmt: skip
+        data = self.http.parse(resp, "getAccessToken")
+        if not isinstance(data, dict) or data.get("code") != "00000":
+            raise ErpRejected(f"用友获取 access_token 失败：{_msg(data)}", f"YonBIP refused a token: {_msg(data)}",
+                              code="login")  # fmt: skip
+        body = data.get("data") or {}
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not token:
+            raise ErpBadResponse("用友没有返回 access_token", "YonBIP sent no access_token")
+        return str(token), float(body.get("expire") or 7200)
 
     async def call(self, path: str, body: Any, *, write: bool = False) -> Any:
         """A business call; ``data`` of a ``code == "200"`` answer. Expired token: renewed, repeated once."""
-        for again in (False, True):
-            token = await self._get_token()
+
+        async def once(token: str) -> Any:
             resp = await self.http.send("POST", f"{(self._gateway or '').rstrip('/')}{path}",
                                         params={"access_token": token}, body=body, write=write)  # fmt: skip
             data = self.http.parse(resp, path) if resp.status != 401 else {"code": "401"}
@@ -153,17 +142,14 @@ class YonBipConnector(ApiConnector):
                 )
             code = str(data.get("code"))
             if code == "401" or code in self.cfg.token_error_codes:
-                async with self._lock:
-                    if self._token == token:
-                        self._token = None
-                if again:
-                    raise ErpSessionExpired("用友 access_token 再次失效", "the YonBIP token expired again")
-                continue
+                # renewed and repeated once; this is what the second refusal says
+                raise ErpSessionExpired("用友 access_token 再次失效", "the YonBIP token expired again")
             if code != "200":
                 raise ErpRejected(f"用友 {path} 失败（{code}）：{_msg(data)}", f"YonBIP {path} failed ({code}): {_msg(data)}",
                                   code=code)  # fmt: skip
             return data.get("data")
-        raise AssertionError("unreachable")
+
+        return await self.login.renewing(once)
 
     async def _records(self, path: str, body: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
         size, index = self.erp.page_size, 1
@@ -180,7 +166,7 @@ class YonBipConnector(ApiConnector):
             index += 1
 
     async def check(self) -> list[str]:
-        await self._get_token()
+        await self.login.get()
         await self.call("/yonbip/digitalModel/warehouse/list", {"pageIndex": 1, "pageSize": 1})
         return [
             f"access_token 获取成功（appKey {self.cfg.app_key}）/ token issued",

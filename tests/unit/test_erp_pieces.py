@@ -14,8 +14,18 @@ from pydantic import ValidationError
 
 from core.config import ErpSettings, Settings
 from core.enums import AdjustmentKind, MovementType
-from integrations.erp.base import DocLine, ErpBadResponse, MovementRecord, PostingDoc, decimal, text
-from integrations.erp.http import Http, dumps
+from integrations.erp.base import (
+    DocLine,
+    ErpBadResponse,
+    ErpSessionExpired,
+    MovementRecord,
+    PostingDoc,
+    SourceMarks,
+    decimal,
+    latest,
+    text,
+)
+from integrations.erp.http import REFRESH_MARGIN_S, Http, Login, dumps
 from integrations.erp.kingdee import _errors, _response_status, kd_time, q
 from integrations.erp.posting import backoff, doc_key, failure_text
 from integrations.erp.sap import lit, movement_type, odata_date, parse_odata_date
@@ -111,6 +121,45 @@ def test_secrets_are_masked_in_anything_that_leaves_the_http_layer() -> None:
         http.mask("token=sekrit-99&x=ab") == "token=***&x=ab"
     )  # too short to be a secret worth masking: "ab"
     assert http.excerpt(b"<html>sekrit-99\noops</html>") == "<html>*** oops</html>"
+
+
+async def test_a_login_is_fetched_once_renewed_early_and_a_refused_call_repeated_once() -> None:
+    now, issued = [0.0], []
+
+    async def fetch() -> tuple[str, float]:
+        issued.append(f"t{len(issued) + 1}")
+        return issued[-1], 3600
+
+    login = Login(fetch, clock=lambda: now[0])
+    assert [await login.get(), await login.get()] == ["t1", "t1"]
+    now[0] = 3600 - REFRESH_MARGIN_S  # renewed before it expires
+    assert await login.get() == "t2"
+    used: list[str] = []
+
+    async def refused_once(token: str) -> str:
+        used.append(token)
+        if len(used) == 1:
+            raise ErpSessionExpired("失效", "expired")
+        return "ok"
+
+    assert await login.renewing(refused_once) == "ok" and used == ["t2", "t3"]
+    await login.drop("t2")  # a value another call replaced already stays
+    assert login.value == "t3"
+
+    async def always_refused(token: str) -> str:
+        raise ErpSessionExpired("失效", "expired")
+
+    with pytest.raises(ErpSessionExpired):
+        await login.renewing(always_refused)
+    assert login.count == 4 and login.value is None  # t3 refused, t4 too: no third try
+
+
+def test_movement_cursors_keep_the_latest_mark_per_source() -> None:
+    marks = SourceMarks('{"purchasein": "2026-11-01"}')
+    since = latest(latest(marks.get("purchasein"), "2026-11-03"), "")
+    assert marks.page([], "purchasein", since).cursor == '{"purchasein": "2026-11-03"}'
+    assert marks.page([], "saleout", None).cursor == '{"purchasein": "2026-11-03"}'  # nothing seen yet
+    assert latest(None, "2026-11-02") == "2026-11-02" and latest("2026-11-05", "2026-11-02") == "2026-11-05"
 
 
 def test_decimals_go_to_erps_as_json_numbers() -> None:
