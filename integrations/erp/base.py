@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -333,6 +333,46 @@ class ApiConnector(Connector):
 
     async def close(self) -> None:
         await self.http.close()
+
+    # records from the JSON objects of an ERP's lists, the ERP's field names given
+
+    def _item_row(
+        self, row: Mapping[str, Any], *, sku: str, sku_zh: str, name: str, spec: str, unit: str, cost: str,
+        barcodes: str,
+    ) -> ItemRecord:  # fmt: skip
+        """An item: its code (required), name (else the code), spec, unit, cost and comma-separated barcodes."""
+        code = text(row.get(sku), f"{sku_zh} {sku}", self.label, max_len=64) or ""
+        price = row.get(cost)
+        return ItemRecord(
+            sku=code, name=text(row.get(name), name, self.label) or code,
+            spec=text(row.get(spec), spec, self.label, required=False),
+            unit=text(row.get(unit), unit, self.label, required=False, max_len=20),
+            unit_cost=decimal(price, cost, self.label) if price not in (None, "") else None,
+            barcodes=tuple(b.strip() for b in str(row.get(barcodes) or "").split(",") if b.strip()),
+        )  # fmt: skip
+
+    def _warehouse_row(self, row: Mapping[str, Any], *, code: str, name: str) -> LocationRecord:
+        """A warehouse, at its default location."""
+        return LocationRecord(text(row.get(code), f"仓库 {code}", self.label, max_len=50) or "",
+                              self.erp.default_location, text(row.get(name), name, self.label, required=False))  # fmt: skip
+
+    def _location_row(self, row: Mapping[str, Any], *, warehouse: str, code: str) -> LocationRecord:
+        """A location (货位, goods position) in a warehouse."""
+        return LocationRecord(text(row.get(warehouse), warehouse, self.label, max_len=50) or "",
+                              text(row.get(code), f"货位 {code}", self.label, max_len=50) or "")  # fmt: skip
+
+    def _stock_row(
+        self, row: Mapping[str, Any], *, sku: str, warehouse: str, location: str, qty: str, lot: str
+    ) -> StockRecord:
+        """Book stock of an item at a location (none given: the default location), maybe of a lot."""
+        return StockRecord(
+            sku=text(row.get(sku), sku, self.label, max_len=64) or "",
+            warehouse=text(row.get(warehouse), warehouse, self.label, max_len=50) or "",
+            location=text(row.get(location), location, self.label, required=False, max_len=50)
+            or self.erp.default_location,
+            qty=decimal(row.get(qty), qty, self.label),
+            lot=text(row.get(lot), lot, self.label, required=False, max_len=64),
+        )
 
     @abstractmethod
     async def find_posted(self, doc: PostingDoc) -> Posted | None:

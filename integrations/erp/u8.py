@@ -40,15 +40,12 @@ from integrations.erp.base import (
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
-    ItemRecord,
-    LocationRecord,
     MovementRecord,
     Page,
     Posted,
     PostingDoc,
     SaveProgress,
     SourceMarks,
-    StockRecord,
     configured,
     decimal,
     latest,
@@ -166,39 +163,22 @@ class U8Connector(ApiConnector):
     async def _items(self, cursor: str | None) -> AsyncIterator[Page]:
         last = cursor
         async for rows in self._batches("inventory", modifydate_begin=cursor):
-            recs = []
+            recs = [self._item_row(r, sku="code", sku_zh="存货编码", name="name", spec="specs", unit="main_measure",
+                                   cost="iinvrcost", barcodes="barcode") for r in rows]  # fmt: skip
             for r in rows:
-                sku = text(r.get("code"), "存货编码 code", self.label, max_len=64) or ""
-                cost = r.get("iinvrcost")
-                recs.append(ItemRecord(
-                    sku=sku, name=text(r.get("name"), "name", self.label) or sku,
-                    spec=text(r.get("specs"), "specs", self.label, required=False),
-                    unit=text(r.get("main_measure"), "main_measure", self.label, required=False, max_len=20),
-                    unit_cost=decimal(cost, "iinvrcost", self.label) if cost not in (None, "") else None,
-                    barcodes=tuple(b.strip() for b in str(r.get("barcode") or "").split(",") if b.strip()),
-                ))  # fmt: skip
                 last = latest(last, str(r.get("modifydate") or ""))
             yield Page(recs, last)
 
     async def _locations(self) -> AsyncIterator[Page]:
         async for rows in self._batches("warehouse"):
-            yield Page([LocationRecord(text(r.get("code"), "仓库 code", self.label, max_len=50) or "",
-                                       self.erp.default_location,
-                                       text(r.get("name"), "name", self.label, required=False)) for r in rows], None)  # fmt: skip
+            yield Page([self._warehouse_row(r, code="code", name="name") for r in rows], None)
         async for rows in self._batches("position"):
-            yield Page([LocationRecord(text(r.get("warehousecode"), "warehousecode", self.label, max_len=50) or "",
-                                       text(r.get("code"), "货位 code", self.label, max_len=50) or "") for r in rows], None)  # fmt: skip
+            yield Page([self._location_row(r, warehouse="warehousecode", code="code") for r in rows], None)
 
     async def _stock(self) -> AsyncIterator[Page]:
         async for rows in self._batches("currentstock"):
-            yield Page([StockRecord(
-                sku=text(r.get("invcode"), "invcode", self.label, max_len=64) or "",
-                warehouse=text(r.get("whcode"), "whcode", self.label, max_len=50) or "",
-                location=text(r.get("position"), "position", self.label, required=False, max_len=50)
-                or self.erp.default_location,
-                qty=decimal(r.get("qty"), "qty", self.label),
-                lot=text(r.get("batch"), "batch", self.label, required=False, max_len=64),
-            ) for r in rows], None)  # fmt: skip
+            yield Page([self._stock_row(r, sku="invcode", warehouse="whcode", location="position", qty="qty",
+                                        lot="batch") for r in rows], None)  # fmt: skip
 
     async def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
         marks = SourceMarks(cursor)

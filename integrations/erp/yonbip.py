@@ -44,15 +44,12 @@ from integrations.erp.base import (
     ErpBadResponse,
     ErpRejected,
     ErpSessionExpired,
-    ItemRecord,
-    LocationRecord,
     MovementRecord,
     Page,
     Posted,
     PostingDoc,
     SaveProgress,
     SourceMarks,
-    StockRecord,
     configured,
     decimal,
     latest,
@@ -185,41 +182,24 @@ class YonBipConnector(ApiConnector):
     async def _items(self, cursor: str | None) -> AsyncIterator[Page]:
         last = cursor
         async for rows in self._records("/yonbip/digitalModel/product/list", self._since(cursor)):
-            recs = []
+            recs = [self._item_row(r, sku="code", sku_zh="物料编码", name="name", spec="modelDescription",
+                                   unit="unitCode", cost="costPrice", barcodes="barCode") for r in rows]  # fmt: skip
             for r in rows:
-                sku = text(r.get("code"), "物料编码 code", self.label, max_len=64) or ""
-                cost = r.get("costPrice")
-                recs.append(ItemRecord(
-                    sku=sku, name=text(r.get("name"), "name", self.label) or sku,
-                    spec=text(r.get("modelDescription"), "modelDescription", self.label, required=False),
-                    unit=text(r.get("unitCode"), "unitCode", self.label, required=False, max_len=20),
-                    unit_cost=decimal(cost, "costPrice", self.label) if cost not in (None, "") else None,
-                    barcodes=tuple(b.strip() for b in str(r.get("barCode") or "").split(",") if b.strip()),
-                ))  # fmt: skip
                 last = latest(last, str(r.get("pubts") or ""))
             yield Page(recs, last)
 
     async def _locations(self) -> AsyncIterator[Page]:
         async for rows in self._records("/yonbip/digitalModel/warehouse/list", {}):
-            yield Page([LocationRecord(text(r.get("code"), "仓库 code", self.label, max_len=50) or "",
-                                       self.erp.default_location,
-                                       text(r.get("name"), "name", self.label, required=False)) for r in rows], None)  # fmt: skip
+            yield Page([self._warehouse_row(r, code="code", name="name") for r in rows], None)
         async for rows in self._records("/yonbip/digitalModel/goodsposition/list", {}):
-            yield Page([LocationRecord(text(r.get("warehouse_code"), "warehouse_code", self.label, max_len=50) or "",
-                                       text(r.get("code"), "货位 code", self.label, max_len=50) or "") for r in rows], None)  # fmt: skip
+            yield Page([self._location_row(r, warehouse="warehouse_code", code="code") for r in rows], None)
 
     async def _stock(self) -> AsyncIterator[Page]:
         async for rows in self._records(
             "/yonbip/scm/stock/QueryCurrentStocksByCondition", {"org": self.cfg.org}
         ):
-            yield Page([StockRecord(
-                sku=text(r.get("product_code"), "product_code", self.label, max_len=64) or "",
-                warehouse=text(r.get("warehouse_code"), "warehouse_code", self.label, max_len=50) or "",
-                location=text(r.get("goodsposition_code"), "goodsposition_code", self.label, required=False, max_len=50)
-                or self.erp.default_location,
-                qty=decimal(r.get("currentqty"), "currentqty", self.label),
-                lot=text(r.get("batchno"), "batchno", self.label, required=False, max_len=64),
-            ) for r in rows], None)  # fmt: skip
+            yield Page([self._stock_row(r, sku="product_code", warehouse="warehouse_code", location="goodsposition_code",
+                                        qty="currentqty", lot="batchno") for r in rows], None)  # fmt: skip
 
     async def _movements(self, cursor: str | None) -> AsyncIterator[Page]:
         marks = SourceMarks(cursor)
