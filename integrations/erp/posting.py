@@ -320,11 +320,31 @@ async def _owned(s: AsyncSession, at: _Attempt) -> ErpPosting | None:
     return row
 
 
-def _attempt_row(
-    at: _Attempt, outcome: str, finished: datetime, doc_no: str | None, error: str | None
-) -> Any:
-    return ErpPostingAttempt(posting_id=at.posting_id, attempt=at.number, started_at=at.started,
-                             finished_at=finished, outcome=outcome, erp_doc_no=doc_no, error=error)  # fmt: skip
+def _release(
+    s: AsyncSession, row: ErpPosting, at: _Attempt, state: str, finished: datetime, progress: dict[str, Any], *,
+    doc_no: str | None = None, error: str | None = None,
+) -> None:  # fmt: skip
+    """The attempt is over: the row gets its new state, what was learnt and no lease, and the attempt its row."""
+    row.state, row.attempts, row.last_error = state, at.number, error
+    row.progress, row.locked_until, row.claim_token = dict(progress), None, None
+    s.add(ErpPostingAttempt(posting_id=at.posting_id, attempt=at.number, started_at=at.started,
+                            finished_at=finished, outcome="retry" if state == PENDING else state,
+                            erp_doc_no=doc_no, error=error))  # fmt: skip
+
+
+async def _transition(
+    s: AsyncSession, at: _Attempt, event: AdjustmentEvent, anyway: str
+) -> tuple[Adjustment, str]:
+    """The adjustment moved on by ``event``, and its state before. One whose state does not allow it (changed
+    meanwhile) keeps its state, with ``anyway`` in the log."""
+    adj = await s.get(Adjustment, at.doc.adjustment_id)
+    assert adj is not None
+    before = adj.state
+    try:
+        adj.state = ADJUSTMENT.transition(AdjustmentState(before), event).value
+    except (IllegalTransition, ValueError):
+        log.warning("adjustment %s is %s; %s", adj.id, before, anyway)
+    return adj, before
 
 
 async def _posted(
@@ -336,19 +356,12 @@ async def _posted(
         row = await _owned(s, at)
         if row is None:
             return "lost"
-        row.state, row.attempts, row.posted_at = POSTED, at.number, t
-        row.erp_doc_no, row.erp_doc_id = posted.doc_no, posted.doc_id
+        _release(s, row, at, POSTED, t, progress, doc_no=posted.doc_no)
+        row.posted_at, row.erp_doc_no, row.erp_doc_id = t, posted.doc_no, posted.doc_id
         row.erp_refs = sorted({posted.doc_no, *posted.refs})
-        row.progress, row.last_error, row.locked_until, row.claim_token = dict(progress), None, None, None
-        s.add(_attempt_row(at, POSTED, t, posted.doc_no, None))
-        adj = await s.get(Adjustment, at.doc.adjustment_id)
-        assert adj is not None
-        before = adj.state
-        try:
-            adj.state = ADJUSTMENT.transition(AdjustmentState(before), AdjustmentEvent.POSTED).value
-        except (IllegalTransition, ValueError):
-            log.warning("adjustment %s is %s; posted to %s as %s anyway", adj.id, before, connector.system,
-                        posted.doc_no)  # fmt: skip
+        adj, before = await _transition(
+            s, at, AdjustmentEvent.POSTED, f"posted to {connector.system} as {posted.doc_no} anyway"
+        )
         adj.erp_doc_no, adj.error = posted.doc_no, None
         audit.record(s, "adjustment", adj.id, AdjustmentEvent.POSTED.value, at=t, from_state=before,
                      to_state=adj.state, erp=connector.system, doc_no=posted.doc_no, doc_id=posted.doc_id,
@@ -368,10 +381,8 @@ async def _later(
         row = await _owned(s, at)
         if row is None:
             return "lost"
-        row.state, row.attempts, row.last_error = PENDING, at.number, error
+        _release(s, row, at, PENDING, t, progress, error=error)
         row.next_attempt_at = now + backoff(settings, at.number)
-        row.progress, row.locked_until, row.claim_token = dict(progress), None, None
-        s.add(_attempt_row(at, "retry", t, None, error))
     return "retry"
 
 
@@ -384,16 +395,8 @@ async def _fail(
         row = await _owned(s, at)
         if row is None:
             return "lost"
-        row.state, row.attempts, row.last_error = FAILED, at.number, error
-        row.progress, row.locked_until, row.claim_token = dict(progress), None, None
-        s.add(_attempt_row(at, FAILED, t, None, error))
-        adj = await s.get(Adjustment, at.doc.adjustment_id)
-        assert adj is not None
-        before = adj.state
-        try:
-            adj.state = ADJUSTMENT.transition(AdjustmentState(before), AdjustmentEvent.FAILED).value
-        except (IllegalTransition, ValueError):
-            log.warning("adjustment %s is %s; its posting failed: %s", adj.id, before, error)
+        _release(s, row, at, FAILED, t, progress, error=error)
+        adj, before = await _transition(s, at, AdjustmentEvent.FAILED, f"its posting failed: {error}")
         adj.error = error[:4000]
         notified = await notify_finance(s, settings, connector, at.doc, error, at.number)
         audit.record(s, "adjustment", adj.id, AdjustmentEvent.FAILED.value, at=t, from_state=before,
