@@ -1,5 +1,5 @@
-"""What the four fake ERPs share: one small ERP (items, warehouses, stock, movements, posted documents), the
-fault injector, and helpers that let one test run against any of them.
+"""What the four fake ERPs share: one small ERP (items, warehouses, stock, movements, posted documents, the
+sessions or tokens it has issued), the fault injector, and helpers that let one test run against any of them.
 
 Each ``tests/fakes/erp_<name>.py`` speaks its ERP's protocol (authentication, sessions or tokens that expire,
 its query and write endpoints, its error formats) over this state. The state keeps a **ledger** of every
@@ -19,15 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 RANDOM_KINDS = ("500", "timeout", "lost", "expire", "503", "malformed")
+TZ = ZoneInfo("Asia/Shanghai")  # the fake ERPs' local time
+
+
+def ts(dt: datetime) -> str:
+    """A local time as the Yonyou ERPs write it (``2026-11-30 10:15:00``)."""
+    return dt.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass
@@ -62,24 +70,26 @@ class FaultPlan:
         return None
 
 
-def fault_middleware(plan: FaultPlan, expire: Any, route_of: Any = None) -> Any:
+def fault_middleware(fake: ErpFake, route_of: Any = None) -> Any:
+    """The fake's planned faults, on the requests whose route (the path, or ``route_of(request)``) they name."""
+
     @web.middleware
     async def mw(request: web.Request, handler: Any) -> web.StreamResponse:
         route = route_of(request) if route_of else request.path
-        kind = plan.pick(route)
+        kind = fake.faults.pick(route)
         if kind in ("500", "502", "503"):
             return web.Response(
                 status=int(kind), text="<html>Service Unavailable</html>", content_type="text/html"
             )
         if kind == "timeout":
-            await asyncio.sleep(plan.slow_s)
+            await asyncio.sleep(fake.faults.slow_s)
             return web.Response(status=504, text="gateway timeout")
         if kind == "malformed":
             return web.Response(
                 status=200, text='{"Result": {"ResponseStatus": ', content_type="application/json"
             )
         if kind == "expire":
-            expire()
+            fake.expire_sessions()
         resp = await handler(request)
         if kind == "lost":
             assert request.transport is not None
@@ -149,6 +159,7 @@ class ErpFake:
         self.echo_postings = False  # posted documents also show up among the ERP's movements
         self.reject: str | None = None  # the next write (Kingdee: audit) is refused with this message
         self.reject_times = 0
+        self.sessions: set[str] = set()  # live session ids, access tokens or CSRF tokens
         self.logins = 0
         self._seq = 1000
 
@@ -258,8 +269,18 @@ class ErpFake:
     def stop_refusing(self) -> None:
         self.reject, self.reject_times = None, 0
 
-    def expire_sessions(self) -> None:  # each fake overrides
-        raise NotImplementedError
+    # -- sessions ----------------------------------------------------------------------------------------
+
+    def log_in(self) -> str:
+        """A new live session id (or token)."""
+        sid = uuid.uuid4().hex
+        self.sessions.add(sid)
+        self.logins += 1
+        return sid
+
+    def expire_sessions(self) -> None:
+        """Every session and token dies at once (they timed out, or the ERP restarted)."""
+        self.sessions.clear()
 
 
 def seed_catalogue(fake: ErpFake, *, items: int = 6) -> None:

@@ -19,17 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware
+from tests.fakes.erp_common import TZ, ErpFake, FakeDoc, fault_middleware
 
-TZ = ZoneInfo("Asia/Shanghai")
 AUTH = "Kingdee.BOS.WebApi.ServicesStub.AuthService."
 DYN = "Kingdee.BOS.WebApi.ServicesStub.DynamicFormService."
 FLEX = "FF100001"
@@ -54,12 +51,8 @@ class KingdeeFake(ErpFake):
             "kd-s3cret-42",
         )
         self.org = "100"
-        self.sessions: set[str] = set()
         self.queries: list[tuple[str, str]] = []
         self.saves = 0
-
-    def expire_sessions(self) -> None:
-        self.sessions.clear()
 
     def bills(self, key: str) -> list[FakeDoc]:
         return self.find_doc(key)
@@ -230,16 +223,13 @@ def build_kingdee_app(fake: KingdeeFake) -> web.Application:
             return web.json_response(
                 {"LoginResultType": 0, "Message": "用户名或密码错误", "KDSVCSessionId": None}
             )
-        sid = uuid.uuid4().hex
-        fake.sessions.add(sid)
-        fake.logins += 1
+        sid = fake.log_in()
         resp = web.json_response({"LoginResultType": 1, "Message": "", "KDSVCSessionId": sid,
                                   "Context": {"UserName": fake.username, "DBid": fake.acct_id}})  # fmt: skip
         resp.set_cookie("kdservice-sessionid", sid)
         return resp
 
-    app = web.Application(middlewares=[fault_middleware(fake.faults, fake.expire_sessions,
-                                                        lambda r: r.match_info.get("service", r.path))])  # fmt: skip
+    app = web.Application(middlewares=[fault_middleware(fake, lambda r: r.match_info.get("service", r.path))])
     app.router.add_post("/k3cloud/{service}.common.kdsvc", handler)
     return app
 

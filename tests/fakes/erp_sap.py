@@ -25,13 +25,11 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
-from zoneinfo import ZoneInfo
 
 from aiohttp import encode_basic_auth, web
 
-from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware
+from tests.fakes.erp_common import TZ, ErpFake, FakeDoc, fault_middleware
 
-TZ = ZoneInfo("Asia/Shanghai")
 ODATA = "/sap/opu/odata/sap"
 _ITEM_KEY = re.compile(r"A_PhysInventoryDocItem\(FiscalYear='(\w+)',PhysicalInventoryDocument='(\w+)',"
                        r"PhysicalInventoryDocumentItem='(\w+)'\)")  # fmt: skip
@@ -57,14 +55,10 @@ class SapFake(ErpFake):
     def __init__(self) -> None:
         super().__init__()
         self.user, self.password = "PANDIAN_COMM", "sap-s3cret-11"
-        self.csrf: set[str] = set()
         self.pi: dict[str, dict[str, Any]] = {}  # document number -> header with items
         self.matdocs: list[dict[str, Any]] = []  # SAP's own documents for our postings
         self.patches = 0
         self.stale_etag_once = False  # someone else changes the next item just before our PATCH lands
-
-    def expire_sessions(self) -> None:
-        self.csrf.clear()
 
     def echo(self, doc: FakeDoc) -> None:  # SAP's material documents are always in the feed (``matdocs``)
         return None
@@ -303,13 +297,11 @@ def build_sap_app(fake: SapFake) -> web.Application:
             and rest == ""
             and request.headers.get("x-csrf-token", "").lower() == "fetch"
         ):
-            tok = uuid.uuid4().hex
-            fake.csrf.add(tok)
-            fake.logins += 1
+            tok = fake.log_in()
             resp = web.json_response({"d": {"EntitySets": []}}, headers={"x-csrf-token": tok})
             resp.set_cookie("SAP_SESSIONID_S4H_100", uuid.uuid4().hex)
             return resp
-        if request.method != "GET" and request.headers.get("x-csrf-token") not in fake.csrf:
+        if request.method != "GET" and request.headers.get("x-csrf-token") not in fake.sessions:
             return web.Response(
                 status=403, text="CSRF token validation failed", headers={"x-csrf-token": "Required"}
             )
@@ -331,7 +323,6 @@ def build_sap_app(fake: SapFake) -> web.Application:
                 return await pi_item(request, m)
         return sap_err(404, "/IWBEP/CM_MGW_RT/021", f"Resource not found for segment '{rest}'")
 
-    app = web.Application(middlewares=[fault_middleware(fake.faults, fake.expire_sessions,
-                                                        lambda r: f"{r.method} {r.path}")])  # fmt: skip
+    app = web.Application(middlewares=[fault_middleware(fake, lambda r: f"{r.method} {r.path}")])
     app.router.add_route("*", ODATA + "/{service}/{rest:.*}", service)
     return app

@@ -15,21 +15,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware
+from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware, ts
 
-TZ = ZoneInfo("Asia/Shanghai")
 FLOWS = {"purchasein": "receipt", "saleout": "issue"}
-
-
-def ts(dt: datetime) -> str:
-    return dt.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class U8Fake(ErpFake):
@@ -37,11 +30,7 @@ class U8Fake(ErpFake):
         super().__init__()
         self.from_account, self.to_account = "pandian", "001"
         self.app_key, self.app_secret = "u8-app-key", "u8-s3cret-99"
-        self.tokens: set[str] = set()
         self.tradeids: dict[str, bool] = {}  # id -> used
-
-    def expire_sessions(self) -> None:
-        self.tokens.clear()
 
     def ledger(self, key: str) -> int:
         """How many times the document went in: a transfer is its -O and -I vouchers, each once."""
@@ -65,13 +54,11 @@ def build_u8_app(fake: U8Fake) -> web.Application:
         if (q.get("from_account"), q.get("app_key"), q.get("app_secret")) != (fake.from_account, fake.app_key,
                                                                                fake.app_secret):  # fmt: skip
             return err("30001", "应用认证失败")
-        tok = uuid.uuid4().hex
-        fake.tokens.add(tok)
-        fake.logins += 1
+        tok = fake.log_in()
         return web.json_response({"errcode": "0", "errmsg": "", "token": {"id": tok, "expiresIn": 7200}})
 
     async def tradeid(request: web.Request) -> web.Response:
-        if request.query.get("token") not in fake.tokens:
+        if request.query.get("token") not in fake.sessions:
             return err("30002", "token 已过期")
         t = uuid.uuid4().hex
         fake.tradeids[t] = False
@@ -112,7 +99,7 @@ def build_u8_app(fake: U8Fake) -> web.Application:
     async def api(request: web.Request) -> web.Response:
         resource, op = request.match_info["resource"], request.match_info["op"]
         q = request.query
-        if q.get("token") not in fake.tokens:
+        if q.get("token") not in fake.sessions:
             return err("30002", "token 已过期，请重新获取")
         if (q.get("from_account"), q.get("to_account"), q.get("app_key")) != (fake.from_account, fake.to_account,
                                                                                fake.app_key):  # fmt: skip
@@ -156,7 +143,7 @@ def build_u8_app(fake: U8Fake) -> web.Application:
             return web.json_response({"errcode": "0", "errmsg": "", "id": str(doc.id), "tradeid": t})
         return err("10002", f"不支持的操作 {resource}/{op}")
 
-    app = web.Application(middlewares=[fault_middleware(fake.faults, fake.expire_sessions)])
+    app = web.Application(middlewares=[fault_middleware(fake)])
     app.router.add_get("/system/token", token)
     app.router.add_get("/system/tradeid", tradeid)
     app.router.add_route("*", "/api/{resource}/{op}", api)

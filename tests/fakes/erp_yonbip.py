@@ -17,39 +17,27 @@ import base64
 import hashlib
 import hmac
 import json
-import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware
+from tests.fakes.erp_common import ErpFake, FakeDoc, fault_middleware, ts
 
-TZ = ZoneInfo("Asia/Shanghai")
 DIFF = "/yonbip/scm/storecheckdifference"
 FLOWS = {"/yonbip/scm/purinrecord/list": "receipt", "/yonbip/scm/salesout/list": "issue"}
-
-
-def ts(dt: datetime) -> str:
-    return dt.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class YonBipFake(ErpFake):
     def __init__(self) -> None:
         super().__init__()
         self.app_key, self.app_secret, self.org = "yb-app-key", "yb-s3cret-77", "ORG01"
-        self.tokens: set[str] = set()
         self.resubmit_keys: set[str] = set()
         self.bodies: list[tuple[str, Any]] = []
         self.list_lag = (
             0  # the next N difference-document lists do not show documents saved since (a lagging index)
         )
         self._lagging: set[int] = set()
-
-    def expire_sessions(self) -> None:
-        self.tokens.clear()
 
 
 def ok(data: Any) -> web.Response:
@@ -85,9 +73,7 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
                                          hashlib.sha256).digest()).decode()  # fmt: skip
         if q.get("appKey") != fake.app_key or q.get("signature") != want:
             return err("1090003500001", "签名校验失败或应用不存在")
-        tok = uuid.uuid4().hex
-        fake.tokens.add(tok)
-        fake.logins += 1
+        tok = fake.log_in()
         return web.json_response(
             {"code": "00000", "message": "成功！", "data": {"access_token": tok, "expire": 7200}}
         )
@@ -165,7 +151,7 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
 
     async def gateway(request: web.Request) -> web.Response:
         path = "/" + request.match_info["path"]
-        if request.query.get("access_token") not in fake.tokens:
+        if request.query.get("access_token") not in fake.sessions:
             return err("310036", "非法token或token已过期")
         try:
             body = json.loads(await request.text() or "{}")
@@ -182,7 +168,7 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
         page = _page(rows, body)
         return ok(page["recordList"] if path.endswith("QueryCurrentStocksByCondition") else page)
 
-    app = web.Application(middlewares=[fault_middleware(fake.faults, fake.expire_sessions)])
+    app = web.Application(middlewares=[fault_middleware(fake)])
     app.router.add_get("/iuap-api-auth/open-auth/selfAppAuth/base/v1/getAccessToken", token)
     app.router.add_post("/iuap-api-gateway/{path:.*}", gateway)
     return app
