@@ -16,9 +16,10 @@ from core.config import Settings
 from core.enums import AdjustmentKind
 from core.models import Adjustment, AdjustmentLine, Item, Location, User, Warehouse
 from integrations.erp import make_connector
-from integrations.erp.base import ApiConnector
+from integrations.erp.base import ApiConnector, Entity
 from integrations.erp.posting import drain, queue_summary
-from tests.fakes.erp_common import ErpFake
+from integrations.erp.sync import sync
+from tests.fakes.erp_common import ErpFake, seed_catalogue
 
 ERPS = ("kingdee", "yonbip", "u8", "sap")
 FAST = {
@@ -120,6 +121,22 @@ async def start(name: str, aiohttp_server: Any, fake: ErpFake | None = None, **e
         erp={"connector": name, name: section, **FAST, **erp},
     )
     return Harness(name, fake, settings)
+
+
+async def ready(name: str, aiohttp_server: Any, sm: async_sessionmaker[AsyncSession], **erp: Any) -> Harness:
+    """A fake ERP with the seeded catalogue, a finance user and a manager, and pandian synced from it (items,
+    locations, book stock): ready for adjustments to post."""
+    h = await start(name, aiohttp_server, **erp)
+    seed_catalogue(h.fake)
+    async with sm() as s, s.begin():
+        await add_people(s)
+    c = h.connector()
+    try:
+        report = await sync(sm, h.settings, c, entities=[Entity.ITEMS, Entity.LOCATIONS, Entity.STOCK])
+    finally:
+        await c.close()
+    assert report.ok, report.error
+    return h
 
 
 async def add_people(session: AsyncSession) -> tuple[User, User]:

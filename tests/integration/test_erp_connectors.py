@@ -20,28 +20,14 @@ from integrations.erp.sync import sync
 from tests.fakes.erp_common import seed_catalogue
 from tests.fakes.erp_harness import (
     ERPS,
-    Harness,
-    add_people,
     drain_until_done,
     make_adjustments,
     no_sleep,
+    ready,
     start,
 )
 
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
-
-
-async def ready(erp: str, aiohttp_server: Any, sm: async_sessionmaker[AsyncSession], **kw: Any) -> Harness:
-    h = await start(erp, aiohttp_server, **kw)
-    seed_catalogue(h.fake)
-    async with sm() as s, s.begin():
-        await add_people(s)
-    c = h.connector()
-    try:
-        assert (await sync(sm, h.settings, c, entities=[Entity.ITEMS, Entity.LOCATIONS, Entity.STOCK])).ok
-    finally:
-        await c.close()
-    return h
 
 
 async def posted_states(sm: async_sessionmaker[AsyncSession]) -> list[str]:

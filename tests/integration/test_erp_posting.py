@@ -13,18 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.models import Adjustment, AuditEvent, ErpPosting, ErpPostingAttempt, OutboxMessage
-from integrations.erp.base import Entity
 from integrations.erp.posting import drain, retry
-from integrations.erp.sync import sync
-from tests.fakes.erp_common import seed_catalogue
 from tests.fakes.erp_harness import (
     ERPS,
     Harness,
-    add_people,
     drain_until_done,
     make_adjustments,
     no_sleep,
-    start,
+    ready,
 )
 
 # the request that creates the document in each ERP (a fault here is injected where it hurts most)
@@ -44,20 +40,6 @@ FINAL = {
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
 
 pytestmark = pytest.mark.parametrize("erp", [e for e in ERPS if e in WRITE])
-
-
-async def ready(erp: str, aiohttp_server: Any, sm: async_sessionmaker[AsyncSession], **kw: Any) -> Harness:
-    h = await start(erp, aiohttp_server, **kw)
-    seed_catalogue(h.fake)
-    async with sm() as s, s.begin():
-        await add_people(s)
-    c = h.connector()
-    try:
-        report = await sync(sm, h.settings, c, entities=[Entity.ITEMS, Entity.LOCATIONS, Entity.STOCK])
-    finally:
-        await c.close()
-    assert report.ok, report.error
-    return h
 
 
 SPECS = [
