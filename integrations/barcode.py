@@ -50,8 +50,8 @@ MAX_PIXELS = 50_000_000
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})  # MPO: what some phones' JPEGs open as
 WORK_LONG_SIDE = 1600  # first pass runs on a copy no longer than this (12 MP frames are ~4000 px)
 SMALL_LONG_SIDE = 800  # images smaller than this get a 2x upscaled copy in the retry chain
-FIND_LONG_SIDE = 1000  # big frames: codes are located on a copy this size, then read on crops
-CROP_LONG_SIDE = 800  # the chain on a crop starts from a copy no longer than this (native crop later)
+FIND_LONG_SIDE = 800  # big frames: codes are located on a copy this size, then read on crops
+CROP_LONG_SIDE = 600  # the chain on a crop starts from a copy no longer than this (native crop later)
 MAX_REGIONS = 3  # at most this many crops of a big frame go through the retry chain
 RECTIFIED_SIDE = 240  # a located matrix code is warped to a square this size (with a quiet zone)
 DEBLUR_LONG_SIDE = 1000  # deblurred copies are upscaled (bicubic, at most 3x) to no longer than this
@@ -759,8 +759,8 @@ def _find_regions(gray: Image.Image) -> tuple[Image.Image, float, list[tuple[int
     small_size = (round(gray.width * f), round(gray.height * f))
     small = gray.resize(small_size, Image.Resampling.BILINEAR, reducing_gap=2.0)  # box-reduces first
     outlines: list[list[tuple[float, float]]] = []
-    for b in zxingcpp.read_barcodes(small, formats=_ZX_FORMATS, return_errors=True):
-        p = b.position
+    for found in zxingcpp.read_barcodes(small, formats=_ZX_FORMATS, return_errors=True):
+        p = found.position
         outlines.append([(q.x, q.y) for q in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)])
     boxes: list[tuple[int, int, int, int]] = []
     for pts in outlines:
@@ -774,13 +774,19 @@ def _find_regions(gray: Image.Image) -> tuple[Image.Image, float, list[tuple[int
             min(gray.width, int(x1 + m)),
             min(gray.height, int(y1 + m)),
         )
-        if not any(_inside(box, b) for b in boxes):
-            boxes = [b for b in boxes if not _inside(b, box)] + [box]
+        for other in [o for o in boxes if _mostly_overlap(o, box)]:  # one crop for one place
+            boxes.remove(other)
+            box = (min(other[0], box[0]), min(other[1], box[1]), max(other[2], box[2]), max(other[3], box[3]))
+        boxes.append(box)
     return small, f, boxes[:MAX_REGIONS]
 
 
-def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+def _mostly_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """The boxes share at least half of the smaller one."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w > 0 and h > 0 and w * h >= 0.5 * smaller
 
 
 def _regions_chain(
@@ -792,21 +798,28 @@ def _regions_chain(
     obs: list[_Obs] = []
     budget = min(steps.budget_ms, BIG_FRAME_BUDGET_MS)
     small, f, regions = _find_regions(gray)
-    for x0, y0, x1, y1 in regions:
-        if (time.perf_counter() - t0) * 1000 > budget:
+    for i, (x0, y0, x1, y1) in enumerate(regions):
+        elapsed = (time.perf_counter() - t0) * 1000
+        if elapsed > budget:
             break
 
         def crop_to_orig(x: float, y: float, x0: int = x0, y0: int = y0) -> Point:
             return to_orig(x + x0, y + y0)
 
+        # each crop gets an equal share of what is left, the whole search copy one more share: a located
+        # "code" can be clutter, and its retries must not use up the time of the real code
+        deadline = elapsed + (budget - elapsed) / (len(regions) - i + 1)
         crop = gray.crop((x0, y0, x1, y1))
-        obs += _chain(crop, crop_to_orig, steps, t0, budget, work_side=CROP_LONG_SIDE)
+        obs += _chain(crop, crop_to_orig, steps, t0, deadline, work_side=CROP_LONG_SIDE)
     if not obs and (time.perf_counter() - t0) * 1000 < budget:
 
         def small_to_orig(x: float, y: float) -> Point:
             return to_orig(x / f, y / f)
 
-        obs = _chain(small, small_to_orig, steps, t0, budget, native=False, work_side=FIND_LONG_SIDE)
+        def detail() -> _Variant:  # small QR / Data Matrix codes need more pixels than the search copy has
+            return _scaled("detail", gray, WORK_LONG_SIDE / max(gray.size), to_orig)
+
+        obs = _chain(small, small_to_orig, steps, t0, budget, False, FIND_LONG_SIDE, detail)
     return obs
 
 
@@ -818,9 +831,11 @@ def _chain(
     budget_ms: float,
     native: bool = True,
     work_side: int = WORK_LONG_SIDE,
+    detail: Callable[[], _Variant] | None = None,
 ) -> list[_Obs]:
     """Read ``gray`` and, while a code is missing or uncertain, preprocessed copies of it. Every read
-    after the first checks the time budget first (a step on a big copy costs tens of ms)."""
+    after the first checks the time budget first (a step on a big copy costs tens of ms). ``detail``
+    makes a larger copy to read first among the retries (big frames searched on a small copy)."""
     full = _Variant("full", gray, to_orig)
     long_side = max(gray.size)
     if long_side > work_side:
@@ -845,6 +860,8 @@ def _chain(
             return _scaled("up2", gray, 2.0, to_orig)
         if name == "full":
             return full
+        if name == "detail" and detail is not None:
+            return detail()
         if name in _COPIES:
             return _Variant(name, _COPIES[name](base.image), base.to_orig)
         return _rotated(name, base.image, float(name.removeprefix("rot")), base.to_orig)
@@ -865,6 +882,7 @@ def _chain(
 
     if steps.retry and not settled():
         chain = ["up2"] if long_side < SMALL_LONG_SIDE else []
+        chain += ["detail"] if detail is not None else []
         chain += [*_COPIES, "rot+30", "rot-30"]
         if base is not full and native:
             chain.append("full")

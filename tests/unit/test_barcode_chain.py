@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+import integrations.barcode as barcode_module
 from integrations.barcode import Steps, decode_image_bytes
 from tests.unit.test_barcode import certain_texts, pad, python_barcode, qr, to_bytes
 
@@ -78,3 +79,17 @@ def test_a_wrinkled_qr_zxing_locates_but_cannot_read_is_read_warped_square(seed)
     (code,) = result.codes
     xs, ys = zip(*code.position, strict=True)
     assert 50 < min(xs) < max(xs) < 190 and 50 < min(ys) < max(ys) < 190  # where the label is, in the photo
+
+
+# ------------------------------------------------------------------------------------------ big frames
+
+
+def test_a_small_code_in_a_12_mp_frame_is_read_on_a_more_detailed_copy(monkeypatch):
+    # 120 px in a 4000 px frame: too small to be located on the 800 px search copy (24 px there)
+    monkeypatch.setattr(barcode_module, "BIG_FRAME_BUDGET_MS", float("inf"))  # what is read, not how fast
+    frame = Image.new("L", (4000, 3000), 200)
+    frame.paste(qr("BIN-Z-99").resize((120, 120), Image.Resampling.NEAREST), (2600, 1700))
+    result = decode_image_bytes(to_bytes(frame, "JPEG", quality=85))
+    assert certain_texts(result) == {"BIN-Z-99": "qrcode"}
+    xs, ys = zip(*result.codes[0].position, strict=True)
+    assert 2590 < min(xs) < max(xs) < 2730 and 1690 < min(ys) < max(ys) < 1830
