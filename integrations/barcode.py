@@ -711,6 +711,9 @@ def _open(data: bytes) -> tuple[Image.Image | None, float, str | None]:
         img.load()
         factor = w / img.width
         img = ImageOps.exif_transpose(img) or img
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            # a transparent background is white paper, whatever colour its hidden pixels have (often black)
+            img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
         gray = img.convert("L") if img.mode != "L" else img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None, 1.0, MSG_TRUNCATED

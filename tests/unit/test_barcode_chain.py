@@ -93,3 +93,16 @@ def test_a_small_code_in_a_12_mp_frame_is_read_on_a_more_detailed_copy(monkeypat
     assert certain_texts(result) == {"BIN-Z-99": "qrcode"}
     xs, ys = zip(*result.codes[0].position, strict=True)
     assert 2590 < min(xs) < max(xs) < 2730 and 1690 < min(ys) < max(ys) < 1830
+
+
+# ------------------------------------------------------------------------------------------ input
+
+
+def test_a_code_on_a_transparent_background_is_read_as_if_on_white():
+    # An exported label: black modules, the background transparent with black hidden pixels
+    rgba = qr("LOC-T-01").convert("RGBA")
+    a = np.asarray(rgba).copy()
+    light = a[:, :, 0] > 128
+    a[light] = (0, 0, 0, 0)
+    result = decode_image_bytes(to_bytes(Image.fromarray(a), "PNG"))
+    assert certain_texts(result) == {"LOC-T-01": "qrcode"}
