@@ -617,9 +617,10 @@ def _is_certain(c: _Candidate, others: list[_Candidate], gs1: GS1Data | None) ->
     - QR and Data Matrix carry Reed-Solomon error correction: one zxing read is enough; a pyzbar-only
       QR read only when its text is ASCII (zbar guesses the character set of Japanese QR wrongly);
     - linear codes need two independent observations: both decoders, or zxing on two differently
-      preprocessed copies (zbar alone misreads EAN/UPC consistently across copies), and no *conflicting*
-      linear read at the same place in any copy. Every linear read is therefore cross-checked on a
-      blurred and a sharpened copy: a marginal symbol reads differently there, which voids it;
+      preprocessed copies (zbar alone misreads EAN/UPC consistently across copies; the deblurred copies
+      count as one), and no *conflicting* linear read at the same place in any copy. Every linear read
+      is therefore cross-checked on a blurred and a sharpened copy: a marginal symbol reads differently
+      there, which voids it;
     - zxing-only agreement also needs one read that held over a stretch of scan lines (an outline at
       least ``MIN_LINE_SUPPORT`` of the code's length tall): a read from one or two adjacent lines is
       where checksum-valid misreads come from (on the photo set, reads under 3 % tall are wrong 1 time
@@ -629,7 +630,8 @@ def _is_certain(c: _Candidate, others: list[_Candidate], gs1: GS1Data | None) ->
         return False
     if c.symbology in MATRIX:
         return "zxing" in c.decoders or c.key[1].isascii()
-    zxing_variants = {v for d, v in c.support if d == "zxing"}
+    # the deblurred copies count as one: all are upscaled and strongly sharpened from the same pixels
+    zxing_variants = {"deblur" if v.startswith("deblur") else v for d, v in c.support if d == "zxing"}
     held = any(_line_support(o.points) >= MIN_LINE_SUPPORT for o in c.obs)
     if len(c.decoders) != 2 and (len(zxing_variants) < 2 or not held):
         return False
