@@ -4,6 +4,13 @@ Counters send phone photos of bin labels and item barcodes. This module finds ev
 (zxing-cpp and pyzbar together, with a retry chain of preprocessed copies), says how sure it is of each
 read, parses GS1 element strings and matches codes against the item master and location labels.
 
+The chain (``_chain``), each step only while a code is still missing or uncertain: both decoders on the
+photo; a blurred and a sharpened copy to cross-check linear reads; retries (2x upscale of small photos,
+contrast, sharp, blur, +-30 degrees); QR / Data Matrix codes zxing-cpp locates but cannot read, warped
+square (``_rectified``); upscaled, bar-smoothed, sharpened copies for blurred small codes (``DEBLUR``).
+Big frames (12 MP) are searched on an 800 px copy and read on crops around what zxing-cpp locates there,
+within ``BIG_FRAME_BUDGET_MS``. bench/barcode.py --ablation measures what each step adds.
+
 The rule that shapes everything: **never take the wrong item.** A read is ``certain`` only when the image
 supports it well (see ``_is_certain``); anything else, and anything that matches nothing, goes back to the
 counter for confirmation. ``match_codes`` only ever matches certain codes.
