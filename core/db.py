@@ -5,11 +5,11 @@ Helpers take an ``AsyncSession`` and never commit; the caller that owns the unit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Date, DateTime, MetaData, Numeric, Table, event
+from sqlalchemy import Boolean, Column, Date, DateTime, Index, MetaData, Numeric, Table, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -160,32 +160,68 @@ def _sqlite_converter(type_: Any) -> Callable[[Any], Any] | None:
 STAGING_METADATA = MetaData()  # temporary tables; never part of the schema or the migrations
 
 
-def staging_table(name: str, *columns: Column[Any]) -> Table:
-    """A temporary table for bulk work (PostgreSQL also drops it at commit)."""
+def staging_table(name: str, *columns: Column[Any] | Index) -> Table:
+    """A temporary table for bulk work (PostgreSQL also drops it at commit), with any indexes it needs."""
     return Table(name, STAGING_METADATA, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
 
 
 @asynccontextmanager
 async def staged(
-    session: AsyncSession, table: Table, rows: Iterable[tuple[Any, ...]]
+    session: AsyncSession,
+    table: Table,
+    rows: Iterable[tuple[Any, ...]],
+    *,
+    columns: Sequence[str] | None = None,
+    batch: int = 50_000,
 ) -> AsyncIterator[Table]:
     """Create ``table`` (a ``staging_table``), bulk-load ``rows`` into it (COPY on PostgreSQL), and drop it
     after the block. Set-based statements joining it replace thousands of per-row or IN-list statements.
-    On an error the caller's rollback removes the table."""
-    conn = await session.connection()
-    await conn.run_sync(lambda c: table.create(c, checkfirst=False))
+    On an error the caller's rollback removes the table.
+
+    ``columns``: the columns ``rows`` fill, in order (default: all of them; the others start NULL).
+    ``rows`` is consumed lazily, ``batch`` rows at a time, so a generator keeps memory bounded.
+    """
+    await create_staging(session, table)
     writer = BulkWriter(session)
     await writer.start()
-    columns = tuple(c.name for c in table.columns)
-    batch: list[tuple[Any, ...]] = []
+    names = tuple(columns) if columns is not None else tuple(c.name for c in table.columns)
+    buf: list[tuple[Any, ...]] = []
     for row in rows:
-        batch.append(row)
-        if len(batch) >= 50_000:
-            await writer.write(table, columns, batch)
-            batch = []
-    await writer.write(table, columns, batch)
+        buf.append(row)
+        if len(buf) >= batch:
+            await writer.write(table, names, buf)
+            buf = []
+    await writer.write(table, names, buf)
     await writer.finish()
-    if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(f"ANALYZE {table.name}")  # temporary tables are never auto-analysed
+    await analyze(session, table)
     yield table
-    await conn.run_sync(lambda c: table.drop(c))
+    await drop_staging(session, table)
+
+
+async def create_staging(session: AsyncSession, table: Table) -> None:
+    """Create ``table`` (a ``staging_table``) afresh, empty.
+
+    One left behind on this connection is dropped first: a SQLite temporary table outlives the transaction
+    (its connection is pooled), so a unit of work that failed half-way and was committed anyway would
+    otherwise break the next one. Only the temporary schema is touched, never a real table.
+    """
+    conn = await session.connection()
+    temp = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
+    await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.{table.name}")
+    await conn.run_sync(lambda c: table.create(c, checkfirst=False))
+
+
+async def drop_staging(session: AsyncSession, *tables: Table) -> None:
+    conn = await session.connection()
+    temp = "pg_temp" if conn.dialect.name == "postgresql" else "temp"
+    for table in tables:
+        await conn.exec_driver_sql(f"DROP TABLE IF EXISTS {temp}.{table.name}")
+
+
+async def analyze(session: AsyncSession, *tables: Table) -> None:
+    """Give PostgreSQL's planner statistics for freshly filled temporary tables (autovacuum never analyses
+    them, and without statistics it guesses joins against them badly). Nothing to do on SQLite."""
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql":
+        for table in tables:
+            await conn.exec_driver_sql(f"ANALYZE {table.name}")
