@@ -1,11 +1,13 @@
 """Spreadsheet import: items, locations, stock, movements and users from .xlsx or .csv.
 
-``import_file`` reads the file twice. The first pass parses and validates every row, keeping only compact
-per-key data (a few integers per SKU or item-location, never the rows), and resolves references with batched
-``IN`` queries. If anything is wrong it raises ``ImportFailed`` listing up to 50 problems, each naming the file,
+``import_file`` reads the file once, in batches. Each row is parsed and validated, keeping only compact per-key
+data in memory (a few integers per SKU or item-location, never the rows); references are resolved per batch
+with one join against a lookup table, and the rows to write go into the kind's temporary staging tables (COPY
+on PostgreSQL). If anything is wrong it raises ``ImportFailed`` listing up to 50 problems, each naming the file,
 the row (as the spreadsheet shows it, header = row 1) and the column, in Chinese and English, *before anything
-is written*. The second pass streams the file again and upserts in batches with bulk statements. Nothing here
-commits: the caller owns the transaction.
+is written*. Then a dozen set-based statements (``INSERT ... SELECT``, ``UPDATE ... FROM``) write the staged
+rows, whatever their number, and the staging tables are dropped. ``users`` files (small) are still read twice
+and written in batches. Nothing here commits: the caller owns the transaction.
 
 Files
     ``.xlsx`` (first worksheet) or ``.csv`` in UTF-8 (with or without BOM) or GBK/GB18030. The first non-empty
@@ -53,7 +55,7 @@ import hashlib
 import itertools
 import re
 import unicodedata
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -62,9 +64,31 @@ from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import BulkWriter, analyze, create_staging, drop_staging, staging_table
 from core.models import (
     Base,
     Item,
@@ -73,17 +97,26 @@ from core.models import (
     ItemUnit,
     Location,
     LotBalance,
+    Movement,
     MovementType,
     Role,
     Team,
     User,
     UserUnavailability,
     UserZone,
+    UTCDateTime,
     Warehouse,
     Zone,
     utcnow,
 )
-from core.stock import MovementLine, apply_movements, chunks, ensure_item_locations, moved_after, natural_key
+from core.stock import (
+    MOVEMENT_STAGING,
+    STAGED_LINE,
+    apply_staged_movements,
+    chunks,
+    ensure_staged_item_locations,
+    natural_key,
+)
 
 KINDS = ("items", "locations", "stock", "movements", "users")
 KIND_ZH = {"items": "物料", "locations": "库位", "stock": "库存", "movements": "出入库流水", "users": "人员"}
@@ -153,32 +186,6 @@ class ImportReport:
 def _changed(cur: Any, vals: Mapping[str, Any]) -> dict[str, Any]:
     """The values that differ from the stored row (unchanged rows are not rewritten)."""
     return {k: v for k, v in vals.items() if getattr(cur, k) != v}
-
-
-@dataclass
-class _Changes:
-    """One batch's inserts and updates of a table, counted into the report, written in two statements."""
-
-    report: ImportReport
-    inserts: list[dict[str, Any]] = field(default_factory=list)
-    updates: list[dict[str, Any]] = field(default_factory=list)
-
-    def create(self, row: dict[str, Any]) -> None:
-        self.inserts.append(row)
-        self.report.created += 1
-
-    def change(self, row_id: int, diff: Mapping[str, Any]) -> None:
-        if diff:
-            self.updates.append({"id": row_id, **diff})
-            self.report.updated += 1
-        else:
-            self.report.unchanged += 1
-
-    async def flush(self, session: AsyncSession, model: type[Base]) -> None:
-        if self.inserts:
-            await session.execute(insert(_table(model)), self.inserts)
-        if self.updates:
-            await session.execute(update(model), self.updates)
 
 
 class _Issues:
@@ -874,9 +881,24 @@ def _dup_issue(issues: _Issues, row: int, what_zh: str, what_en: str, first_row:
 
 # --------------------------------------------------------------------------------------------------- importers
 
+# Keys looked up for one batch of the reading pass (tag 1: SKU, 2: location code in warehouse ``ref_id``,
+# 3: item barcode, 4: location barcode): one join per kind of key instead of IN lists of a thousand values.
+_LOOKUP = staging_table(
+    "import_lookup",
+    Column("tag", Integer, nullable=False),
+    Column("code", String(200), nullable=False),
+    Column("ref_id", Integer),
+)
+_SKU_KEY, _LOC_KEY, _BARCODE_KEY, _LOC_BARCODE_KEY = 1, 2, 3, 4
+
 
 class _Importer:
+    """One kind's importer. ``validate`` reads the file once: it parses and checks every row and stages the
+    rows to write in the kind's staging tables (COPY on PostgreSQL); ``write`` applies them with set-based
+    statements and drops the tables. ``users`` (small files) still reads the file twice."""
+
     kind: ClassVar[str]
+    staging: ClassVar[tuple[Table, ...]] = ()
 
     def __init__(
         self, session: AsyncSession, sheet: Sheet, cmap: ColumnMap, tz: ZoneInfo, now: datetime
@@ -884,8 +906,13 @@ class _Importer:
         self.session, self.sheet, self.cmap, self.tz, self.now = session, sheet, cmap, tz, now
         self.issues = _Issues(sheet.name)
         self.rows = 0
+        self.progress: Callable[[int], None] | None = None  # rows read so far, every few thousand rows
+        self.staged = 0  # rows staged for writing
+        self.repeats = 0  # lines repeating an earlier line exactly: reported unchanged
         self._warehouses: dict[str, int] | None = None
         self._reported: set[tuple[str, str]] = set()
+        self._writer: BulkWriter | None = None
+        self._lookup_ready = False
 
     def parse(self, r: _Row) -> Any:
         raise NotImplementedError
@@ -909,6 +936,18 @@ class _Importer:
         finally:
             gen.close()
 
+    def read_batches(self) -> Iterator[list[Any]]:
+        """The reading pass's batches, reporting ``progress``."""
+        done = last = 0
+        for batch in self.batches():
+            yield batch
+            done += len(batch)
+            if self.progress and done - last >= PROGRESS_EVERY:
+                self.progress(done)
+                last = done
+        if self.progress:
+            self.progress(done)
+
     async def validate(self) -> None:
         raise NotImplementedError
 
@@ -930,6 +969,49 @@ class _Importer:
         if progress:
             progress(done)
 
+    # staging ------------------------------------------------------------------------------------------
+
+    async def _bulk(self) -> BulkWriter:
+        if self._writer is None:
+            self._writer = BulkWriter(self.session)
+            await self._writer.start()
+        return self._writer
+
+    async def open_staging(self) -> None:
+        for table in self.staging:
+            await create_staging(self.session, table)
+
+    async def stage(self, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        if table is self.staging[0]:
+            self.staged += len(rows)
+        await (await self._bulk()).write(table, columns, rows)
+
+    async def close_reading(self) -> None:
+        """After the reading pass: drop the lookup table, and the staging tables too if the file has problems
+        (nothing will be written); otherwise give PostgreSQL statistics on them."""
+        if self._writer is not None:
+            await self._writer.finish()
+            self._writer = None
+        if self._lookup_ready:
+            await drop_staging(self.session, _LOOKUP)
+            self._lookup_ready = False
+        if self.issues.items or not self.rows:
+            await drop_staging(self.session, *self.staging)
+        else:
+            await analyze(self.session, *self.staging)
+
+    async def close_staging(self) -> None:
+        await drop_staging(self.session, *self.staging)
+
+    async def lookup(self, keys: Iterable[tuple[int, str, int | None]]) -> None:
+        """Load ``(tag, code, ref_id)`` keys into the lookup table (replacing the previous batch's)."""
+        if self._lookup_ready:
+            await self.session.execute(delete(_LOOKUP))
+        else:
+            await create_staging(self.session, _LOOKUP)
+            self._lookup_ready = True
+        await (await self._bulk()).write(_LOOKUP, ("tag", "code", "ref_id"), list(keys))
+
     # shared reference resolution ---------------------------------------------------------------------
 
     async def warehouses(self) -> dict[str, int]:
@@ -938,29 +1020,35 @@ class _Importer:
             self._warehouses = {c: i for c, i in rows}
         return self._warehouses
 
-    async def item_ids(self, skus: set[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for chunk in chunks(skus):
-            rows = await self.session.execute(select(Item.sku, Item.id).where(Item.sku.in_(chunk)))
-            out.update((s, i) for s, i in rows)
-        return out
-
-    async def location_ids(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
-        out: dict[tuple[int, str], int] = {}
-        for chunk in chunks(keys):
-            rows = await self.session.execute(
-                select(Location.warehouse_id, Location.code, Location.id).where(
-                    tuple_(Location.warehouse_id, Location.code).in_(chunk)
-                )
-            )
-            out.update(((w, c), i) for w, c, i in rows)
-        return out
-
     async def resolve(self, batch: list[Any]) -> list[tuple[Any, int, int]]:
         """``(record, item_id, location_id)`` for records whose SKU, warehouse and location exist."""
         whs = await self.warehouses()
-        items = await self.item_ids({r.sku for r in batch})
-        locs = await self.location_ids({(whs[r.warehouse], r.location) for r in batch if r.warehouse in whs})
+        k = _LOOKUP.c
+        await self.lookup(
+            itertools.chain(
+                ((_SKU_KEY, sku, None) for sku in {r.sku for r in batch}),
+                (
+                    (_LOC_KEY, loc, wh)
+                    for wh, loc in {(whs[r.warehouse], r.location) for r in batch if r.warehouse in whs}
+                ),
+            )
+        )
+        conn = await self.session.connection()  # Core rows: no ORM result processing
+        items: dict[str, int] = {
+            sku: i
+            for sku, i in await conn.execute(
+                select(Item.sku, Item.id).join(_LOOKUP, (k.tag == _SKU_KEY) & (k.code == Item.sku))
+            )
+        }
+        locs = {
+            (w, c): i
+            for w, c, i in await conn.execute(
+                select(Location.warehouse_id, Location.code, Location.id).join(
+                    _LOOKUP,
+                    (k.tag == _LOC_KEY) & (k.ref_id == Location.warehouse_id) & (k.code == Location.code),
+                )
+            )
+        }
         out = []
         for r in batch:
             item_id, wh_id = items.get(r.sku), whs.get(r.warehouse)
@@ -1007,20 +1095,113 @@ def _table(model: type[Base]) -> Table:
     return table
 
 
-_IL = _table(ItemLocation)
-_IL_SNAPSHOT = (
-    update(_IL)
-    .where(_IL.c.id == bindparam("b_id"))
-    .values(qty=bindparam("qty"), book_as_of=bindparam("book_as_of"))
-)
+def _naive_utc(t: datetime | None) -> datetime | None:
+    """How ``UTCDateTime`` stores a time (what a staging table's plain ``DateTime`` column holds)."""
+    return None if t is None else t.astimezone(UTC).replace(tzinfo=None)
+
+
+def _given(new: Any, cur: Any) -> Any:
+    """SQL: the file gives a value (not NULL) and it differs from the stored one."""
+    return and_(new.is_not(None), cur.is_distinct_from(new))
+
+
+def _qty_differs(a: Any, b: Any) -> Any:
+    """SQL: two quantities differ (at the stored 4 decimals: SQLite computes sums in floating point)."""
+    return func.round(a, 4) != func.round(b, 4)
+
+
+def _count_where(cond: Any) -> Any:
+    return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+
+async def _rowcount(session: AsyncSession, stmt: Any) -> int:
+    result = await session.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _pack(item_id: int, location_id: int) -> int:
     return (item_id << 32) | location_id
 
 
-def _unpack(key: int) -> tuple[int, int]:
-    return key >> 32, key & 0xFFFFFFFF
+_IL = _table(ItemLocation)
+_ITEM = _table(Item)
+_LB = _table(LotBalance)
+_MOVE = _table(Movement)
+
+
+# Staging tables: the reading pass stages the rows to write (first occurrences only); ``write`` applies them.
+ITEM_STAGING = staging_table(
+    "item_import",
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("sku", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("spec", String(200)),
+    Column("unit", String(20)),
+    Column("unit_cost", Numeric(18, 4)),
+    Column("owner", String(50)),
+    Column("lot_tracked", Boolean),
+    Column("pinned_class", String(1)),
+    Column("pack_unit", String(20)),
+    Column("pack_factor", Numeric(18, 4)),
+    Column("item_id", Integer),
+    Column("owner_id", Integer),
+    Column("existed", Boolean),
+    Column("changed", Boolean),
+    Index("ix_item_import_sku", "sku"),
+)
+_ITEM_STAGED = (
+    "line", "sku", "name", "spec", "unit", "unit_cost", "owner", "lot_tracked", "pinned_class", "pack_unit",
+    "pack_factor",
+)  # fmt: skip
+ITEM_BARCODE_STAGING = staging_table(
+    "item_barcode_import",
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("pos", Integer, primary_key=True, autoincrement=False),
+    Column("sku", String(64), nullable=False),
+    Column("barcode", String(100), nullable=False),
+    Index("ix_item_barcode_import_sku", "sku"),
+)
+LOCATION_STAGING = staging_table(
+    "location_import",
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("warehouse", String(50), nullable=False),
+    Column("code", String(50), nullable=False),
+    Column("barcode", String(100)),
+    Column("zone", String(50)),
+    Column("sequence", Integer),
+)
+LOCATION_RANK = staging_table(  # default sequence: a code's rank in its warehouse, in natural order
+    "location_import_rank",
+    Column("warehouse_id", Integer, nullable=False),
+    Column("code", String(50), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Index("ix_location_import_rank", "warehouse_id", "code"),
+)
+STOCK_STAGING = staging_table(
+    "stock_import",
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", Integer, nullable=False),
+    Column("location_id", Integer, nullable=False),
+    Column("lot", String(64)),
+    Column("qty", Numeric(18, 4), nullable=False),
+    Column("as_of", DateTime),  # naive UTC; NULL: not given
+    Column("item_location_id", Integer),  # lot rows: their item-location,
+    Column("since", DateTime),  # its snapshot time,
+    Column("target", Numeric(18, 4)),  # and the lot balance to set
+    Index("ix_stock_import_lot", "item_location_id", "lot"),
+)
+STOCK_BOOK = staging_table(  # one row per item-location of the file
+    "stock_import_book",
+    Column("item_id", Integer, nullable=False),
+    Column("location_id", Integer, nullable=False),
+    Column("item_location_id", Integer),
+    Column("qty", Numeric(18, 4), nullable=False),  # the row's quantity, or the sum of the lots
+    Column("as_of", DateTime),  # as given (the latest of the lots'); NULL: not given
+    Column("since", DateTime, nullable=False),  # the snapshot time: as_of, or now
+    Column("lots", Integer, nullable=False),  # 1: given by lot
+    Column("target", Numeric(18, 4)),  # the book to set: qty + the movements after ``since``
+    Index("ix_stock_import_book", "item_id", "location_id"),
+)
 
 
 # ---- items
@@ -1058,6 +1239,7 @@ class _ItemRec:
 
 class _Items(_Importer):
     kind = "items"
+    staging = (ITEM_STAGING, ITEM_BARCODE_STAGING)
 
     def parse(self, r: _Row) -> _ItemRec | None:
         sku, name = r.text("sku", True), r.text("name", True)
@@ -1095,12 +1277,18 @@ class _Items(_Importer):
         return rec
 
     async def validate(self) -> None:
+        await self.open_staging()
+        await self._validate()
+        await self.close_reading()
+
+    async def _validate(self) -> None:
         self.seen: dict[str, int] = {}  # sku -> digest << 32 | first row
         barcode_seen: dict[str, int] = {}  # barcode -> sku digest << 32 | row
         owners: dict[str, int] = {}
-        for batch in self.batches():
+        for batch in self.read_batches():
             self.rows += len(batch)
             pending: dict[str, tuple[str, int]] = {}
+            firsts: list[_ItemRec] = []
             for rec in batch:
                 packed = rec.digest() << 32 | rec.row
                 first = self.seen.setdefault(rec.sku, packed)
@@ -1113,7 +1301,10 @@ class _Items(_Importer):
                             f'SKU "{rec.sku}"',
                             first & 0xFFFFFFFF,
                         )
+                    else:
+                        self.repeats += 1
                     continue
+                firsts.append(rec)
                 sku_hash = _digest(rec.sku)
                 for b in rec.barcodes:
                     prev = barcode_seen.setdefault(b, sku_hash << 32 | rec.row)
@@ -1128,11 +1319,12 @@ class _Items(_Importer):
                     pending[b] = (rec.sku, rec.row)
                 if rec.owner:
                     owners.setdefault(rec.owner, rec.row)
-            for chunk in chunks(pending):
+            if pending:
+                await self.lookup((_BARCODE_KEY, b, None) for b in pending)
                 rows = await self.session.execute(
                     select(ItemBarcode.barcode, Item.sku)
                     .join(Item, Item.id == ItemBarcode.item_id)
-                    .where(ItemBarcode.barcode.in_(chunk))
+                    .join(_LOOKUP, (_LOOKUP.c.tag == _BARCODE_KEY) & (_LOOKUP.c.code == ItemBarcode.barcode))
                 )
                 for b, owner_sku in rows:
                     sku, row = pending[b]
@@ -1144,17 +1336,35 @@ class _Items(_Importer):
                             f'barcode "{b}" already belongs to item "{owner_sku}"; a barcode can belong to one item '
                             f'only; fix the barcode or change item "{owner_sku}" first',
                         )
-            if self.issues.full:
-                return
+            if self.issues.items:
+                if self.issues.full:
+                    return
+                continue  # nothing will be written: stop staging, keep checking
+            await self.stage(
+                ITEM_STAGING,
+                _ITEM_STAGED,
+                [
+                    (
+                        r.row, r.sku, r.name, r.spec, r.unit, r.unit_cost, r.owner, r.lot_tracked, r.pinned_class,
+                        r.pack_unit, r.pack_factor,
+                    )
+                    for r in firsts
+                ],
+            )  # fmt: skip
+            await self.stage(
+                ITEM_BARCODE_STAGING,
+                ("line", "pos", "sku", "barcode"),
+                [(r.row, i, r.sku, b) for r in firsts for i, b in enumerate(r.barcodes)],
+            )
         del barcode_seen
-        self.owner_ids: dict[str, int] = {}
+        owner_ids: dict[str, int] = {}
         for owner_chunk in chunks(owners):
             owner_rows = await self.session.execute(
                 select(User.employee_no, User.id).where(User.employee_no.in_(owner_chunk))
             )
-            self.owner_ids.update((e, i) for e, i in owner_rows)
+            owner_ids.update((e, i) for e, i in owner_rows)
         for emp, row in owners.items():
-            if emp not in self.owner_ids:
+            if emp not in owner_ids:
                 self.issues.add(
                     row,
                     self.cmap.header["owner"],
@@ -1163,117 +1373,100 @@ class _Items(_Importer):
                 )
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
-        s = self.session
-        for batch in self.write_batches(progress):
-            recs = [r for r in batch if self.seen[r.sku] & 0xFFFFFFFF == r.row]
-            report.unchanged += len(batch) - len(recs)
-            existing: dict[str, Any] = {}
-            for chunk in chunks([r.sku for r in recs]):
-                rows = await s.execute(
-                    select(
-                        Item.sku,
-                        Item.id,
-                        Item.name,
-                        Item.spec,
-                        Item.base_unit,
-                        Item.unit_cost,
-                        Item.owner_id,
-                        Item.lot_tracked,
-                        Item.pinned_class,
-                    ).where(Item.sku.in_(chunk))
+        s, st, c, it = self.session, ITEM_STAGING, ITEM_STAGING.c, _ITEM.c
+        bc, un = ITEM_BARCODE_STAGING.c, _table(ItemUnit).c
+        report.unchanged += self.repeats
+        existed = await _rowcount(s, update(st).where(it.sku == c.sku).values(item_id=it.id, existed=True))
+        await s.execute(
+            update(st).where(c.owner.is_not(None), User.employee_no == c.owner).values(owner_id=User.id)
+        )
+        new_code = ~select(ItemBarcode.id).where(ItemBarcode.barcode == bc.barcode).exists()
+        same_unit = and_(un.item_id == c.item_id, un.unit == c.pack_unit)
+        if existed:
+            # what changes for existing items: a given column, a new barcode, a new or changed pack unit
+            differs = or_(
+                it.name.is_distinct_from(c.name),
+                _given(c.spec, it.spec),
+                _given(c.unit, it.base_unit),
+                _given(c.unit_cost, it.unit_cost),
+                _given(c.owner_id, it.owner_id),
+                _given(c.lot_tracked, it.lot_tracked),
+                _given(c.pinned_class, it.pinned_class),
+            )
+            await s.execute(update(st).where(it.id == c.item_id, differs).values(changed=True))
+            gains_code = select(bc.line).where(bc.sku == c.sku, new_code).exists()
+            new_unit = and_(
+                c.pack_unit.is_not(None), ~select(un.id).where(same_unit, un.factor == c.pack_factor).exists()
+            )
+            await s.execute(
+                update(st)
+                .where(c.existed.is_(True), c.changed.is_(None), or_(gains_code, new_unit))
+                .values(changed=True)
+            )
+            await s.execute(
+                update(_ITEM)
+                .where(it.id == c.item_id, c.changed.is_(True))
+                .values(
+                    name=c.name,
+                    spec=func.coalesce(c.spec, it.spec),
+                    base_unit=func.coalesce(c.unit, it.base_unit),
+                    unit_cost=func.coalesce(c.unit_cost, it.unit_cost),
+                    owner_id=func.coalesce(c.owner_id, it.owner_id),
+                    lot_tracked=func.coalesce(c.lot_tracked, it.lot_tracked),
+                    pinned_class=func.coalesce(c.pinned_class, it.pinned_class),
                 )
-                existing.update((row.sku, row) for row in rows)
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            changed: set[str] = set()
-            for r in recs:
-                vals: dict[str, Any] = {"name": r.name}
-                if r.spec is not None:
-                    vals["spec"] = r.spec
-                if r.unit is not None:
-                    vals["base_unit"] = r.unit
-                if r.unit_cost is not None:
-                    vals["unit_cost"] = r.unit_cost
-                if r.owner is not None:
-                    vals["owner_id"] = self.owner_ids[r.owner]
-                if r.lot_tracked is not None:
-                    vals["lot_tracked"] = r.lot_tracked
-                if r.pinned_class is not None:
-                    vals["pinned_class"] = r.pinned_class
-                cur = existing.get(r.sku)
-                if cur is None:
-                    inserts.append(
-                        {
-                            "sku": r.sku,
-                            "spec": None,
-                            "base_unit": "个",
-                            "unit_cost": Decimal(0),
-                            "owner_id": None,
-                            "lot_tracked": False,
-                            "pinned_class": None,
-                            "created_at": self.now,
-                            **vals,
-                            "abc_class": vals.get("pinned_class") or "C",
-                        }
-                    )
-                else:
-                    diff = _changed(cur, vals)
-                    if diff:
-                        updates.append({"id": cur.id, **diff})
-                        changed.add(r.sku)
-            ids = {sku: row.id for sku, row in existing.items()}
-            for ins in chunks(inserts, BATCH):
-                new_ids = await s.execute(
-                    insert(_table(Item)).returning(_table(Item).c.sku, _table(Item).c.id), ins
+            )
+            await s.execute(
+                update(_table(ItemUnit))
+                .where(same_unit, un.factor.is_distinct_from(c.pack_factor))
+                .values(factor=c.pack_factor)
+            )
+        created = await _rowcount(
+            s,
+            insert(_ITEM).from_select(
+                [
+                    "sku", "name", "spec", "base_unit", "unit_cost", "owner_id", "lot_tracked", "pinned_class",
+                    "abc_class", "created_at",
+                ],
+                select(
+                    c.sku, c.name, c.spec, func.coalesce(c.unit, "个"), func.coalesce(c.unit_cost, 0), c.owner_id,
+                    func.coalesce(c.lot_tracked, false()), c.pinned_class, func.coalesce(c.pinned_class, "C"),
+                    literal(self.now, UTCDateTime),
                 )
-                ids.update((sku, i) for sku, i in new_ids)
-            if updates:
-                await s.execute(update(Item), updates)
-            # barcodes: add the missing ones
-            wanted = {b: r.sku for r in recs for b in r.barcodes}
-            have: set[str] = set()
-            for chunk in chunks(wanted):
-                have.update(
-                    await s.scalars(select(ItemBarcode.barcode).where(ItemBarcode.barcode.in_(chunk)))
+                .where(c.item_id.is_(None))
+                .order_by(c.line),
+            ),
+        )  # fmt: skip
+        # barcodes: add the missing ones (never remove: old labels still scan)
+        await s.execute(
+            insert(_table(ItemBarcode)).from_select(
+                ["barcode", "item_id", "unit"],
+                select(bc.barcode, it.id, null())
+                .join(_ITEM, it.sku == bc.sku)
+                .where(new_code)
+                .order_by(bc.line, bc.pos),
+            )
+        )
+        # pack units: add the new ones (changed factors were updated above)
+        await s.execute(
+            insert(_table(ItemUnit)).from_select(
+                ["item_id", "unit", "factor"],
+                select(it.id, c.pack_unit, c.pack_factor)
+                .join(_ITEM, it.sku == c.sku)
+                .where(
+                    c.pack_unit.is_not(None),
+                    ~select(un.id).where(un.item_id == it.id, un.unit == c.pack_unit).exists(),
                 )
-            new_codes = [
-                {"barcode": b, "item_id": ids[sku], "unit": None}
-                for b, sku in wanted.items()
-                if b not in have
-            ]
-            if new_codes:
-                await s.execute(insert(_table(ItemBarcode)), new_codes)
-                changed.update(wanted[c["barcode"]] for c in new_codes)
-            # pack units
-            packs = {(ids[r.sku], r.pack_unit): (r.sku, r.pack_factor) for r in recs if r.pack_unit}
-            if packs:
-                cur_units: dict[tuple[int, str], tuple[int, Decimal]] = {}
-                for unit_chunk in chunks({k[0] for k in packs}):
-                    unit_rows = await s.execute(
-                        select(ItemUnit.item_id, ItemUnit.unit, ItemUnit.id, ItemUnit.factor).where(
-                            ItemUnit.item_id.in_(unit_chunk)
-                        )
-                    )
-                    cur_units.update(((iid, u), (uid, f)) for iid, u, uid, f in unit_rows)
-                unit_inserts, unit_updates = [], []
-                for (iid, unit), (sku, factor) in packs.items():
-                    if (iid, unit) not in cur_units:
-                        unit_inserts.append({"item_id": iid, "unit": unit, "factor": factor})
-                        changed.add(sku)
-                    elif cur_units[(iid, unit)][1] != factor:
-                        unit_updates.append({"id": cur_units[(iid, unit)][0], "factor": factor})
-                        changed.add(sku)
-                if unit_inserts:
-                    await s.execute(insert(ItemUnit), unit_inserts)
-                if unit_updates:
-                    await s.execute(update(ItemUnit), unit_updates)
-            for r in recs:
-                if r.sku not in existing:
-                    report.created += 1
-                elif r.sku in changed:
-                    report.updated += 1
-                else:
-                    report.unchanged += 1
+                .order_by(c.line),
+            )
+        )
+        updated = 0
+        if existed:
+            updated = int(await s.scalar(select(_count_where(c.changed.is_(True))).select_from(st)) or 0)
+        report.created += created
+        report.updated += updated
+        report.unchanged += self.staged - created - updated
+        await self.close_staging()
 
 
 # ---- locations
@@ -1295,6 +1488,7 @@ class _LocRec:
 
 class _Locations(_Importer):
     kind = "locations"
+    staging = (LOCATION_STAGING, LOCATION_RANK)
 
     def parse(self, r: _Row) -> _LocRec:
         return _LocRec(
@@ -1308,13 +1502,19 @@ class _Locations(_Importer):
         )
 
     async def validate(self) -> None:
+        await self.open_staging()
+        await self._validate()
+        await self.close_reading()
+
+    async def _validate(self) -> None:
         self.seen: dict[tuple[str, str], int] = {}
         self.wh_names: dict[str, tuple[str, int]] = {}
         self.zones: set[tuple[str, str]] = set()
         barcode_seen: dict[str, int] = {}
-        for batch in self.batches():
+        for batch in self.read_batches():
             self.rows += len(batch)
             pending: dict[str, _LocRec] = {}
+            firsts: list[_LocRec] = []
             for rec in batch:
                 key = (rec.warehouse, rec.location)
                 packed = rec.digest() << 32 | rec.row
@@ -1328,7 +1528,10 @@ class _Locations(_Importer):
                             f'location "{rec.warehouse}/{rec.location}"',
                             first & 0xFFFFFFFF,
                         )
+                    else:
+                        self.repeats += 1
                     continue
+                firsts.append(rec)
                 if rec.warehouse_name:
                     name, row = self.wh_names.setdefault(rec.warehouse, (rec.warehouse_name, rec.row))
                     if name != rec.warehouse_name:
@@ -1353,11 +1556,12 @@ class _Locations(_Importer):
                             f"{prev & 0xFFFFFFFF}; fix it",
                         )
                     pending[rec.barcode] = rec
-            for chunk in chunks(pending):
+            if pending:
+                await self.lookup((_LOC_BARCODE_KEY, b, None) for b in pending)
                 rows = await self.session.execute(
                     select(Location.barcode, Warehouse.code, Location.code)
                     .join(Warehouse, Warehouse.id == Location.warehouse_id)
-                    .where(Location.barcode.in_(chunk))
+                    .join(_LOOKUP, (_LOOKUP.c.tag == _LOC_BARCODE_KEY) & (_LOOKUP.c.code == Location.barcode))
                 )
                 for b, wh, code in rows:
                     rec = pending[str(b)]
@@ -1368,11 +1572,19 @@ class _Locations(_Importer):
                             f"库位条码“{b}”已属于库位“{wh}/{code}”，请改正",
                             f'location barcode "{b}" already belongs to location "{wh}/{code}"; fix it',
                         )
-            if self.issues.full:
-                return
+            if self.issues.items:
+                if self.issues.full:
+                    return
+                continue  # nothing will be written: stop staging, keep checking
+            await self.stage(
+                LOCATION_STAGING,
+                ("line", "warehouse", "code", "barcode", "zone", "sequence"),
+                [(r.row, r.warehouse, r.location, r.barcode, r.zone, r.sequence) for r in firsts],
+            )
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
         s = self.session
+        report.unchanged += self.repeats
         # warehouses
         file_whs = {wh for wh, _ in self.seen}
         whs = dict(
@@ -1405,47 +1617,64 @@ class _Locations(_Importer):
             if (wh_id[w], z) not in zone_ids
         ]
         if new_zones:
-            rows = await s.execute(insert(Zone).returning(Zone.warehouse_id, Zone.code, Zone.id), new_zones)
-            zone_ids.update(((w, c), i) for w, c, i in rows)
+            await s.execute(insert(Zone), new_zones)
         # default sequence: rank among all codes of the warehouse (database and file), in natural order
-        rank: dict[tuple[str, str], int] = {}
+        writer = BulkWriter(s)
+        await writer.start()
         for code, wid in wh_id.items():
             codes = set(await s.scalars(select(Location.code).where(Location.warehouse_id == wid)))
-            codes.update(loc for w, loc in self.seen if w == code)
-            rank.update(((code, c), i) for i, c in enumerate(sorted(codes, key=natural_key), start=1))
-        for batch in self.write_batches(progress):
-            recs = [r for r in batch if self.seen[(r.warehouse, r.location)] & 0xFFFFFFFF == r.row]
-            report.unchanged += len(batch) - len(recs)
-            existing: dict[tuple[int, str], Any] = {}
-            for chunk in chunks({(wh_id[r.warehouse], r.location) for r in recs}):
-                rows = await s.execute(
-                    select(
-                        Location.warehouse_id,
-                        Location.code,
-                        Location.id,
-                        Location.zone_id,
-                        Location.barcode,
-                        Location.sequence,
-                    ).where(tuple_(Location.warehouse_id, Location.code).in_(chunk))
-                )
-                existing.update(((row.warehouse_id, row.code), row) for row in rows)
-            changes = _Changes(report)
-            for r in recs:
-                wid = wh_id[r.warehouse]
-                vals: dict[str, Any] = {}
-                if r.zone:
-                    vals["zone_id"] = zone_ids[(wid, r.zone)]
-                if r.barcode:
-                    vals["barcode"] = r.barcode
-                vals["sequence"] = r.sequence if r.sequence is not None else rank[(r.warehouse, r.location)]
-                cur = existing.get((wid, r.location))
-                if cur is None:
-                    changes.create(
-                        {"warehouse_id": wid, "code": r.location, "zone_id": None, "barcode": None, **vals}
-                    )
-                else:
-                    changes.change(cur.id, _changed(cur, vals))
-            await changes.flush(s, Location)
+            in_file = {loc for w, loc in self.seen if w == code}
+            codes.update(in_file)
+            await writer.write(
+                LOCATION_RANK,
+                ("warehouse_id", "code", "rank"),
+                [(wid, c, i) for i, c in enumerate(sorted(codes, key=natural_key), start=1) if c in in_file],
+            )
+        await writer.finish()
+        await analyze(s, LOCATION_RANK)
+        c, rk, loc = LOCATION_STAGING.c, LOCATION_RANK.c, _table(Location).c
+        # each row with its warehouse, zone and sequence resolved; the statements below join it
+        r = (
+            select(
+                c.line,
+                c.code,
+                c.barcode,
+                Warehouse.id.label("warehouse_id"),
+                Zone.id.label("zone_id"),
+                func.coalesce(c.sequence, rk.rank).label("sequence"),
+            )
+            .join_from(LOCATION_STAGING, Warehouse, Warehouse.code == c.warehouse)
+            .outerjoin(Zone, and_(Zone.warehouse_id == Warehouse.id, Zone.code == c.zone))
+            .outerjoin(LOCATION_RANK, and_(rk.warehouse_id == Warehouse.id, rk.code == c.code))
+            .subquery("resolved")
+        ).c
+        same = and_(loc.warehouse_id == r.warehouse_id, loc.code == r.code)
+        differs = or_(
+            _given(r.zone_id, loc.zone_id), _given(r.barcode, loc.barcode), loc.sequence != r.sequence
+        )
+        updated = await _rowcount(
+            s,
+            update(_table(Location))
+            .where(same, differs)
+            .values(
+                zone_id=func.coalesce(r.zone_id, loc.zone_id),
+                barcode=func.coalesce(r.barcode, loc.barcode),
+                sequence=r.sequence,
+            ),
+        )
+        created = await _rowcount(
+            s,
+            insert(_table(Location)).from_select(
+                ["warehouse_id", "code", "zone_id", "barcode", "sequence"],
+                select(r.warehouse_id, r.code, r.zone_id, r.barcode, r.sequence)
+                .where(~select(loc.id).where(same).exists())
+                .order_by(r.line),
+            ),
+        )
+        report.created += created
+        report.updated += updated
+        report.unchanged += self.staged - created - updated
+        await self.close_staging()
 
 
 # ---- stock
@@ -1464,6 +1693,7 @@ class _StockRec:
 
 class _Stock(_Importer):
     kind = "stock"
+    staging = (STOCK_STAGING, STOCK_BOOK)
 
     def parse(self, r: _Row) -> _StockRec:
         return _StockRec(
@@ -1477,12 +1707,17 @@ class _Stock(_Importer):
         )
 
     async def validate(self) -> None:
+        await self.open_staging()
+        await self._validate()
+        await self.close_reading()
+
+    async def _validate(self) -> None:
         # item-location key (or (key, lot)) -> digest << 32 | first row
         self.seen: dict[int | tuple[int, str], int] = {}
-        # lot rows: item-location key -> (sum of the lots, latest as_of)
-        self.lot_sum: dict[int, tuple[Decimal, datetime | None]] = {}
-        for batch in self.batches():
+        lot_ils: set[int] = set()  # item-locations given by lot
+        for batch in self.read_batches():
             self.rows += len(batch)
+            firsts: list[tuple[Any, ...]] = []
             for rec, item_id, loc_id in await self.resolve(batch):
                 il = _pack(item_id, loc_id)
                 key: int | tuple[int, str] = (il, rec.lot) if rec.lot else il
@@ -1497,8 +1732,10 @@ class _Stock(_Importer):
                         _dup_issue(
                             self.issues, rec.row, f"库存“{what}”", f'stock "{what_en}"', first & 0xFFFFFFFF
                         )
+                    else:
+                        self.repeats += 1
                     continue
-                if (rec.lot and il in self.seen) or (not rec.lot and il in self.lot_sum):
+                if (rec.lot and il in self.seen) or (not rec.lot and il in lot_ils):
                     self.issues.add(
                         rec.row,
                         self.cmap.header.get("lot"),
@@ -1508,104 +1745,120 @@ class _Stock(_Importer):
                     )
                     continue
                 if rec.lot:
-                    total, as_of = self.lot_sum.get(il, (Decimal(0), None))
-                    if rec.as_of and (as_of is None or rec.as_of > as_of):
-                        as_of = rec.as_of
-                    self.lot_sum[il] = (total + rec.qty, as_of)
-            if self.issues.full:
-                return
+                    lot_ils.add(il)
+                firsts.append((rec.row, item_id, loc_id, rec.lot, rec.qty, _naive_utc(rec.as_of)))
+            if self.issues.items:
+                if self.issues.full:
+                    return
+                continue  # nothing will be written: stop staging, keep checking
+            await self.stage(STOCK_STAGING, ("line", "item_id", "location_id", "lot", "qty", "as_of"), firsts)
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
-        s = self.session
-        before = await s.scalar(select(func.max(ItemLocation.id))) or 0
-        plain = (k for k in self.seen if isinstance(k, int))
-        await ensure_item_locations(s, (_unpack(k) for k in itertools.chain(plain, self.lot_sum)))
-        lots_done: set[int] = set()
-        for batch in self.write_batches(progress):
-            resolved = await self.resolve(batch)
-            report.unchanged += len(batch) - len(resolved)
-            ils: dict[int, Any] = {}
-            for chunk in chunks({(i, loc) for _, i, loc in resolved}):
-                rows = await s.execute(
-                    select(
-                        ItemLocation.item_id,
-                        ItemLocation.location_id,
-                        ItemLocation.id,
-                        ItemLocation.qty,
-                        ItemLocation.book_as_of,
-                    ).where(tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk))
-                )
-                ils.update((_pack(row.item_id, row.location_id), row) for row in rows)
-            lot_rows: list[tuple[_StockRec, Any]] = []
-            pending: list[tuple[_StockRec, Any, Decimal, datetime | None]] = []
-            for rec, item_id, loc_id in resolved:
-                key = _pack(item_id, loc_id)
-                if self.seen.get((key, rec.lot) if rec.lot else key, 0) & 0xFFFFFFFF != rec.row:
-                    report.unchanged += 1  # an identical repeated line
-                    continue
-                cur = ils[key]
-                if rec.lot:
-                    lot_rows.append((rec, cur))
-                    if key in lots_done:
-                        continue
-                    lots_done.add(key)
-                    qty, as_of = self.lot_sum[key]
-                else:
-                    qty, as_of = rec.qty, rec.as_of
-                pending.append((rec, cur, qty, as_of))
-            # movements already in the ledger after the snapshot time still count
-            after = await moved_after(s, {cur.id: as_of or self.now for _, cur, _, as_of in pending})
-            after_il: dict[int, Decimal] = {}
-            for (il_id, _), q in after.items():
-                after_il[il_id] = after_il.get(il_id, Decimal(0)) + q
-            il_updates: list[dict[str, Any]] = []
-            for rec, cur, qty, as_of in pending:
-                new_il = cur.id > before
-                target = qty + after_il.get(cur.id, Decimal(0))
-                if new_il or cur.qty != target or (as_of is not None and cur.book_as_of != as_of):
-                    il_updates.append({"b_id": cur.id, "qty": target, "book_as_of": as_of or self.now})
-                    if not rec.lot:
-                        report.updated += not new_il
-                        report.created += new_il
-                elif not rec.lot:
-                    report.unchanged += 1
-            if il_updates:
-                await s.execute(_IL_SNAPSHOT, il_updates)
-            if lot_rows:
-                await self._write_lots(lot_rows, after, report)
-
-    async def _write_lots(
-        self,
-        lot_rows: list[tuple[_StockRec, Any]],
-        after: dict[tuple[int, str | None], Decimal],
-        report: ImportReport,
-    ) -> None:
-        s = self.session
-        cur: dict[int, dict[str, tuple[int, Decimal]]] = {}
-        for chunk in chunks({il.id for _, il in lot_rows}):
-            rows = await s.execute(
-                select(LotBalance.item_location_id, LotBalance.lot, LotBalance.id, LotBalance.qty).where(
-                    LotBalance.item_location_id.in_(chunk)
-                )
+        """Set the book of each item-location in the file (see the module docstring of ``core.stock``): the
+        snapshot's quantity plus the movements already in the ledger after the snapshot time."""
+        s, st, c, bk, il = self.session, STOCK_STAGING, STOCK_STAGING.c, STOCK_BOOK.c, _IL.c
+        report.unchanged += self.repeats
+        now = literal(_naive_utc(self.now), DateTime)
+        # one book per item-location: a plain row, or the sum of its lots at the latest of their times
+        await s.execute(
+            insert(STOCK_BOOK).from_select(
+                ["item_id", "location_id", "qty", "as_of", "since", "lots"],
+                select(
+                    c.item_id,
+                    c.location_id,
+                    func.sum(c.qty),
+                    func.max(c.as_of),
+                    func.coalesce(func.max(c.as_of), now),
+                    func.max(case((c.lot.is_(None), 0), else_=1)),
+                ).group_by(c.item_id, c.location_id),
             )
-            for il_id, lot, lb_id, qty in rows:
-                cur.setdefault(il_id, {})[lot] = (lb_id, qty)
-        changes = _Changes(report)
-        for rec, il in lot_rows:
-            have = cur.get(il.id, {}).get(rec.lot or "")
-            target = rec.qty + after.get((il.id, rec.lot), Decimal(0))
-            if have is None:
-                changes.create({"item_location_id": il.id, "lot": rec.lot, "qty": target})
-            else:
-                changes.change(have[0], {"qty": target} if have[1] != target else {})
-        # lots of these item-locations that the file does not list drop to 0
-        keys = {il.id: _pack(il.item_id, il.location_id) for _, il in lot_rows}
-        for il_id, lots in cur.items():
-            il_key = keys[il_id]
-            for lot, (lb_id, qty) in lots.items():
-                if (il_key, lot) not in self.seen and qty != 0:
-                    changes.updates.append({"id": lb_id, "qty": Decimal(0)})
-        await changes.flush(s, LotBalance)
+        )
+        await analyze(s, STOCK_BOOK)
+        # new item-locations start with their book (no movement can be recorded against them yet)
+        before = await s.scalar(select(func.max(il.id))) or 0
+        await ensure_staged_item_locations(s, bk.item_id, bk.location_id, qty=bk.qty, book_as_of=bk.since)
+        await s.execute(
+            update(STOCK_BOOK)
+            .where(il.item_id == bk.item_id, il.location_id == bk.location_id)
+            .values(item_location_id=il.id)
+        )
+        old = bk.item_location_id <= before
+        moved_after = (
+            select(func.coalesce(func.sum(_MOVE.c.qty), 0))
+            .where(_MOVE.c.item_location_id == bk.item_location_id, _MOVE.c.occurred_at > bk.since)
+            .scalar_subquery()
+        )
+        await s.execute(update(STOCK_BOOK).where(old).values(target=bk.qty + moved_after))
+        # plain rows are counted by item-location, lot rows by lot balance
+        differs = and_(old, or_(_qty_differs(il.qty, bk.target), _given(bk.as_of, il.book_as_of)))
+        created, updated, rows = (
+            await s.execute(
+                select(_count_where(~old), _count_where(differs), func.count())
+                .select_from(STOCK_BOOK)
+                .join(_IL, il.id == bk.item_location_id)
+                .where(bk.lots == 0)
+            )
+        ).one()
+        await s.execute(
+            update(_IL)
+            .where(il.id == bk.item_location_id, differs)
+            .values(qty=bk.target, book_as_of=bk.since)
+        )
+        report.created += int(created)
+        report.updated += int(updated)
+        report.unchanged += int(rows) - int(created) - int(updated)
+        if await s.scalar(select(func.count()).select_from(STOCK_BOOK).where(bk.lots == 1)):
+            await s.execute(
+                update(st)
+                .where(c.lot.is_not(None), bk.item_id == c.item_id, bk.location_id == c.location_id)
+                .values(item_location_id=bk.item_location_id, since=bk.since)
+            )
+            await self._write_lots(report)
+        await self.close_staging()
+
+    async def _write_lots(self, report: ImportReport) -> None:
+        """Lot balances: each lot row's quantity plus the lot's movements after the snapshot time; lots of
+        these item-locations that the file does not list drop to 0."""
+        s, st, c, bk, lb, mv = self.session, STOCK_STAGING, STOCK_STAGING.c, STOCK_BOOK.c, _LB.c, _MOVE.c
+        lot_moved = (
+            select(func.coalesce(func.sum(mv.qty), 0))
+            .where(mv.item_location_id == c.item_location_id, mv.lot == c.lot, mv.occurred_at > c.since)
+            .scalar_subquery()
+        )
+        await s.execute(update(st).where(c.lot.is_not(None)).values(target=c.qty + lot_moved))
+        same_lot = and_(lb.item_location_id == c.item_location_id, lb.lot == c.lot)
+        exists = select(lb.id).where(same_lot).exists()
+        created, updated, rows = (
+            await s.execute(
+                select(
+                    _count_where(~exists),
+                    _count_where(select(lb.id).where(same_lot, _qty_differs(lb.qty, c.target)).exists()),
+                    func.count(),
+                ).where(c.lot.is_not(None))
+            )
+        ).one()
+        await s.execute(update(_LB).where(same_lot, _qty_differs(lb.qty, c.target)).values(qty=c.target))
+        await s.execute(
+            insert(_LB).from_select(
+                ["item_location_id", "lot", "qty"],
+                select(c.item_location_id, c.lot, c.target)
+                .where(c.lot.is_not(None), ~exists)
+                .order_by(c.line),
+            )
+        )
+        listed = select(c.line).where(c.item_location_id == lb.item_location_id, c.lot == lb.lot).exists()
+        await s.execute(
+            update(_LB)
+            .where(
+                lb.item_location_id.in_(select(bk.item_location_id).where(bk.lots == 1)),
+                lb.qty != 0,
+                ~listed,
+            )
+            .values(qty=0)
+        )
+        report.created += int(created)
+        report.updated += int(updated)
+        report.unchanged += int(rows) - int(created) - int(updated)
 
 
 # ---- movements
@@ -1639,6 +1892,7 @@ class _MoveRec:
 
 class _Movements(_Importer):
     kind = "movements"
+    staging = (MOVEMENT_STAGING,)
 
     def occurred_at(self, r: _Row) -> datetime | None:
         d, t = r.raw("date"), r.raw("time")
@@ -1683,49 +1937,40 @@ class _Movements(_Importer):
         return _MoveRec(r.n, sku or "", wh or "", loc or "", qty, mtype, when, source_doc, lot)
 
     async def validate(self) -> None:
-        self.pairs: set[int] = set()
-        for batch in self.batches():
-            self.rows += len(batch)
-            for _, item_id, loc_id in await self.resolve(batch):
-                self.pairs.add(_pack(item_id, loc_id))
-            if self.issues.full:
-                return
-
-    async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
-        s = self.session
-        await ensure_item_locations(s, (_unpack(k) for k in self.pairs))
+        await self.open_staging()
         occurrences: dict[int, int] = {}  # identical lines in this file: first 8 bytes of the key -> count
-        for batch in self.write_batches(progress):
-            resolved = await self.resolve(batch)
-            il_ids: dict[int, int] = {}
-            for chunk in chunks({(i, loc) for _, i, loc in resolved}):
-                rows = await s.execute(
-                    select(ItemLocation.item_id, ItemLocation.location_id, ItemLocation.id).where(
-                        tuple_(ItemLocation.item_id, ItemLocation.location_id).in_(chunk)
-                    )
-                )
-                il_ids.update((_pack(i, loc), il) for i, loc, il in rows)
+        for batch in self.read_batches():
+            self.rows += len(batch)
             lines = []
-            for rec, item_id, loc_id in resolved:
+            for rec, item_id, loc_id in await self.resolve(batch):
                 base = rec.natural_key()
                 short = int(base[:16], 16)
                 n = occurrences[short] = occurrences.get(short, 0) + 1
                 lines.append(
-                    MovementLine(
-                        item_id=item_id,
-                        location_id=loc_id,
-                        item_location_id=il_ids[_pack(item_id, loc_id)],
-                        qty=rec.qty,
-                        type=rec.type,
-                        occurred_at=rec.occurred_at,
-                        lot=rec.lot,
-                        source_doc=rec.source_doc,
-                        import_key=f"{base}:{n}",
+                    (
+                        rec.row, item_id, loc_id, rec.lot, rec.qty, rec.type.value, _naive_utc(rec.occurred_at),
+                        rec.source_doc, f"{base}:{n}",
                     )
-                )
-            created = await apply_movements(s, lines, recorded_at=self.now)
-            report.created += created
-            report.unchanged += len(batch) - created
+                )  # fmt: skip
+            if self.issues.items:
+                if self.issues.full:
+                    break
+                continue  # nothing will be written: stop staging, keep checking
+            await self.stage(MOVEMENT_STAGING, STAGED_LINE[:3] + STAGED_LINE[4:], lines)
+        await self.close_reading()
+
+    async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
+        s, st, c, il = self.session, MOVEMENT_STAGING, MOVEMENT_STAGING.c, _IL.c
+        await ensure_staged_item_locations(s, c.item_id, c.location_id)
+        await s.execute(
+            update(st)
+            .where(il.item_id == c.item_id, il.location_id == c.location_id)
+            .values(item_location_id=il.id)
+        )
+        created = await apply_staged_movements(s, st, recorded_at=self.now)
+        report.created += created
+        report.unchanged += self.staged - created
+        await self.close_staging()
 
 
 # ---- users
@@ -1997,7 +2242,7 @@ async def import_file(
 ) -> ImportReport:
     """Validate the whole file, then upsert it (see the module docstring). Flushes, never commits.
 
-    ``progress(rows_done)`` is called every few thousand rows of the writing pass. ``now`` (aware) is the
+    ``progress(rows_done)`` is called every few thousand rows read (users: written). ``now`` (aware) is the
     default stock snapshot time and the movements' ``recorded_at``; it defaults to the current time.
     """
     path = Path(path)
@@ -2017,6 +2262,7 @@ async def import_file(
                 i.row = sheet.header_row
         raise ImportFailed(header_issues)
     importer = _IMPORTERS[kind](session, sheet, cmap, tz, now or utcnow())
+    importer.progress = progress
     await importer.validate()
     importer.issues.raise_if_any()
     if importer.rows == 0:
