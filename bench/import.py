@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_import"
 KINDS = ("items", "locations", "stock", "movements")
-STEPS = (*KINDS, "movements again")
+STEPS = (*KINDS, "movements again", "erp page")
 TZ = "Asia/Shanghai"
 SNAPSHOT = "2025-06-01 00:00"
 
@@ -144,12 +144,67 @@ async def _child_reset(url: str) -> dict[str, Any]:
     return {}
 
 
-async def _child_import(url: str, kind: str, path: str, profile: bool) -> dict[str, Any]:
+def _head(path: str, n: int) -> list[list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for _, r in zip(range(n + 1), csv.reader(f), strict=False)][1:]
+
+
+async def _erp_lines(sm: Any, path: str, n: int) -> list[Any]:
+    """The first ``n`` lines of the movements file as an ERP page: ids resolved, new import keys."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import select
+
+    from core.importing import parse_datetime, parse_decimal, parse_movement_type
+    from core.models import Item, Location, Warehouse
+    from core.stock import MovementLine
+
+    rows = _head(path, n)
+    async with sm() as s:
+        items = dict(tuple(r) for r in await s.execute(select(Item.sku, Item.id)))
+        locs = {
+            (w, c): i
+            for w, c, i in await s.execute(
+                select(Warehouse.code, Location.code, Location.id).join(
+                    Warehouse, Warehouse.id == Location.warehouse_id
+                )
+            )
+        }
+    tag = time.time_ns()
+    return [
+        MovementLine(
+            item_id=items[sku],
+            location_id=locs[(wh, code)],
+            item_location_id=0,  # filled in like the sync does, after ensure_item_locations
+            qty=parse_decimal(qty),
+            type=parse_movement_type(typ),
+            occurred_at=parse_datetime(when, ZoneInfo(TZ)),
+            source_doc=doc,
+            import_key=f"erp:{tag}:{i}",
+        )
+        for i, (sku, wh, code, qty, typ, when, doc, _lot) in enumerate(rows)
+    ]
+
+
+async def _erp_page(s: Any, lines: list[Any]) -> int:
+    """What ``integrations.erp.sync._write_movements`` does with a page once its codes are resolved."""
+    from dataclasses import replace
+
+    from core.stock import apply_movements, ensure_item_locations, item_location_ids
+
+    pairs = {(ln.item_id, ln.location_id) for ln in lines}
+    await ensure_item_locations(s, pairs)
+    ils = await item_location_ids(s, pairs)
+    lines = [replace(ln, item_location_id=ils[(ln.item_id, ln.location_id)]) for ln in lines]
+    return int(await apply_movements(s, lines))
+
+
+async def _child_import(url: str, kind: str, path: str, profile: bool, erp_lines: int) -> dict[str, Any]:
     from sqlalchemy import event, text
 
     from core.config import load_settings
     from core.db import make_engine, make_sessionmaker
-    from core.importing import import_file
+    from core.importing import ImportReport, import_file
     from core.variance.service import reevaluate_open_variances
 
     _imports()
@@ -179,6 +234,7 @@ async def _child_import(url: str, kind: str, path: str, profile: bool) -> dict[s
         sm = make_sessionmaker(engine)
         async with sm() as s:  # connect outside the measurement
             await s.execute(text("SELECT 1"))
+        page = await _erp_lines(sm, path, erp_lines) if kind == "erp" else []
         counts["statements"] = 0
         spent.clear()
         rss_before = _peak_rss()
@@ -189,8 +245,12 @@ async def _child_import(url: str, kind: str, path: str, profile: bool) -> dict[s
             profiler.enable()
         t0 = time.perf_counter()
         async with sm() as s, s.begin():
-            report = await import_file(s, Path(path), kind, tz=settings.tz)
-            if report.kind == "movements" and report.created:
+            if kind == "erp":
+                created = await _erp_page(s, page)
+                report = ImportReport("erp", len(page), created, 0, len(page) - created)
+            else:
+                report = await import_file(s, Path(path), kind, tz=settings.tz)
+            if report.kind in ("movements", "erp") and report.created:
                 await reevaluate_open_variances(s, settings)
         seconds = time.perf_counter() - t0
         if profiler is not None:
@@ -226,8 +286,8 @@ def _child(argv: list[str]) -> None:
     if what == "reset":
         out = asyncio.run(_child_reset(url))
     elif what == "import":
-        kind, path, profile = rest
-        out = asyncio.run(_child_import(url, kind, path, profile == "1"))
+        kind, path, profile, erp_lines = rest
+        out = asyncio.run(_child_import(url, kind, path, profile == "1", int(erp_lines)))
     else:
         raise SystemExit(f"unknown child step {what}")
     print("@@" + json.dumps(out, default=str))
@@ -261,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", default="sqlite,postgresql")
     ap.add_argument("--pg-url", default=DEFAULT_PG)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--erp-lines", type=int, default=10_000, help="lines in the ERP page step")
     ap.add_argument("--seed", type=int, default=20250601)
     ap.add_argument("--dir", default=None, help="where the files and the SQLite database go (default: temp)")
     ap.add_argument("--profile", choices=STEPS, help="run this step once more under cProfile, per database")
@@ -292,9 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                 Path(f"{folder / 'bench.db'}{suffix}").unlink(missing_ok=True)
         _run_child("reset", url)
         for step in STEPS:
-            kind = step.split()[0]
+            kind = "erp" if step == "erp page" else step.split()[0]
             prof = step == profile_step
-            r = _run_child("import", url, kind, str(files[kind]), "1" if prof else "0")
+            path = files["movements" if kind == "erp" else kind]
+            r = _run_child("import", url, kind, str(path), "1" if prof else "0", str(args.erp_lines))
             if profile_step is None:
                 results[db][step].append(r)
                 print(
