@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core import migrate
@@ -47,13 +48,22 @@ def _schema(database_url: str) -> Iterator[None]:
 
 
 async def _wipe(engine: AsyncEngine) -> None:
+    """Empty every table. A server a test started may still be finishing a background pass (the upkeep loop,
+    a scheduled job) while this runs: PostgreSQL may pick the TRUNCATE as a deadlock's victim, so try again."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in tables:
-                await conn.execute(text(f"DELETE FROM {name}"))
+    for attempt in range(5):
+        try:
+            async with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    await conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                else:
+                    for name in tables:
+                        await conn.execute(text(f"DELETE FROM {name}"))
+            return
+        except DBAPIError as exc:
+            if attempt == 4 or "deadlock" not in str(exc).lower():
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def settings_for(database_url: str, tmp_path: Any) -> Settings:
 
 
 async def test_photo_links_are_signed_and_expire(
-    aiohttp_client: Any, database_url: str, engine: Any, tmp_path: Any
+    engine: Any, aiohttp_client: Any, database_url: str, tmp_path: Any
 ) -> None:
     settings = Settings(database_url=database_url,
                         server={"payload_secret": "p" * 20, "photos_dir": str(tmp_path / "photos")})  # fmt: skip
