@@ -70,9 +70,7 @@ PAIR_STAGING = staging_table(
 # its rows while validating them). ``known``: the import key is already in the ledger.
 MOVEMENT_STAGING = staging_table(
     "movement_staging",
-    Column(
-        "seq", Integer, primary_key=True, autoincrement=False
-    ),  # the line's position (the spreadsheet's row number)
+    Column("seq", Integer, primary_key=True, autoincrement=False),  # position (a spreadsheet's row number)
     Column("item_id", Integer),
     Column("location_id", Integer),
     Column("item_location_id", Integer),
