@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,7 @@ APP_KEY = web.AppKey("pandian", dict)
 class Metrics:
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
-        self.ack_ms: list[float] = []
+        self.ack_ms: deque[float] = deque(maxlen=5000)  # the latest acks only: a list grew without end
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -52,7 +53,7 @@ class Metrics:
         for name, v in sorted({**self.counters, **extra}.items()):
             lines.append(f"pandian_{name} {v}")
         if self.ack_ms:
-            ordered = sorted(self.ack_ms[-5000:])
+            ordered = sorted(self.ack_ms)
             for q in (0.5, 0.99):
                 lines.append(
                     f'pandian_ack_ms{{quantile="{q}"}} {ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.2f}'
