@@ -138,7 +138,9 @@ class ServerSettings(BaseModel):
         default=None,
         description="how phones reach this server (https://pandian.example.com): cards link count photos here",
     )
-    photo_link_hours: int = Field(default=72, ge=1, le=24 * 30, description="how long a photo link on a card works")
+    photo_link_hours: int = Field(
+        default=72, ge=1, le=24 * 30, description="how long a photo link on a card works"
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="'json': one JSON object per line, with the trace id, for log shippers"
     )

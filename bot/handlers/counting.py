@@ -61,7 +61,9 @@ async def _next(ctx: Context, queue: list[int]) -> None:
     t, item, loc = open_rows[queue[0]]
     ctx.state.update({"step": "await_qty", "task_id": t.id, "queue": queue})
     channel = ctx.services.get("channels", {}).get(ctx.event.platform.value)
-    if getattr(getattr(channel, "capabilities", None), "inputs_in_card", False):  # Feishu: the box is in the card
+    if getattr(
+        getattr(channel, "capabilities", None), "inputs_in_card", False
+    ):  # Feishu: the box is in the card
         from bot.cards import count_prompt
         from bot.cards.text import ItemAt
         from bot.flows import lang_of, render

@@ -51,7 +51,9 @@ def render(card: Card, *, lang: Lang, signer: Signer) -> dict[str, Any]:
         for i, key in enumerate(card.image_keys, 1):
             elements.append({"tag": "img", "img_key": key, "alt": _pt(pick(lang, f"照片 {i}", f"Photo {i}"))})
     if card.links:
-        elements.append({"tag": "markdown", "content": "　".join(f"[{x.title}]({x.url})" for x in card.links)})
+        elements.append(
+            {"tag": "markdown", "content": "　".join(f"[{x.title}]({x.url})" for x in card.links)}
+        )
     if p.hints:
         elements.append(_div("\n".join(p.hints)))
 
