@@ -30,7 +30,7 @@ from bot.logs import install_record_factory, new_trace_id, tracing
 from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore, check_signed
 from core.config import Settings
-from core.db import make_engine, make_sessionmaker
+from core.db import WriteGate, make_engine, make_sessionmaker
 
 if TYPE_CHECKING:
     from integrations.tokens import TokenCache
@@ -81,7 +81,7 @@ def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitabl
             metrics.inc(f'inbound_total{{platform="{name}"}}')
             with tracing(new_trace_id()) as trace_id:
                 first = await dispatcher.submit(event, trace_id)  # durable dedup, then background work
-                log.info("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
+                log.debug("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
         metrics.ack_ms.append((time.perf_counter() - started) * 1000)
         return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
@@ -201,7 +201,12 @@ async def metrics_route(request: web.Request) -> web.Response:
     async with state["sessionmaker"]() as s:
         outbox = await depth(s)
     extra = {f'outbox_depth{{state="{k}"}}': v for k, v in outbox.items()}
-    extra.update({f"dispatch_{k}_total": v for k, v in state["dispatcher"].stats.items()})
+    dispatcher: Dispatcher = state["dispatcher"]
+    extra.update({f"dispatch_{k}_total": v for k, v in dispatcher.stats.items()})
+    extra["dispatch_backlog"] = dispatcher.busy
+    extra["dispatch_accept_batches_total"], extra["dispatch_accept_batched_total"] = dispatcher.accept_batches
+    if state["gate"] is not None:  # SQLite: transactions that queued for the write lock, by lane
+        extra.update({f'sqlite_gate_waits_total{{lane="{k}"}}': v for k, v in state["gate"].waits.items()})
     for name, conn in state["connections"].items():  # long connections (Feishu WebSocket, DingTalk Stream)
         extra.update({f'connection_{k}_total{{platform="{name}"}}': v for k, v in conn.stats.items()})
     return web.Response(text=state["metrics"].render(extra), content_type="text/plain")
@@ -223,9 +228,35 @@ async def photo_route(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
 
+class LazyBarcodeReader:
+    """The barcode reader, imported and started at the first photo: its libraries (zxing-cpp, pyzbar, Pillow,
+    NumPy) cost a text-only server memory and start-up time for nothing."""
+
+    def __init__(self, max_workers: int = 2) -> None:
+        self.max_workers = max_workers
+        self._reader: Any = None
+
+    async def decode(self, data: bytes) -> Any:
+        if self._reader is None:
+            from integrations.barcode import BarcodeReader
+
+            self._reader = BarcodeReader(max_workers=self.max_workers)
+        return await self._reader.decode(data)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+
+
 def build_app(settings: Settings) -> web.Application:
     install_record_factory()
-    engine = make_engine(settings.database_url)
+    # SQLite: this process's transactions queue for the one write lock in the event loop, and the webhook's
+    # dedup inserts (on their own connection) go first. PostgreSQL: the acks' own small pool keeps them from
+    # waiting behind background work for a connection.
+    gate = WriteGate() if settings.database_url.startswith("sqlite") else None
+    engine = make_engine(settings.database_url, gate=gate)
+    small = {} if ":memory:" in settings.database_url else {"pool_size": 1, "max_overflow": 1}
+    ack_engine = make_engine(settings.database_url, gate=gate, urgent=True, **small)
     sessionmaker = make_sessionmaker(engine)
     store = make_store(settings.redis_url)
     channels, routes, connections, tokens = _platforms(settings)
@@ -234,9 +265,7 @@ def build_app(settings: Settings) -> web.Application:
     async def after_commit() -> None:
         wake.set()
 
-    from integrations.barcode import BarcodeReader
-
-    reader = BarcodeReader(max_workers=2)
+    reader = LazyBarcodeReader(max_workers=2)
     services = {
         "channels": channels, "barcode_reader": reader,
         "photos": PhotoStore(Path(settings.server.photos_dir), settings.server.photo_retention_days),
@@ -246,12 +275,14 @@ def build_app(settings: Settings) -> web.Application:
     async def after_handle(session: Any, trace_id: str) -> None:
         await sync_cards(session, settings, datetime.now(UTC), trace_id)
 
-    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle)
+    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle,
+                            ack_sessionmaker=make_sessionmaker(ack_engine), workers=settings.server.workers)  # fmt: skip
     app = web.Application(client_max_size=25 * 1024 * 1024)
     metrics = Metrics()
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
         "channels": channels, "metrics": metrics, "store": store, "connections": {}, "photos": services["photos"],
+        "gate": gate,
     }  # fmt: skip
     for method, path, fn in routes:
         app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
@@ -288,7 +319,7 @@ def build_app(settings: Settings) -> web.Application:
                 metrics.inc(f'inbound_total{{platform="{name}"}}')
                 with tracing(new_trace_id()) as trace_id:
                     first = await dispatcher.submit(event, trace_id)
-                    log.info("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
+                    log.debug("%s %s %s", name, event.dedup_key, "accepted" if first else "duplicate dropped")
                 return first
 
             return submit
@@ -315,6 +346,7 @@ def build_app(settings: Settings) -> web.Application:
             await tokens.close()
         await reader.close()
         await store.close()
+        await ack_engine.dispose()
         await engine.dispose()
 
     app.cleanup_ctx.append(outbox_loop)

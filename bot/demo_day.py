@@ -194,7 +194,7 @@ async def play(
                 waiting = await s.scalar(
                     select(func.count()).where(OutboxMessage.state.in_(("pending", "sending")))
                 )
-            if not dispatcher._tasks and not waiting:
+            if not dispatcher.busy and not waiting:
                 break
         for m in state.delivered[seen_sent:]:
             t.got(str(m.get("touser")), m)

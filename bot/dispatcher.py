@@ -1,8 +1,16 @@
 """Ack first, work after: inbound events are acknowledged by the webhook, then processed here.
 
-- ``Dispatcher.submit`` drops an event whose dedup key was seen before (durably, in the database), then runs
-  it in a tracked background task; ``drain`` waits for them on shutdown.
-- Each event is processed under the sender's lock, then with their conversation state (lock, then load).
+- ``Dispatcher.submit`` records the event durably and drops it if its dedup key was seen before (a platform
+  retry). Records are written in batches (``core.batching.GroupCommit``): every callback that arrives while
+  one batch commits goes into the next, so a burst costs a few transactions, not one per callback. They use
+  their own connection (``ack_sessionmaker``), ahead of background work at SQLite's write lock
+  (``core.db.WriteGate``), so the platform is answered in milliseconds however busy the workers are.
+- Accepted events wait in a queue for a fixed pool of workers (``workers``): a burst becomes a backlog, not
+  thousands of tasks fighting over connections and locks. ``drain`` waits for the queue on shutdown; what is
+  left is still in the database and ``replay`` (any process) picks it up.
+- Each event is processed under the sender's lock, then with their conversation state (lock, then load), in
+  one transaction that first claims the event (``processed_at`` compare-and-set): a replay by a peer and
+  the original can never both act on it.
 - The platform identity is mapped to an internal user; an unknown sender gets a polite "not registered" and
   nothing else happens.
 - Handlers are plain async functions registered on a ``Router`` by event type; routers are composed.
@@ -11,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,11 +31,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address
-from bot.conversation import ConversationStore
+from bot.conversation import ConversationStore, LockTimeout
 from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMessage, from_record, to_record
 from bot.logs import new_trace_id, trace_id_var, tracing
-from bot.outbox import enqueue, first_delivery
+from bot.outbox import enqueue
+from core.batching import GroupCommit
 from core.config import Settings
+from core.db import dialect_insert, track_writes
 from core.models import InboundSeen, User
 
 log = logging.getLogger("pandian.dispatch")
@@ -79,10 +90,12 @@ Handler = Callable[[Context], Awaitable[bool]]  # returns True when it handled t
 # slow I/O for an event (download a photo, decode it), run before its transaction opens: a transaction held
 # across a download would hold SQLite's write lock, and every webhook's acknowledgement with it
 Before = Callable[[InboundEvent, dict[str, Any]], Awaitable[dict[str, Any]]]
-# runs in each event's transaction after its handler, e.g. to queue the cards the new state calls for
+# runs in each event's transaction after its handler, e.g. to queue the cards the new state calls for; only when
+# the handler wrote something (beyond the dispatcher's own bookkeeping tables)
 AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
 REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
 MAX_ATTEMPTS = 5
+BOOKKEEPING = frozenset({"inbound_seen", "outbox_message"})
 
 
 class Router:
@@ -131,42 +144,110 @@ class Dispatcher:
         after_commit: Callable[[], Awaitable[None]] | None = None,
         services: dict[str, Any] | None = None,
         after_handle: AfterHandle | None = None,
+        *,
+        ack_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+        workers: int = 4,
+        queue_limit: int = 10_000,
     ) -> None:
         self.sessionmaker, self.settings, self.store, self.router = sessionmaker, settings, store, router
+        self.ack_sessionmaker = ack_sessionmaker or sessionmaker
         self.services = services or {}
         self.after_commit = after_commit  # e.g. wake the outbox
         self.after_handle = after_handle
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.workers = workers
+        self._queue: asyncio.Queue[tuple[InboundEvent, str]] = asyncio.Queue(queue_limit)
+        self._queued: set[str] = set()  # dedup keys queued or being processed here (replay leaves them alone)
+        self._workers: list[asyncio.Task[None]] = []
+        self._accept = GroupCommit(self._record_batch)
         self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0,
-                      "replayed": 0}  # fmt: skip
+                      "replayed": 0, "overflow": 0, "skipped_processed": 0}  # fmt: skip
+
+    @property
+    def busy(self) -> int:
+        """Events accepted by this process and not yet processed."""
+        return len(self._queued)
+
+    @property
+    def accept_batches(self) -> tuple[int, int]:
+        """(batches, events) written by the batched dedup so far."""
+        return self._accept.batches, self._accept.items
 
     async def accept(self, event: InboundEvent) -> bool:
         """Record the event durably (False for a platform retry). Call before answering the platform.
 
         The event itself is kept until its processing commits, so a process that dies in between loses
         nothing: :meth:`replay` (run at start and periodically, by any process) picks it up."""
-        async with self.sessionmaker() as s, s.begin():
-            first = await first_delivery(s, event.dedup_key, event.received_at, to_record(event))
+        first = await self._accept.submit(event)
         self.stats["accepted" if first else "duplicates"] += 1
         return first
 
+    async def _record_batch(self, events: list[InboundEvent]) -> list[bool]:
+        """One transaction: a multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING``; the keys it returns
+        are the first deliveries (within the batch, the first of two equal keys wins)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for e in events:
+            rows.setdefault(e.dedup_key, {"dedup_key": e.dedup_key, "received_at": e.received_at,
+                                          "event": to_record(e), "attempts": 0})  # fmt: skip
+        async with self.ack_sessionmaker() as s, s.begin():
+            stmt = dialect_insert(s, InboundSeen).values(list(rows.values()))
+            stmt = stmt.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(InboundSeen.dedup_key)
+            new = set((await s.execute(stmt)).scalars())
+        out = []
+        for e in events:
+            out.append(e.dedup_key in new)
+            new.discard(e.dedup_key)  # a second copy in the same batch is a duplicate
+        return out
+
     async def submit(self, event: InboundEvent, trace_id: str | None = None) -> bool:
-        """Accept, then process in the background. Returns False for a duplicate (nothing scheduled)."""
+        """Accept, then queue for the workers. Returns False for a duplicate (nothing queued)."""
         if not await self.accept(event):
             return False
-        task = asyncio.create_task(self._process(event, trace_id or trace_id_var.get() or new_trace_id()))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_workers()
+        try:
+            self._queue.put_nowait((event, trace_id or trace_id_var.get() or new_trace_id()))
+        except asyncio.QueueFull:  # kept in the database: replay takes it once it is replay_after_s old
+            self.stats["overflow"] += 1
+            log.warning("backlog full (%d events): %s waits for replay", self._queue.maxsize, event.dedup_key)
+            return True
+        self._queued.add(event.dedup_key)
         return True
 
+    def _start_workers(self) -> None:
+        self._workers = [w for w in self._workers if not w.done()]
+        while len(self._workers) < self.workers:
+            self._workers.append(asyncio.create_task(self._work()))
+
+    async def _work(self) -> None:
+        while True:
+            event, trace_id = await self._queue.get()
+            try:
+                await self._process(event, trace_id)
+            except LockTimeout:  # the sender's previous event is still being worked on: try again later
+                with contextlib.suppress(asyncio.QueueFull):  # else it stays in the database for replay
+                    self._queue.put_nowait((event, trace_id))
+                    continue
+            finally:
+                self._queue.task_done()
+            self._queued.discard(event.dedup_key)
+
     async def drain(self, grace: float = 30.0) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        """Wait (up to ``grace`` seconds) for the queued events, then stop the workers. Events left over are
+        in the database; replay picks them up (here after a restart, or in a peer process)."""
+        if self._workers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), grace)
+        for w in self._workers:
+            w.cancel()
+        for w in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await w
+        self._workers = []
 
     async def replay(self, now: datetime | None = None, older_than: timedelta = REPLAY_AFTER) -> int:
         """Process acknowledged events that were never processed (their process died, or the work failed),
         oldest first. Each is claimed by a compare-and-set on its attempt count, so two processes replaying
-        at once take different events; after ``MAX_ATTEMPTS`` an event is left alone and logged."""
+        at once take different events; after ``MAX_ATTEMPTS`` an event is left alone and logged. Events still
+        waiting in this process's queue are left to it."""
         now = now or datetime.now(UTC)
         async with self.sessionmaker() as s:
             rows = (
@@ -179,6 +260,8 @@ class Dispatcher:
             ).all()  # fmt: skip
         done = 0
         for key, attempts, record in rows:
+            if key in self._queued:
+                continue
             async with self.sessionmaker() as s, s.begin():
                 claimed = await s.execute(
                     update(InboundSeen).where(InboundSeen.dedup_key == key, InboundSeen.attempts == attempts)
@@ -193,7 +276,8 @@ class Dispatcher:
             except ValueError as exc:
                 log.error("event %s cannot be replayed: %s", key, exc)
                 continue
-            await self._process(event, new_trace_id())
+            with contextlib.suppress(LockTimeout):  # counted as an attempt; the next replay tries again
+                await self._process(event, new_trace_id())
             self.stats["replayed"] += 1
             done += 1
         return done
@@ -213,17 +297,24 @@ class Dispatcher:
                 for hook in self.router.before_hooks[type(event)]:
                     prepared.update(await hook(event, self.services))
                 async with self.sessionmaker() as s, s.begin():
+                    # claim the event: a peer's replay and this worker can never both act on it
+                    claim = await s.execute(
+                        update(InboundSeen)
+                        .where(InboundSeen.dedup_key == event.dedup_key, InboundSeen.processed_at.is_(None))
+                        .values(processed_at=datetime.now(UTC), event=None)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if not claim.rowcount:  # type: ignore[attr-defined]
+                        self.stats["skipped_processed"] += 1
+                        log.info("%s was processed already (by a replay or a peer)", event.dedup_key)
+                        return
+                    written = track_writes(s)
                     user = (
                         await s.execute(
                             select(User).where(_ID_COLUMN[event.platform] == event.sender.user_id)
                         )
                     ).scalar_one_or_none()
                     addr = Address(event.platform, event.sender.user_id, event.chat_id)
-                    await s.execute(
-                        update(InboundSeen).where(InboundSeen.dedup_key == event.dedup_key)
-                        .values(processed_at=datetime.now(UTC), event=None)
-                        .execution_options(synchronize_session=False)
-                    )  # fmt: skip
                     if user is None or not user.active:
                         self.stats["unknown_users"] += 1
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:unknown", to=addr, kind="text",
@@ -237,7 +328,7 @@ class Dispatcher:
                         for i, (kind, body) in enumerate(ctx.replies):
                             await enqueue(s, idempotency_key=f"{event.dedup_key}:r{i}", to=addr, kind=kind,
                                           body=body, trace_id=trace_id)  # fmt: skip
-                        if self.after_handle is not None:
+                        if self.after_handle is not None and written - BOOKKEEPING:
                             await self.after_handle(s, trace_id)
                         state, later = ctx.state, ctx.later
                 if state:
@@ -258,6 +349,9 @@ class Dispatcher:
             log.info("processed %s in %.0f ms", event.dedup_key, (time.perf_counter() - started) * 1000)
             if self.after_commit is not None:
                 await self.after_commit()
+        except LockTimeout:
+            log.warning("%s: %s is still busy with an earlier event; will retry", event.dedup_key, key)
+            raise
         except Exception:
             self.stats["errors"] += 1
             log.exception("event %s failed (trace %s)", event.dedup_key, trace_id)

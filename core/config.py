@@ -129,6 +129,9 @@ class ServerSettings(BaseModel):
         default=15.0, gt=0, description="how often cards are reconciled with decisions made elsewhere (CLI)"
     )
     outbox_interval_s: float = Field(default=1.0, gt=0)
+    workers: int = Field(
+        default=4, ge=1, le=64, description="events processed at once per server process (the rest queue)"
+    )
     replay_after_s: float = Field(
         default=120.0, gt=0, description="acknowledged events still unprocessed this long are replayed"
     )

@@ -5,13 +5,18 @@ Helpers take an ``AsyncSession`` and never commit; the caller that owns the unit
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Date, DateTime, Index, MetaData, Numeric, Table, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.util import await_only
 
 from core.models import UTCDateTime
 
@@ -51,12 +56,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str, **kw: Any) -> AsyncEngine:
+def make_engine(url: str, *, gate: WriteGate | None = None, urgent: bool = False, **kw: Any) -> AsyncEngine:
+    """``gate``: on SQLite, every transaction of this engine waits its turn at the gate (``urgent``: in its
+    fast lane; see ``WriteGate``); ignored on PostgreSQL, whose row locks let transactions run side by side."""
     url = normalise_url(url)
     engine = create_async_engine(url, **kw)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        if gate is None:
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        else:
+            gate.attach(engine, urgent=urgent)
     return engine
 
 
@@ -68,6 +78,74 @@ def _sqlite_begin(conn: Any) -> None:
     writer at a time anyway; several processes are what PostgreSQL is for.
     """
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class WriteGate:
+    """SQLite's one write lock, queued in the event loop instead of in SQLite's busy handler, with a fast lane.
+
+    Every transaction of an engine attached to the gate waits here before ``BEGIN IMMEDIATE``, so this
+    process's transactions take the lock one at a time, in order. Transactions of an engine attached with
+    ``urgent=True`` (the webhook's batched dedup insert, which the platform is waiting for) go first: they
+    wait only for the transaction that holds the lock now. Without the gate, those transactions poll the
+    lock from their driver threads (SQLite's busy handler sleeps 1 … 100 ms between tries, in no order), and
+    an acknowledgement can lose to background work again and again. Other processes (the CLI) still meet
+    this one at ``busy_timeout``.
+
+    A transaction that waits longer than ``wait_s`` (a deadlock: one task opening a second transaction
+    inside its first) fails with ``OperationalError`` instead of hanging.
+    """
+
+    def __init__(self, wait_s: float = 30.0) -> None:
+        self.wait_s = wait_s
+        self._holder: object | None = None  # the DBAPI connection whose transaction holds the gate
+        self._urgent: deque[tuple[object, asyncio.Future[None]]] = deque()
+        self._normal: deque[tuple[object, asyncio.Future[None]]] = deque()
+        self.waits = {"urgent": 0, "normal": 0}  # transactions that had to queue (for /metrics)
+
+    def attach(self, engine: AsyncEngine, *, urgent: bool = False) -> None:
+        sync = engine.sync_engine
+        event.listen(sync, "begin", lambda conn: self._begin(conn, urgent))
+        event.listen(sync, "commit", self._end)
+        event.listen(sync, "rollback", self._end)
+        event.listen(sync.pool, "checkin", lambda dbapi, _rec: self._release(dbapi))  # a transaction left open
+
+    def _begin(self, conn: Any, urgent: bool) -> None:  # sync, inside SQLAlchemy's greenlet: await_only waits
+        dbapi = conn.connection.dbapi_connection
+        if self._holder is None:
+            self._holder = dbapi
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            (self._urgent if urgent else self._normal).append((dbapi, fut))
+            self.waits["urgent" if urgent else "normal"] += 1
+            try:
+                await_only(asyncio.wait_for(asyncio.shield(fut), self.wait_s))
+            except TimeoutError as exc:
+                fut.cancel()
+                self._release(dbapi)  # in case it was handed the gate just as the wait timed out
+                raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError(
+                    f"waited {self.wait_s:.0f} s for SQLite's write lock: is a transaction open inside another?"
+                )) from exc  # fmt: skip
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release(dbapi)
+            raise
+
+    def _end(self, conn: Any) -> None:
+        self._release(conn.connection.dbapi_connection)
+
+    def _release(self, dbapi: object) -> None:
+        if self._holder is not dbapi:
+            return
+        self._holder = None
+        for queue in (self._urgent, self._normal):
+            while queue:
+                nxt, fut = queue.popleft()
+                if fut.cancelled():
+                    continue
+                self._holder = nxt
+                fut.set_result(None)
+                return
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -225,3 +303,25 @@ async def analyze(session: AsyncSession, *tables: Table) -> None:
     if conn.dialect.name == "postgresql":
         for table in tables:
             await conn.exec_driver_sql(f"ANALYZE {table.name}")
+
+
+def track_writes(session: AsyncSession) -> set[str]:
+    """The names of the tables this session writes to from now on (ORM flushes and DML statements through
+    ``session.execute``), filled in as it goes: a caller can then skip work no write called for."""
+    written: set[str] = set()
+
+    def on_execute(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            table = getattr(state.statement, "table", None)
+            if table is not None:
+                written.add(table.name)
+
+    def on_flush(sess: Session, _ctx: Any, _objects: Any) -> None:
+        for obj in (*sess.new, *sess.dirty, *sess.deleted):
+            table = getattr(obj, "__table__", None)
+            if table is not None:
+                written.add(table.name)
+
+    event.listen(session.sync_session, "do_orm_execute", on_execute)
+    event.listen(session.sync_session, "before_flush", on_flush)
+    return written

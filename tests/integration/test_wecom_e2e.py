@@ -98,7 +98,7 @@ async def test_one_trace_id_from_callback_to_send(
     )  # fmt: skip
     client = await aiohttp_client(build_app(settings))
     sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
-    caplog.set_level(logging.INFO, logger="pandian")
+    caplog.set_level(logging.DEBUG, logger="pandian")  # the acceptance is logged at DEBUG
     req = sim.text("zhangwei", "/帮助", msg_id=77, timestamp=int(time.time()))
     async with client.request(req.method, "/wecom/callback", params=req.query, data=req.body) as resp:
         assert resp.status == 200
