@@ -8,7 +8,7 @@ What it does (issue 4 §8), with each server in its own process so its memory is
    run leaves behind never spills into the next; all copies are dropped at the end. One process serves the
    three fake platform APIs (``tests.fakes``), so the server's outbox really delivers every reply.
 2. **Ack latency, open loop.** ``bot.app.build_app`` with all selected platforms on, run like ``pandian
-   serve`` (migrations in process, INFO logging with the access log, ``web.run_app``). Per run: 200 warm-up
+   serve`` (migrations in a child process, INFO logging with the access log, ``web.run_app``). Per run: 200 warm-up
    callbacks, then one platform's callbacks at a fixed ``--rate`` for ``--seconds``, each sent on schedule
    whatever the earlier ones are doing: WeCom encrypted text messages, Feishu encrypted
    ``im.message.receive_v1`` events, DingTalk signed robot messages, built by the simulators in
@@ -138,26 +138,18 @@ def _logging(fmt: str = "text") -> None:
 
 
 def _child_server(spec: dict[str, Any]) -> None:
-    """``pandian serve`` on a pre-bound socket: migrations, ``build_app``, ``web.run_app``."""
+    """``pandian serve`` on a pre-bound socket: migrations (in a child, as serve does), ``build_app``,
+    ``web.run_app``."""
     started = time.time()
     from aiohttp import web
 
     from bot.app import build_app
     from core import migrate
     from core.config import Settings
-    from core.db import make_engine
 
     settings = Settings(database_url=spec["database_url"], server=spec["server"], **spec["platforms"])
     _logging(getattr(settings.server, "log_format", "text"))
-
-    async def prepare() -> None:
-        engine = make_engine(settings.database_url)
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(prepare())
+    migrate.upgrade_in_child(settings.database_url)  # as pandian serve does
     app = build_app(settings)
     sock = _listening_socket()
     _write_json(

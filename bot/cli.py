@@ -921,15 +921,11 @@ def serve(host: str | None, port: int | None) -> None:
     except Exception as exc:
         raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from exc
     setup_logging(settings.server.log_format)
-
-    async def prepare() -> None:
-        engine = make_engine(settings.database_url)
-        try:
-            await migrate.upgrade(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(prepare())
+    try:  # in a child process: Alembic stays out of the long-running server
+        revision = migrate.upgrade_in_child(settings.database_url)
+    except migrate.MigrationFailed as exc:
+        raise click.ClickException(f"数据库升级失败 / database upgrade failed: {exc}") from exc
+    console.print(f"数据库结构 {revision} / schema at revision {revision}")
     web.run_app(build_app(settings), host=host or settings.server.host, port=port or settings.server.port)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address
@@ -37,7 +38,7 @@ from bot.logs import new_trace_id, trace_id_var, tracing
 from bot.outbox import enqueue
 from core.batching import GroupCommit
 from core.config import Settings
-from core.db import dialect_insert, track_writes
+from core.db import track_writes
 from core.models import InboundSeen, User
 
 log = logging.getLogger("pandian.dispatch")
@@ -96,6 +97,22 @@ AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
 REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
 MAX_ATTEMPTS = 5
 BOOKKEEPING = frozenset({"inbound_seen", "outbox_message"})
+
+
+@functools.lru_cache(maxsize=128)
+def _insert_seen(n: int) -> TextClause:
+    """The batched dedup insert for ``n`` events, built once per batch size. A plain statement with typed
+    parameters: SQLAlchemy's multi-row ``insert().values([...])`` spent about 185 µs per row building its
+    cache key, this about 30 (16-row batches on SQLite), and the ack path is where that counts."""
+    c = InboundSeen.__table__.c
+    values = ", ".join(f"(:k{i}, :r{i}, :e{i}, 0)" for i in range(n))
+    return text(
+        f"INSERT INTO {InboundSeen.__tablename__} (dedup_key, received_at, event, attempts) VALUES {values} "
+        "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key"
+    ).bindparams(
+        *(bindparam(f"r{i}", type_=c.received_at.type) for i in range(n)),
+        *(bindparam(f"e{i}", type_=c.event.type) for i in range(n)),
+    )
 
 
 class Router:
@@ -184,14 +201,14 @@ class Dispatcher:
     async def _record_batch(self, events: list[InboundEvent]) -> list[bool]:
         """One transaction: a multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING``; the keys it returns
         are the first deliveries (within the batch, the first of two equal keys wins)."""
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, InboundEvent] = {}
         for e in events:
-            rows.setdefault(e.dedup_key, {"dedup_key": e.dedup_key, "received_at": e.received_at,
-                                          "event": to_record(e), "attempts": 0})  # fmt: skip
+            rows.setdefault(e.dedup_key, e)
+        params: dict[str, Any] = {}
+        for i, e in enumerate(rows.values()):
+            params[f"k{i}"], params[f"r{i}"], params[f"e{i}"] = e.dedup_key, e.received_at, to_record(e)
         async with self.ack_sessionmaker() as s, s.begin():
-            stmt = dialect_insert(s, InboundSeen).values(list(rows.values()))
-            stmt = stmt.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(InboundSeen.dedup_key)
-            new = set((await s.execute(stmt)).scalars())
+            new = set((await s.execute(_insert_seen(len(rows)), params)).scalars())
         out = []
         for e in events:
             out.append(e.dedup_key in new)

@@ -107,7 +107,8 @@ class WriteGate:
         event.listen(sync, "begin", lambda conn: self._begin(conn, urgent))
         event.listen(sync, "commit", self._end)
         event.listen(sync, "rollback", self._end)
-        event.listen(sync.pool, "checkin", lambda dbapi, _rec: self._release(dbapi))  # a transaction left open
+        # pool event: a connection returned with its transaction still open
+        event.listen(sync.pool, "checkin", lambda dbapi, _rec: self._release(dbapi))
 
     def _begin(self, conn: Any, urgent: bool) -> None:  # sync, inside SQLAlchemy's greenlet: await_only waits
         dbapi = conn.connection.dbapi_connection

@@ -116,3 +116,46 @@ def test_import_command(cli: CliRunner, database_url: str, tmp_path) -> None:  #
     assert r.exit_code == 1
     assert "items.csv" in r.output and "第 3 行" in r.output and "单价" in r.output and "row 3" in r.output
     assert scalar(database_url, select(func.count()).select_from(Item)) == 0  # all or nothing
+
+
+def test_serve_migrates_in_a_child_and_answers_health(database_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``pandian serve`` as an admin starts it: the schema is upgraded by a child process (Alembic stays
+    out of the server), then /healthz answers and /metrics shows the dispatcher; SIGTERM stops it cleanly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PANDIAN_DATABASE_URL": database_url, "PANDIAN_SCHEDULE__ENABLED": "false"}
+    code = (
+        "import sys, atexit\n"
+        "atexit.register(lambda: print('ALEMBIC', 'alembic' in sys.modules, file=sys.stderr, flush=True))\n"
+        "from bot.cli import main\n"
+        f"main(['serve', '--port', '{port}'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        body = None
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.1)
+        assert body == {"ok": True, "database": "ok"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            assert "pandian_dispatch_backlog 0" in resp.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert "schema at revision" in out
+    assert "ALEMBIC False" in err, err
