@@ -97,6 +97,10 @@ AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
 REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
 MAX_ATTEMPTS = 5
 BOOKKEEPING = frozenset({"inbound_seen", "outbox_message"})
+# Acks first, also for the CPU: while this many callbacks are being acknowledged at once (a burst), a worker
+# waits before its next event, up to ACK_YIELD_S, so the platform is answered in time; the backlog is durable
+ACK_PRESSURE = 2
+ACK_YIELD_S = 0.5
 
 
 @functools.lru_cache(maxsize=128)
@@ -176,8 +180,9 @@ class Dispatcher:
         self._queued: set[str] = set()  # dedup keys queued or being processed here (replay leaves them alone)
         self._workers: list[asyncio.Task[None]] = []
         self._accept = GroupCommit(self._record_batch)
+        self._acking = 0  # callbacks being acknowledged right now
         self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0,
-                      "replayed": 0, "overflow": 0, "skipped_processed": 0}  # fmt: skip
+                      "replayed": 0, "overflow": 0, "skipped_processed": 0, "yields": 0}  # fmt: skip
 
     @property
     def busy(self) -> int:
@@ -217,8 +222,12 @@ class Dispatcher:
 
     async def submit(self, event: InboundEvent, trace_id: str | None = None) -> bool:
         """Accept, then queue for the workers. Returns False for a duplicate (nothing queued)."""
-        if not await self.accept(event):
-            return False
+        self._acking += 1
+        try:
+            if not await self.accept(event):
+                return False
+        finally:
+            self._acking -= 1
         self._start_workers()
         try:
             self._queue.put_nowait((event, trace_id or trace_id_var.get() or new_trace_id()))
@@ -237,6 +246,11 @@ class Dispatcher:
     async def _work(self) -> None:
         while True:
             event, trace_id = await self._queue.get()
+            waited = 0.0
+            while self._acking >= ACK_PRESSURE and waited < ACK_YIELD_S:
+                self.stats["yields"] += 1
+                await asyncio.sleep(0.01)
+                waited += 0.01
             try:
                 await self._process(event, trace_id)
             except LockTimeout:  # the sender's previous event is still being worked on: try again later
