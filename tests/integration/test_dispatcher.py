@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -215,3 +216,64 @@ async def test_a_slow_photo_download_holds_no_lock(
     await d.drain()
     assert "图片" in (await replies(sessionmaker))[-1] or "无法" in (await replies(sessionmaker))[-1]
     await reader.close()
+
+
+async def test_a_burst_is_recorded_in_batches_and_processed_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """40 callbacks at once, two of them a platform retry arriving in the same instant: a few batched inserts,
+    each event processed exactly once by the fixed worker pool, the copies dropped."""
+    async with sessionmaker() as s:
+        await build_company(s, items=3)
+        await s.commit()
+    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), Router().include(commands.router), workers=2)
+    events = [text(f"nobody{i}", "/帮助", f"b{i}") for i in range(40)]
+    events += [text("nobody3", "/帮助", "b3"), text("nobody7", "/帮助", "b7")]  # the retries
+    accepted = await asyncio.gather(*(d.submit(e) for e in events))
+    assert accepted.count(True) == 40 and accepted[-2:] == [False, False]
+    batches, batched = d.accept_batches
+    assert batched == 42 and batches < 10
+    await d.drain()
+    assert d.stats["processed"] == 40 and d.busy == 0
+    assert (await replies(sessionmaker)).count(NOT_REGISTERED) == 40
+
+
+async def test_an_event_is_acted_on_once_even_if_replayed_meanwhile(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A peer's replay processed the event first (say this process was slow): the queued copy is skipped, and
+    replay leaves events that are still queued in this process alone."""
+    from datetime import timedelta
+
+    async with sessionmaker() as s:
+        await build_company(s, items=3)
+        u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
+        u.wecom_userid = "zhangwei"
+        await s.commit()
+    hold = asyncio.Event()
+    router = Router()
+
+    @router.before(TextMessage)
+    async def slow_download(event: Any, _services: dict[str, Any]) -> dict[str, Any]:
+        if event.text == "first":
+            await hold.wait()  # before the transaction, like a photo download
+        return {}
+
+    @router.on(TextMessage)
+    async def answer(ctx: Any) -> bool:
+        ctx.reply_text("done")
+        return True
+
+    old = TextMessage(Platform.WECOM, "wecom:msg:r1", Sender(Platform.WECOM, "nobody"), NOW - timedelta(hours=1),
+                      text="hi")  # fmt: skip
+    mine = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router, workers=1)
+    peer = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router)
+    blocker = text("zhangwei", "first", "r0")
+    assert await mine.submit(blocker)  # occupies mine's only worker (its handler waits)
+    assert await mine.submit(old)  # queued behind it
+    assert await mine.replay(now=NOW) == 0  # still queued here: left alone
+    assert await peer.replay(now=NOW) == 1  # the peer takes it (an unregistered sender: answered at once)
+    hold.set()
+    await mine.drain()
+    assert mine.stats["skipped_processed"] == 1 and mine.stats["processed"] == 1
+    assert sorted(await replies(sessionmaker)) == sorted(["done", NOT_REGISTERED])  # each answered once
