@@ -2,19 +2,23 @@
 
 - ``enqueue`` adds a row inside the caller's transaction (no network): if the transaction rolls back, nothing
   is sent; if it commits, the message will be sent even if the process dies right after.
-- ``deliver_due`` claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several server processes share
-  the work; a lease in ``locked_until`` covers SQLite and crashed workers), sends them through the channel with
-  the row's idempotency key (WeCom ``enable_duplicate_check``, Feishu ``uuid``, DingTalk ``outTrackId``), and
-  records the outcome. Retryable failures back off (the platform's hint first, else exponential with a cap);
-  permanent ones are marked failed with the error.
+- ``deliver_due`` claims due rows with one compare-and-set UPDATE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+  several server processes share the work; a lease in ``locked_until`` covers SQLite and crashed workers),
+  sends them through the channel with the row's idempotency key (WeCom ``enable_duplicate_check``, Feishu
+  ``uuid``, DingTalk ``outTrackId``), and records each outcome as soon as it is known (outcomes that arrive
+  together share one transaction: ``core.batching.GroupCommit``). One recipient's messages go out one after
+  the other, in order; different recipients' go out concurrently (``SENDS_IN_FLIGHT`` at most). Retryable
+  failures back off (the platform's hint first, else exponential with a cap); permanent ones are marked
+  failed with the error.
 - Per-recipient rate limits (WeCom: 30 messages per user per minute) are respected by deferring, not dropping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channel import Address, Channel, ChannelError, SentRef
 from bot.events import Platform
 from bot.logs import tracing
+from core.batching import GroupCommit
 from core.db import dialect_insert
 from core.models import InboundSeen, OutboxMessage
 
@@ -104,43 +109,87 @@ def _due(now: datetime) -> Any:
     ) & (OutboxMessage.next_attempt_at <= now)
 
 
-async def _claim(session: AsyncSession, now: datetime, limit: int) -> list[OutboxMessage]:
-    """Take up to ``limit`` due rows. Each claim is a compare-and-set on the row's state, so two workers
-    can never both take one row, whatever the isolation level (SKIP LOCKED on PostgreSQL just lets them
-    pass each other without waiting)."""
-    due = select(OutboxMessage).where(_due(now)).order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+SENDS_IN_FLIGHT = 16  # sends waiting on the platforms at once, over all recipients of a pass
+
+Recipient = tuple[str, str | None, str | None]  # platform, user_id, chat_id
+Outcome = tuple[int, dict[str, Any]]  # a row's id and the columns to write
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """What a pass needs of a claimed row (a plain value: the sends run outside any session)."""
+
+    id: int
+    platform: str
+    kind: str
+    address: dict[str, Any]
+    body: dict[str, Any]
+    key: str
+    attempts: int
+    trace_id: str | None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.address.get("user_id")
+
+    @property
+    def recipient(self) -> Recipient:
+        return self.platform, self.address.get("user_id"), self.address.get("chat_id")
+
+
+async def _claim(session: AsyncSession, now: datetime, limit: int) -> list[_Claimed]:
+    """Take up to ``limit`` due rows, in due order, with one compare-and-set UPDATE: a row is claimed only if
+    it is still due when the UPDATE reaches it, and RETURNING says which ones were. So two workers can never
+    both take one row, whatever the isolation level (SKIP LOCKED on PostgreSQL just lets them pass each
+    other without waiting; on SQLite the transaction holds the write lock from its start)."""
+    due = select(OutboxMessage.id).where(_due(now)).order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
     due = due.limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    ids = list((await session.execute(due.with_only_columns(OutboxMessage.id))).scalars())
-    claimed = []
-    for row_id in ids:
-        result = await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == row_id, _due(now))
-            .values(state="sending", locked_until=now + LEASE)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount:  # type: ignore[attr-defined]
-            claimed.append(row_id)
-    if not claimed:
+    ids = list((await session.execute(due)).scalars())
+    if not ids:
         return []
-    rows = await session.execute(select(OutboxMessage).where(OutboxMessage.id.in_(claimed)))
-    return sorted(rows.scalars(), key=lambda r: claimed.index(r.id))
+    o = OutboxMessage
+    result = await session.execute(
+        update(o)
+        .where(o.id.in_(ids), _due(now))
+        .values(state="sending", locked_until=now + LEASE)
+        .returning(o.id, o.platform, o.kind, o.address, o.body, o.idempotency_key, o.attempts, o.trace_id)
+        .execution_options(synchronize_session=False)
+    )
+    got = {
+        r.id: _Claimed(r.id, r.platform, r.kind, dict(r.address or {}), dict(r.body or {}), r.idempotency_key,
+                       r.attempts, r.trace_id)
+        for r in result
+    }  # fmt: skip
+    return [got[i] for i in ids if i in got]  # RETURNING's order is not the claim's
 
 
-async def _recent_sends(session: AsyncSession, platform: str, user_id: str | None, now: datetime) -> int:
-    if user_id is None:
-        return 0
-    n = await session.scalar(
-        select(func.count()).where(
-            OutboxMessage.platform == platform,
+def _caps() -> dict[str, int]:
+    return {platform.value: cap for platform, cap in PER_USER_PER_MINUTE.items()}
+
+
+async def _recent_sends(
+    session: AsyncSession, rows: list[_Claimed], now: datetime
+) -> dict[tuple[str, str], int]:
+    """Messages sent in the last minute to each capped recipient among ``rows``: one grouped query per pass,
+    not one count per row (the pass then keeps the count itself, send by send)."""
+    caps = _caps()
+    wanted = {(r.platform, r.user_id) for r in rows if r.user_id is not None and r.platform in caps}
+    if not wanted:
+        return {}
+    user_id = OutboxMessage.address["user_id"].as_string().label("user_id")
+    result = await session.execute(
+        select(OutboxMessage.platform, user_id, func.count())
+        .where(
             OutboxMessage.state == "sent",
             OutboxMessage.sent_at > now - timedelta(minutes=1),
-            OutboxMessage.address["user_id"].as_string() == user_id,
+            OutboxMessage.platform.in_(sorted({p for p, _ in wanted})),
+            user_id.in_(sorted({u for _, u in wanted if u is not None})),
         )
+        .group_by(OutboxMessage.platform, user_id)
     )
-    return int(n or 0)
+    return {(p, u): int(n) for p, u, n in result if (p, u) in wanted}
 
 
 async def deliver_due(
@@ -150,68 +199,125 @@ async def deliver_due(
     now: datetime | None = None,
     limit: int = 50,
 ) -> dict[str, int]:
-    """One pass: claim due rows (committed), send each, record each outcome (committed per row)."""
+    """One pass: claim due rows and count their recipients' recent sends (one transaction), send them
+    (each recipient's rows in order, recipients concurrently, at most ``SENDS_IN_FLIGHT`` at once), and
+    record each outcome as soon as it is known, outcomes that arrive together in one transaction."""
     now = now or datetime.now(UTC)
     counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0}
     async with sessionmaker() as s, s.begin():
-        claimed = [(r.id, r.platform, r.kind, dict(r.address), dict(r.body), r.idempotency_key, r.attempts,
-                    r.trace_id) for r in await _claim(s, now, limit)]  # fmt: skip
-    for row_id, platform, kind, address, body, key, attempts, trace_id in claimed:
-        with tracing(trace_id):
-            await _deliver_one(sessionmaker, channels, now, counts, row_id, platform, kind, address, body, key,
-                               attempts)  # fmt: skip
+        claimed = await _claim(s, now, limit)
+        recent = await _recent_sends(s, claimed, now) if claimed else {}
+    if not claimed:
+        return counts
+    groups: dict[Recipient, list[_Claimed]] = {}
+    for row in claimed:
+        groups.setdefault(row.recipient, []).append(row)
+    delivery = _Pass(sessionmaker, channels, now, counts, recent)
+    try:
+        results = await asyncio.gather(
+            *(delivery.group(rows) for rows in groups.values()), return_exceptions=True
+        )
+    finally:
+        await delivery.recorder.close()
+    if any(counts.values()):
+        log.info(
+            "outbox pass: %(sent)d sent, %(retry)d to retry, %(failed)d failed, %(deferred)d deferred", counts
+        )
+    for result in results:
+        if isinstance(result, BaseException):
+            # the rows of that recipient not yet recorded stay claimed until their lease runs out
+            raise result
     return counts
 
 
-async def _deliver_one(
-    sessionmaker: async_sessionmaker[AsyncSession], channels: Mapping[str, Channel], now: datetime,
-    counts: dict[str, int], row_id: int, platform: str, kind: str, address: dict[str, Any], body: dict[str, Any],
-    key: str, attempts: int,
-) -> None:  # fmt: skip
-    channel = channels.get(platform)
-    async with sessionmaker() as s, s.begin():
-        row = await s.get(OutboxMessage, row_id)
-        assert row is not None
-        if channel is None:
-            row.state, row.last_error = "failed", f"platform {platform} is not configured"
-            counts["failed"] += 1
+class _Pass:
+    """One pass's sends and bookkeeping. Rows over a recipient's rate cap are deferred, never dropped."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        channels: Mapping[str, Channel],
+        now: datetime,
+        counts: dict[str, int],
+        recent: dict[tuple[str, str], int],
+    ) -> None:
+        self.sessionmaker, self.channels, self.now, self.counts = sessionmaker, channels, now, counts
+        # sends to each capped user in the last minute, plus this pass's sends in flight or done
+        self.recent = recent
+        self.caps = _caps()
+        self.sending = asyncio.Semaphore(SENDS_IN_FLIGHT)
+        self.recorder: GroupCommit[Outcome, None] = GroupCommit(self._flush)
+
+    async def _flush(self, outcomes: list[Outcome]) -> list[None]:
+        """Write a batch of outcomes in one transaction (an executemany per set of columns)."""
+        async with self.sessionmaker() as s, s.begin():
+            await s.execute(update(OutboxMessage), [{"id": row_id, **values} for row_id, values in outcomes])
+        return [None] * len(outcomes)
+
+    async def _record(self, outcome: str, rows: list[_Claimed], values: dict[str, Any]) -> None:
+        await asyncio.gather(*(self.recorder.submit((row.id, values)) for row in rows))
+        self.counts[outcome] += len(rows)
+
+    async def group(self, rows: list[_Claimed]) -> None:
+        """One recipient's rows, one after the other in claim order (people read them in that order)."""
+        if self.channels.get(rows[0].platform) is None:
+            error = f"platform {rows[0].platform} is not configured"
+            await self._record("failed", rows, {"state": "failed", "last_error": error, "locked_until": None})
+            log.warning("outbox: %s; %d message(s) failed", error, len(rows))
             return
-        cap = PER_USER_PER_MINUTE.get(Platform(platform))
-        if cap is not None and await _recent_sends(s, platform, address.get("user_id"), now) >= cap:
-            row.state, row.next_attempt_at = "pending", now + timedelta(seconds=60)
-            counts["deferred"] += 1
-            return
-    to = Address(Platform(platform), address.get("user_id"), address.get("chat_id"))
-    try:
-        ref = await _send(channel, kind, to, body, key)
-    except ChannelError as exc:
-        async with sessionmaker() as s, s.begin():
-            row = await s.get(OutboxMessage, row_id)
-            assert row is not None
-            row.attempts = attempts + 1
-            row.last_error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)
-            if exc.retryable and row.attempts < MAX_ATTEMPTS:
-                row.state, row.next_attempt_at = "pending", now + backoff(row.attempts, exc.retry_after)
-                counts["retry"] += 1
+        for n, row in enumerate(rows):
+            if not self._reserve(row):
+                # over the cap: this and the rest of the recipient's rows wait a minute, in order
+                later = self.now + timedelta(seconds=60)
+                await self._record("deferred", rows[n:], {"state": "pending", "next_attempt_at": later,
+                                                          "locked_until": None})  # fmt: skip
+                return
+            with tracing(row.trace_id):
+                await self._deliver(row)
+
+    def _reserve(self, row: _Claimed) -> bool:
+        cap, user_id = self.caps.get(row.platform), row.user_id
+        if cap is None or user_id is None:
+            return True
+        if self.recent.get((row.platform, user_id), 0) >= cap:
+            return False
+        self.recent[row.platform, user_id] = self.recent.get((row.platform, user_id), 0) + 1
+        return True
+
+    def _release(self, row: _Claimed) -> None:
+        if row.user_id is not None and row.platform in self.caps:
+            self.recent[row.platform, row.user_id] -= 1
+
+    async def _deliver(self, row: _Claimed) -> None:
+        channel = self.channels[row.platform]
+        to = Address(Platform(row.platform), row.user_id, row.address.get("chat_id"))
+        try:
+            async with self.sending:
+                ref = await _send(channel, row.kind, to, row.body, row.key)
+        except ChannelError as exc:
+            self._release(row)  # not sent: it does not count against the cap
+            attempts = row.attempts + 1
+            error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)
+            values: dict[str, Any] = {"attempts": attempts, "last_error": error, "locked_until": None}
+            if exc.retryable and attempts < MAX_ATTEMPTS:
+                values |= {
+                    "state": "pending",
+                    "next_attempt_at": self.now + backoff(attempts, exc.retry_after),
+                }
+                await self._record("retry", [row], values)
             else:
-                row.state = "failed"
-                counts["failed"] += 1
-                log.warning("outbox %s failed for good: %s", key, row.last_error)
-        return
-    async with sessionmaker() as s, s.begin():
-        await s.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == row_id)
-            .values(
-                state="sent",
-                sent_at=now,
-                attempts=attempts + 1,
-                sent_ref=_ref_json(ref),
-                locked_until=None,
-            )
+                await self._record("failed", [row], values | {"state": "failed"})
+                log.warning("outbox %s failed for good: %s", row.key, error)
+            return
+        except BaseException:
+            self._release(row)
+            raise
+        values = {"state": "sent", "sent_at": self.now, "attempts": row.attempts + 1,
+                  "sent_ref": _ref_json(ref), "locked_until": None}  # fmt: skip
+        await self._record("sent", [row], values)
+        log.debug(
+            "sent %s %s to %s:%s", row.kind, row.key, row.platform, row.user_id or row.address.get("chat_id")
         )
-    counts["sent"] += 1
-    log.info("sent %s %s to %s:%s", kind, key, platform, address.get("user_id") or address.get("chat_id"))
 
 
 async def _send(channel: Channel, kind: str, to: Address, body: dict[str, Any], key: str) -> SentRef:

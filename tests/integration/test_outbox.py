@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.cards.capabilities import WECOM
 from bot.channel import Address, ChannelError, SentRef
 from bot.events import Platform
-from bot.outbox import MAX_ATTEMPTS, deliver_due, enqueue, first_delivery
+from bot.outbox import MAX_ATTEMPTS, SENDS_IN_FLIGHT, backoff, deliver_due, enqueue, first_delivery
+from core.db import make_engine, make_sessionmaker
 from core.models import OutboxMessage
 
 NOW = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
@@ -152,6 +154,237 @@ async def test_two_workers_send_each_message_once(sessionmaker: async_sessionmak
     await asyncio.gather(worker(), worker())
     keys = [k for _, k, _ in ch.sent]
     assert sorted(keys) == sorted(f"w{i}" for i in range(20)) and len(keys) == len(set(keys))
+
+
+async def test_workers_of_two_processes_send_each_message_once(
+    database_url: str, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Two engines (as two server processes would have), two workers each, claiming in bulk side by side."""
+    async with sessionmaker() as s, s.begin():
+        for i in range(60):
+            await enqueue(s, idempotency_key=f"p{i}", to=Address(Platform.WECOM, f"u{i % 12}"), kind="text",
+                          body={"text": f"{i:02d}"}, now=NOW)  # fmt: skip
+    other = make_engine(database_url)
+    ch = ConcurrencyChannel(delay=lambda text: 0.001)
+    try:
+        makers = [sessionmaker, make_sessionmaker(other)]
+
+        async def worker(sm: async_sessionmaker[AsyncSession]) -> None:
+            for _ in range(30):
+                try:
+                    await deliver_due(sm, {"wecom": ch}, now=NOW, limit=7)
+                except Exception as exc:  # SQLite: a concurrent writer may find the file busy; try again
+                    if "locked" not in str(exc):
+                        raise
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(worker(makers[n % 2]) for n in range(4)))
+    finally:
+        await other.dispose()
+    keys = [k for _, k, _ in ch.sent]
+    assert sorted(keys) == sorted(f"p{i}" for i in range(60)) and len(keys) == len(set(keys))
+    assert all(state.state == "sent" for state in (await _states(sessionmaker)).values())
+
+
+class ConcurrencyChannel(RecordingChannel):
+    """Records, per recipient, the order of sends and how many were in flight at once (overall and per
+    recipient). Each send waits ``delay(text)`` seconds, or for ``gate`` when one is set."""
+
+    def __init__(self, delay: Any = lambda text: 0.005) -> None:
+        super().__init__()
+        self.delay = delay
+        self.gate: asyncio.Event | None = None
+        self.expected = 0  # with a gate: open it when this many sends are waiting
+        self.in_flight = 0
+        self.peak = 0
+        self.per_user_in_flight: dict[str, int] = {}
+        self.per_user_peak: dict[str, int] = {}
+        self.order: dict[str, list[str]] = {}
+        self.fail: dict[str, ChannelError] = {}
+
+    async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
+        who = to.user_id or to.chat_id or ""
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.per_user_in_flight[who] = self.per_user_in_flight.get(who, 0) + 1
+        self.per_user_peak[who] = max(self.per_user_peak.get(who, 0), self.per_user_in_flight[who])
+        try:
+            if self.gate is not None:
+                if self.in_flight >= self.expected:
+                    self.gate.set()
+                with contextlib.suppress(TimeoutError):  # sends one at a time would never open it
+                    await asyncio.wait_for(self.gate.wait(), 0.5)
+            else:
+                await asyncio.sleep(self.delay(text))
+            if idempotency_key in self.fail:
+                raise self.fail[idempotency_key]
+            self.order.setdefault(who, []).append(text)
+            self.sent.append(("text", idempotency_key, (who, text)))
+            return SentRef(Platform.WECOM, f"m-{idempotency_key}", update_token=f"t-{idempotency_key}")
+        finally:
+            self.in_flight -= 1
+            self.per_user_in_flight[who] -= 1
+
+
+async def _states(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, OutboxMessage]:
+    async with sessionmaker() as s:
+        return {r.idempotency_key: r for r in (await s.execute(select(OutboxMessage))).scalars()}
+
+
+async def test_one_recipient_in_order_recipients_concurrently(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    users = ["anna", "bo", "chen"]
+    async with sessionmaker() as s, s.begin():
+        for i in range(5):  # interleaved: anna 0, bo 0, chen 0, anna 1, ...
+            for u in users:
+                await enqueue(s, idempotency_key=f"{u}{i}", to=Address(Platform.WECOM, u), kind="text",
+                              body={"text": f"{u}{i}"}, now=NOW)  # fmt: skip
+    # earlier messages take longer to send: sending one recipient's rows side by side would reorder them
+    ch = ConcurrencyChannel(delay=lambda text: 0.004 * (5 - int(text[-1])))
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW)
+    assert counts == {"sent": 15, "retry": 0, "failed": 0, "deferred": 0}
+    assert ch.order == {u: [f"{u}{i}" for i in range(5)] for u in users}
+    assert ch.per_user_peak == dict.fromkeys(users, 1)  # one at a time per recipient
+    assert ch.peak == len(users)  # but the recipients overlap
+
+
+async def test_sends_in_flight_are_capped(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with sessionmaker() as s, s.begin():
+        for i in range(40):
+            await enqueue(s, idempotency_key=f"c{i}", to=Address(Platform.WECOM, f"u{i}"), kind="text",
+                          body={"text": str(i)}, now=NOW)  # fmt: skip
+    ch = ConcurrencyChannel(delay=lambda text: 0.02)
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
+    assert counts["sent"] == 40 and len({k for _, k, _ in ch.sent}) == 40
+    assert ch.peak == SENDS_IN_FLIGHT == 16
+
+
+async def test_a_pass_records_a_mix_of_outcomes_in_one_batch(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    async with sessionmaker() as s, s.begin():
+        for i in range(10):
+            await enqueue(s, idempotency_key=f"m{i}", to=Address(Platform.WECOM, f"u{i}"), kind="text",
+                          body={"text": str(i)}, now=NOW, trace_id=f"trace{i}")  # fmt: skip
+        await enqueue(s, idempotency_key="fs", to=Address(Platform.FEISHU, "ou_1"), kind="text",
+                      body={"text": "x"}, now=NOW)  # fmt: skip
+        # m9 has been tried before: one more retryable failure is its last
+        await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key == "m9")
+                        .values(attempts=MAX_ATTEMPTS - 1))  # fmt: skip
+    ch = ConcurrencyChannel()
+    ch.gate, ch.expected = asyncio.Event(), 10  # every send finishes at the same moment
+    ch.fail = {
+        "m1": ChannelError("rate limited", code=45009, retryable=True, retry_after=30),
+        "m2": ChannelError("timeout", retryable=True),
+        "m3": ChannelError("invalid user", code=40003),
+        "m9": ChannelError("timeout", retryable=True),
+    }
+    commits = 0
+
+    def count(conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(engine.sync_engine, "commit", count)
+    try:
+        counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW)
+    finally:
+        event.remove(engine.sync_engine, "commit", count)
+    assert counts == {"sent": 6, "retry": 2, "failed": 3, "deferred": 0}
+    # the claim is one transaction; ten outcomes that arrive together need at most two more (one per row
+    # would be ten)
+    assert commits <= 3
+    rows = await _states(sessionmaker)
+    for k in ("m0", "m4", "m5", "m6", "m7", "m8"):
+        r = rows[k]
+        assert (r.state, r.attempts, r.sent_at, r.locked_until) == ("sent", 1, NOW, None)
+        assert r.sent_ref == {"platform": "wecom", "message_id": f"m-{k}", "card_ref": None,
+                              "update_token": f"t-{k}", "sent_at": None}  # fmt: skip
+        assert r.last_error is None
+    assert (rows["m1"].state, rows["m1"].attempts) == ("pending", 1)
+    assert (
+        rows["m1"].next_attempt_at == NOW + timedelta(seconds=30)
+        and rows["m1"].last_error == "45009: rate limited"
+    )
+    assert (rows["m2"].state, rows["m2"].attempts, rows["m2"].last_error) == ("pending", 1, "timeout")
+    assert rows["m2"].next_attempt_at == NOW + backoff(1, None) == NOW + timedelta(seconds=1)
+    assert (rows["m3"].state, rows["m3"].attempts, rows["m3"].last_error) == (
+        "failed",
+        1,
+        "40003: invalid user",
+    )
+    assert (rows["m9"].state, rows["m9"].attempts, rows["m9"].last_error) == (
+        "failed",
+        MAX_ATTEMPTS,
+        "timeout",
+    )
+    assert (rows["fs"].state, rows["fs"].attempts) == ("failed", 0)
+    assert rows["fs"].last_error == "platform feishu is not configured"
+    assert all(r.sent_at is None and r.sent_ref is None for k, r in rows.items() if r.state != "sent")
+    assert all(r.locked_until is None for r in rows.values())  # nothing is left claimed
+
+
+async def test_rate_cap_over_a_pass_defers_the_rest_in_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessionmaker() as s, s.begin():
+        for i in range(40):
+            await enqueue(s, idempotency_key=f"z{i}", to=TO, kind="text", body={"text": f"z{i}"}, now=NOW)
+        for i in range(3):  # someone else in the same pass is not held up
+            await enqueue(s, idempotency_key=f"o{i}", to=Address(Platform.WECOM, "other"), kind="text",
+                          body={"text": f"o{i}"}, now=NOW)  # fmt: skip
+    ch = ConcurrencyChannel(delay=lambda text: 0)
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
+    assert counts == {"sent": 33, "retry": 0, "failed": 0, "deferred": 10}
+    assert ch.order["zhangwei"] == [f"z{i}" for i in range(30)]
+    assert ch.order["other"] == ["o0", "o1", "o2"]
+    rows = await _states(sessionmaker)
+    deferred = {k for k, r in rows.items() if r.state == "pending"}
+    assert deferred == {f"z{i}" for i in range(30, 40)}
+    assert all(
+        rows[k].next_attempt_at == NOW + timedelta(seconds=60) and rows[k].attempts == 0 for k in deferred
+    )
+    # within the minute nothing more goes; after it, the rest, still in order
+    assert await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=59), limit=100) == {
+        "sent": 0, "retry": 0, "failed": 0, "deferred": 0}  # fmt: skip
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=61), limit=100)
+    assert counts == {"sent": 10, "retry": 0, "failed": 0, "deferred": 0}
+    assert ch.order["zhangwei"] == [f"z{i}" for i in range(40)]
+
+
+async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The cap starts from what was sent in the last minute (one grouped query), user by user."""
+    async with sessionmaker() as s, s.begin():
+        for i in range(28):  # anna: 28 sent half a minute ago
+            await enqueue(s, idempotency_key=f"old-a{i}", to=Address(Platform.WECOM, "anna"), kind="text",
+                          body={"text": "x"}, now=NOW - timedelta(seconds=40))  # fmt: skip
+        for i in range(30):  # bo: 30 sent, but more than a minute ago
+            await enqueue(s, idempotency_key=f"old-b{i}", to=Address(Platform.WECOM, "bo"), kind="text",
+                          body={"text": "x"}, now=NOW - timedelta(seconds=90))  # fmt: skip
+        for i in range(30):  # anna on Feishu is someone else, with a bigger cap
+            await enqueue(s, idempotency_key=f"old-f{i}", to=Address(Platform.FEISHU, "anna"), kind="text",
+                          body={"text": "x"}, now=NOW - timedelta(seconds=40))  # fmt: skip
+        await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-a%"))
+                        .values(state="sent", sent_at=NOW - timedelta(seconds=30)))  # fmt: skip
+        await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-f%"))
+                        .values(state="sent", sent_at=NOW - timedelta(seconds=30)))  # fmt: skip
+        await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-b%"))
+                        .values(state="sent", sent_at=NOW - timedelta(seconds=61)))  # fmt: skip
+        for who in ("anna", "bo"):
+            for i in range(5):
+                await enqueue(s, idempotency_key=f"{who}{i}", to=Address(Platform.WECOM, who), kind="text",
+                              body={"text": f"{who}{i}"}, now=NOW)  # fmt: skip
+        for i in range(5):
+            await enqueue(s, idempotency_key=f"grp{i}", to=Address(Platform.WECOM, chat_id="g1"), kind="text",
+                          body={"text": f"grp{i}"}, now=NOW)  # fmt: skip
+    ch = ConcurrencyChannel(delay=lambda text: 0)
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
+    assert counts == {"sent": 12, "retry": 0, "failed": 0, "deferred": 3}
+    assert ch.order == {"anna": ["anna0", "anna1"], "bo": [f"bo{i}" for i in range(5)],
+                        "g1": [f"grp{i}" for i in range(5)]}  # fmt: skip
 
 
 async def test_inbound_dedup(session: AsyncSession) -> None:
