@@ -183,6 +183,9 @@ async def _recent_sends(
         select(OutboxMessage.platform, user_id, func.count())
         .where(
             OutboxMessage.state == "sent",
+            # a sent row's next_attempt_at is its sent_at (see _Pass._deliver): this bound lets the scan use
+            # ix_outbox_due (state, next_attempt_at) instead of reading every row ever sent
+            OutboxMessage.next_attempt_at > now - timedelta(minutes=1),
             OutboxMessage.sent_at > now - timedelta(minutes=1),
             OutboxMessage.platform.in_(sorted({p for p, _ in wanted})),
             user_id.in_(sorted({u for _, u in wanted if u is not None})),
@@ -255,7 +258,10 @@ class _Pass:
         return [None] * len(outcomes)
 
     async def _record(self, outcome: str, rows: list[_Claimed], values: dict[str, Any]) -> None:
-        await asyncio.gather(*(self.recorder.submit((row.id, values)) for row in rows))
+        if len(rows) == 1:
+            await self.recorder.submit((rows[0].id, values))
+        else:  # a recipient's rows deferred or failed together: one batch
+            await asyncio.gather(*(self.recorder.submit((row.id, values)) for row in rows))
         self.counts[outcome] += len(rows)
 
     async def group(self, rows: list[_Claimed]) -> None:
@@ -312,8 +318,9 @@ class _Pass:
         except BaseException:
             self._release(row)
             raise
-        values = {"state": "sent", "sent_at": self.now, "attempts": row.attempts + 1,
-                  "sent_ref": _ref_json(ref), "locked_until": None}  # fmt: skip
+        # next_attempt_at = sent_at: the last attempt, and what the rate-cap query finds recent sends by
+        values = {"state": "sent", "sent_at": self.now, "next_attempt_at": self.now,
+                  "attempts": row.attempts + 1, "sent_ref": _ref_json(ref), "locked_until": None}  # fmt: skip
         await self._record("sent", [row], values)
         log.debug(
             "sent %s %s to %s:%s", row.kind, row.key, row.platform, row.user_id or row.address.get("chat_id")

@@ -328,12 +328,13 @@ async def test_a_pass_records_a_mix_of_outcomes_in_one_batch(
 async def test_rate_cap_over_a_pass_defers_the_rest_in_order(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
+    backlog = NOW - timedelta(minutes=10)  # queued long before they could go (an outage, a burst)
     async with sessionmaker() as s, s.begin():
         for i in range(40):
-            await enqueue(s, idempotency_key=f"z{i}", to=TO, kind="text", body={"text": f"z{i}"}, now=NOW)
+            await enqueue(s, idempotency_key=f"z{i}", to=TO, kind="text", body={"text": f"z{i}"}, now=backlog)
         for i in range(3):  # someone else in the same pass is not held up
             await enqueue(s, idempotency_key=f"o{i}", to=Address(Platform.WECOM, "other"), kind="text",
-                          body={"text": f"o{i}"}, now=NOW)  # fmt: skip
+                          body={"text": f"o{i}"}, now=backlog)  # fmt: skip
     ch = ConcurrencyChannel(delay=lambda text: 0)
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
     assert counts == {"sent": 33, "retry": 0, "failed": 0, "deferred": 10}
@@ -345,12 +346,20 @@ async def test_rate_cap_over_a_pass_defers_the_rest_in_order(
     assert all(
         rows[k].next_attempt_at == NOW + timedelta(seconds=60) and rows[k].attempts == 0 for k in deferred
     )
-    # within the minute nothing more goes; after it, the rest, still in order
+    # half a minute later, a new message: the 30 sent at NOW still count (queued ten minutes before)
+    async with sessionmaker() as s, s.begin():
+        await enqueue(s, idempotency_key="z40", to=TO, kind="text", body={"text": "z40"},
+                      now=NOW + timedelta(seconds=30))  # fmt: skip
+    assert await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=30), limit=100) == {
+        "sent": 0, "retry": 0, "failed": 0, "deferred": 1}  # fmt: skip
     assert await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=59), limit=100) == {
         "sent": 0, "retry": 0, "failed": 0, "deferred": 0}  # fmt: skip
+    # after the minute, the rest, still in order
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=61), limit=100)
     assert counts == {"sent": 10, "retry": 0, "failed": 0, "deferred": 0}
-    assert ch.order["zhangwei"] == [f"z{i}" for i in range(40)]
+    counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW + timedelta(seconds=91), limit=100)
+    assert counts == {"sent": 1, "retry": 0, "failed": 0, "deferred": 0}
+    assert ch.order["zhangwei"] == [f"z{i}" for i in range(41)]
 
 
 async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
