@@ -5,6 +5,7 @@ A payload is trusted only after its signature and age check (``bot.cards.payload
 or a variance; whether the person pressing it may act is decided by the same core services the CLI uses, so a
 forwarded card gives nobody new rights. A rejection needs a reason, which a button cannot carry: the bot asks
 for it and the next chat reply is taken as the reason (发送“取消”放弃).
+Replies are in the user's language (``bot.i18n``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bot.dispatcher import Context, Router
 from bot.events import CardAction, TextMessage
 from bot.flows import payload_key, remember_update_token
 from bot.handlers.counting import _next as next_task
+from bot.i18n import lang, refusal, tr
 from core.enums import ApprovalDecision, CountOutcome, EntryMethod
 from core.models import CountTask
 from core.variance.service import WorkflowError, counter_tasks, decide, record_count, review_variance
@@ -46,10 +48,22 @@ def _unpack(ctx: Context, text: str) -> Payload | None:
             text, payload_key(ctx.settings), now=int(ctx.event.received_at.timestamp()), max_age=max_age
         )
     except ExpiredPayload:
-        ctx.reply_text("这张卡片已过期，请以最新的卡片为准（发送 /任务 查看今天的任务）。")
+        ctx.reply_text(
+            tr(
+                ctx,
+                "这张卡片已过期，请以最新的卡片为准（发送 /任务 查看今天的任务）。",
+                "This card has expired; please use the latest one (send /tasks for today's tasks).",
+            )
+        )
     except BadPayload as exc:
         log.warning("refused card payload from %s: %s", ctx.event.sender.user_id, exc)
-        ctx.reply_text("无法识别这张卡片的操作，请使用系统最新发送的卡片。")
+        ctx.reply_text(
+            tr(
+                ctx,
+                "无法识别这张卡片的操作，请使用系统最新发送的卡片。",
+                "This card's button wasn't recognised; please use the latest card the bot sent.",
+            )
+        )
     return None
 
 
@@ -76,7 +90,7 @@ async def card_action(ctx: Context) -> bool:
     try:
         await _act(ctx, p, ev)
     except WorkflowError as exc:
-        ctx.reply_text(exc.zh)
+        ctx.reply_text(refusal(ctx, exc))
     return True
 
 
@@ -84,32 +98,42 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
     now = ev.received_at
     if isinstance(p, StartCounting):
         if "counter" not in (ctx.user.roles or []):
-            ctx.reply_text("只有盘点员可以开始盘点")
+            ctx.reply_text(tr(ctx, "只有盘点员可以开始盘点", "Only counters can start counting"))
             return
         today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
         mine = {t.id for t, _, _ in await counter_tasks(ctx.session, ctx.user.id, today)}
         queue = [t for t in p.task_ids if t in mine]  # a forwarded card gives nobody else's tasks
         if not queue:
-            ctx.reply_text("这张卡片上没有分配给您、仍待盘点的任务。发送 /任务 查看您的任务。")
+            ctx.reply_text(tr(ctx, "这张卡片上没有分配给您、仍待盘点的任务。发送 /任务 查看您的任务。",
+                              "This card has no open tasks assigned to you. Send /tasks to see yours."))  # fmt: skip
             return
         await next_task(ctx, queue)
         return
     if isinstance(p, CannotFind | SubmitQuantity):
         task = await ctx.session.get(CountTask, p.task_id)
         if task is None or task.assignee_id != ctx.user.id:
-            ctx.reply_text("这不是分配给您的盘点任务。")
+            ctx.reply_text(tr(ctx, "这不是分配给您的盘点任务。", "This count task is not assigned to you."))
             return
         if isinstance(p, CannotFind):
             await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
                                outcome=CountOutcome.NOT_HERE, counted_at=now, dedup_key=ev.dedup_key)  # fmt: skip
-            ctx.reply_text("已记录：无法找到。主管会跟进。")
+            ctx.reply_text(
+                tr(
+                    ctx,
+                    "已记录：无法找到。主管会跟进。",
+                    "Recorded as not found. A supervisor will follow up.",
+                )
+            )
         else:
             qty = (ev.form.get("qty") or ev.form.get("quantity") or "").strip()
             result = await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
                                         text=qty or None, counted_at=now, method=EntryMethod.TYPED,
                                         dedup_key=ev.dedup_key)  # fmt: skip
-            understood = f"（{result.understood}）" if result.understood else ""
-            ctx.reply_text(f"✓ 已记录{understood}")
+            if lang(ctx) == "en":
+                ctx.reply_text(f"✓ Recorded ({result.understood})" if result.understood else "✓ Recorded")
+            else:
+                understood = f"（{result.understood}）" if result.understood else ""
+                ctx.reply_text(f"✓ 已记录{understood}")
         queue = [int(t) for t in ctx.state.get("queue") or [] if int(t) != task.id]
         if queue:
             await next_task(ctx, queue)
@@ -120,23 +144,33 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
         if not isinstance(choice, PickReason) or choice.variance_id != p.variance_id:
             if picked and choice is None:
                 return  # _unpack has answered
-            ctx.reply_text("请先在卡片上选择差异原因，再点「提交原因」。")
+            ctx.reply_text(tr(ctx, "请先在卡片上选择差异原因，再点「提交原因」。",
+                              "Please pick a reason on the card first, then press “Submit reason”."))  # fmt: skip
             return
         note = (ev.form.get("note") or "").strip() or None
         reason = next((r for r in ctx.settings.reasons.codes if r.code == choice.code), None)
         if reason is not None and reason.requires_note and not note:
             ctx.state.update({"step": "await_review_note", "variance_id": p.variance_id, "code": choice.code})
-            ctx.reply_text(f"「{reason.zh}」需要说明，请回复一句说明（发送“取消”放弃）。")
+            ctx.reply_text(
+                tr(
+                    ctx,
+                    f"「{reason.zh}」需要说明，请回复一句说明（发送“取消”放弃）。",
+                    f"“{reason.en}” needs a note: please reply with a short note (send “cancel” to drop it).",
+                )
+            )
             return
         await review_variance(ctx.session, ctx.settings, variance_id=p.variance_id, reviewer_id=ctx.user.id,
                               reason_code=choice.code, note=note, now=now)  # fmt: skip
-        ctx.reply_text(f"✓ 差异 #{p.variance_id} 已复核，已提交审批。")
+        ctx.reply_text(tr(ctx, f"✓ 差异 #{p.variance_id} 已复核，已提交审批。",
+                          f"✓ Variance #{p.variance_id} reviewed and sent for approval."))  # fmt: skip
         return
     if isinstance(p, Reject):
         comment = (ev.form.get("comment") or ev.form.get("note") or "").strip()
         if not comment:
             ctx.state.update({"step": "await_reject_reason", "variance_id": p.variance_id, "seq": p.step_seq})
-            ctx.reply_text(f"请回复驳回差异 #{p.variance_id} 的原因（发送“取消”放弃）。")
+            ctx.reply_text(tr(ctx, f"请回复驳回差异 #{p.variance_id} 的原因（发送“取消”放弃）。",
+                              f"Please reply with the reason for rejecting variance #{p.variance_id} "
+                              "(send “cancel” to drop it)."))  # fmt: skip
             return
         await _decide(ctx, p.variance_id, p.step_seq, ApprovalDecision.REJECTED, comment)
         return
@@ -144,7 +178,7 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
         decision = ApprovalDecision.APPROVED if isinstance(p, Approve) else ApprovalDecision.RECOUNT
         await _decide(ctx, p.variance_id, p.step_seq, decision, None)
         return
-    ctx.reply_text("这个按钮在这里不能用。")
+    ctx.reply_text(tr(ctx, "这个按钮在这里不能用。", "This button can't be used here."))
 
 
 _SAID = {
@@ -152,14 +186,24 @@ _SAID = {
     "rejected": "已驳回差异 #{vid}",
     "recount": "已退回差异 #{vid}，复盘任务已派给另一位盘点员",
 }
+_SAID_EN = {
+    "approved": "✓ Variance #{vid} approved",
+    "rejected": "Variance #{vid} rejected",
+    "recount": "Variance #{vid} sent back; a recount has gone to another counter",
+}
 
 
 async def _decide(ctx: Context, vid: int, seq: int, decision: ApprovalDecision, comment: str | None) -> None:
     d = await decide(ctx.session, ctx.settings, variance_id=vid, actor_id=ctx.user.id, decision=decision,
                      comment=comment, now=ctx.event.received_at, step_seq=seq)  # fmt: skip
-    said = _SAID.get(d.outcome, "已处理差异 #{vid}").format(vid=vid)
-    if d.outcome == "approved":
-        said += "，已生成库存调整。" if d.final else "，已转下一级审批。"
+    if lang(ctx) == "en":
+        said = _SAID_EN.get(d.outcome, "Variance #{vid} handled").format(vid=vid)
+        if d.outcome == "approved":
+            said += "; the stock adjustment is made." if d.final else "; on to the next approver."
+    else:
+        said = _SAID.get(d.outcome, "已处理差异 #{vid}").format(vid=vid)
+        if d.outcome == "approved":
+            said += "，已生成库存调整。" if d.final else "，已转下一级审批。"
     ctx.reply_text(said)
 
 
@@ -173,7 +217,7 @@ async def pending_reply(ctx: Context) -> bool:
     said = ctx.event.text.strip()
     if said.lower() in CANCEL:
         ctx.state.clear()
-        ctx.reply_text("已取消。")
+        ctx.reply_text(tr(ctx, "已取消。", "Cancelled."))
         return True
     vid = int(ctx.state["variance_id"])
     try:
@@ -182,8 +226,9 @@ async def pending_reply(ctx: Context) -> bool:
         else:
             await review_variance(ctx.session, ctx.settings, variance_id=vid, reviewer_id=ctx.user.id,
                                   reason_code=str(ctx.state["code"]), note=said, now=ctx.event.received_at)  # fmt: skip
-            ctx.reply_text(f"✓ 差异 #{vid} 已复核，已提交审批。")
+            ctx.reply_text(tr(ctx, f"✓ 差异 #{vid} 已复核，已提交审批。",
+                              f"✓ Variance #{vid} reviewed and sent for approval."))  # fmt: skip
     except WorkflowError as exc:
-        ctx.reply_text(exc.zh)
+        ctx.reply_text(refusal(ctx, exc))
     ctx.state.clear()
     return True

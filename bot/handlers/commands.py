@@ -17,6 +17,7 @@
 |                         |         |                                          | or a location (code, label, WH/CODE)      |
 
 A command the user may not use is answered politely, naming who may; help lists only the user's commands.
+Replies are in the user's language (``bot.i18n``): Chinese by default, English for an English locale.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.cards.model import Lang
+from bot.cards.text import SEVERITY_LABEL_EN
 from bot.charts import ClassAccuracy, accuracy_chart, accuracy_text
 from bot.dispatcher import Context, Router
 from bot.events import TextMessage
+from bot.i18n import lang, refusal, tr
 from core.analytics import ROLE_ZH, ReportFilter, accuracy_report, open_variances_report
 from core.enums import OPEN_STATUSES, EntryMethod, Role, TaskReason, TaskStatus
 from core.models import (
@@ -59,6 +63,21 @@ router = Router()
 EVERY_ROLE = frozenset(r.value for r in Role)
 OVERSEERS = frozenset({"supervisor", "finance", "manager", "admin"})
 BLIND = "盘点员看不到差异（盲盘），差异由主管复核处理。您只需按任务如实盘点即可。"
+BLIND_EN = (
+    "Counts are blind: counters don't see differences, a supervisor reviews them. "
+    "Just count each task as you find it."
+)
+ROLE_EN = {"counter": "counters", "supervisor": "supervisors", "finance": "finance", "manager": "managers",
+           "admin": "admins", "system": "the system"}  # fmt: skip
+STATE_EN = {
+    "open": "open",
+    "recount_pending": "recount pending",
+    "confirmed": "confirmed",
+    "disputed": "disputed",
+    "in_review": "in review",
+    "pending_approval": "awaiting approval",
+    "recount_requested": "recount requested",
+}
 MAX_DAYS = 366
 MAX_LISTED = 15
 MAX_REQUEST_LINES = 50
@@ -70,6 +89,7 @@ class Command:
     aliases: tuple[str, ...]
     roles: frozenset[str] | None  # None: everyone, even without a role
     usage_zh: str
+    usage_en: str
     run: Callable[[Context, list[str]], Awaitable[None]] = field(repr=False)
 
 
@@ -90,10 +110,15 @@ def _roles(ctx: Context) -> set[str]:
 
 async def _help(ctx: Context, args: list[str]) -> None:
     roles = _roles(ctx)
-    lines = [c.usage_zh for c in COMMANDS.values() if c.roles is None or roles & c.roles]
+    en = lang(ctx) == "en"
+    lines = [
+        c.usage_en if en else c.usage_zh for c in COMMANDS.values() if c.roles is None or roles & c.roles
+    ]
     if "counter" in roles:
-        lines.insert(0, "开始：逐项盘点今天的任务（回复数量，或 跳过 / 空 / 找不到 / 撤销 / 结束）")
-    ctx.reply_text("可用命令 / commands:\n" + "\n".join(lines))
+        lines.insert(0, tr(ctx, "开始：逐项盘点今天的任务（回复数量，或 跳过 / 空 / 找不到 / 撤销 / 结束）",
+                           "start: count today's tasks one by one (reply with a quantity, or skip / empty / "
+                           "not here / undo / stop)"))  # fmt: skip
+    ctx.reply_text(tr(ctx, "可用命令 / commands:\n", "Commands:\n") + "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------- /tasks /count
@@ -102,7 +127,14 @@ async def _help(ctx: Context, args: list[str]) -> None:
 async def _tasks(ctx: Context, args: list[str]) -> None:
     rows = await counter_tasks(ctx.session, ctx.user.id, _today(ctx))
     if not rows:
-        ctx.reply_text("今天没有待盘点的任务 👍")
+        ctx.reply_text(tr(ctx, "今天没有待盘点的任务 👍", "No tasks left today 👍"))
+        return
+    if lang(ctx) == "en":
+        lines = [
+            f"#{t.id} {loc.code} · {_name(item.name, item.spec)} ({item.sku})" for t, item, loc in rows[:20]
+        ]
+        more = f"\n…and {len(rows) - 20} more" if len(rows) > 20 else ""
+        ctx.reply_text(f"Today's count tasks ({len(rows)}, in walking order):\n" + "\n".join(lines) + more)
         return
     lines = [
         f"#{t.id} {loc.code} · {item.name} {item.spec or ''}（{item.sku}）" for t, item, loc in rows[:20]
@@ -111,9 +143,14 @@ async def _tasks(ctx: Context, args: list[str]) -> None:
     ctx.reply_text(f"今天的盘点任务（{len(rows)} 项，按行走顺序）：\n" + "\n".join(lines) + more)
 
 
+def _name(name: str, spec: str | None) -> str:
+    return f"{name} {spec}" if spec else name
+
+
 async def _count(ctx: Context, args: list[str]) -> None:
     if len(args) < 2 or not args[0].lstrip("#").isdigit():
-        ctx.reply_text("用法：/盘点 任务号 数量，例如 /盘点 123 3箱5个")
+        ctx.reply_text(tr(ctx, "用法：/盘点 任务号 数量，例如 /盘点 123 3箱5个",
+                          "Usage: /count TASK QUANTITY, e.g. /count 123 36"))  # fmt: skip
         return
     try:
         result = await record_count(
@@ -122,7 +159,11 @@ async def _count(ctx: Context, args: list[str]) -> None:
             dedup_key=ctx.event.dedup_key,
         )  # fmt: skip
     except WorkflowError as exc:
-        ctx.reply_text(exc.zh)
+        ctx.reply_text(refusal(ctx, exc))
+        return
+    if lang(ctx) == "en":
+        understood = f" ({result.understood})" if result.understood else ""
+        ctx.reply_text(f"Recorded{understood}. {result.message_en}")
         return
     understood = f"（{result.understood}）" if result.understood else ""
     ctx.reply_text(f"已记录{understood}。{result.message_zh}")
@@ -146,7 +187,15 @@ class Progress:
             self.overdue += due < today
             self.recounts += reason == TaskReason.RECOUNT
 
-    def line(self, name: str) -> str:
+    def line(self, name: str, lang: Lang = "zh") -> str:
+        if lang == "en":
+            pct = f" ({self.done * 100 // self.total}%)" if self.total else ""
+            extra = "".join(
+                f", {label} {n}"
+                for label, n in (("overdue", self.overdue), ("recounts to do", self.recounts))
+                if n
+            )
+            return f"{name}: {self.done}/{self.total} done{pct}{extra}"
         pct = f"（{self.done * 100 // self.total}%）" if self.total else ""
         extra = "".join(
             f"，{label} {n}" for label, n in (("逾期", self.overdue), ("复盘待做", self.recounts)) if n
@@ -155,9 +204,10 @@ class Progress:
 
 
 async def _status(ctx: Context, args: list[str]) -> None:
-    today, roles = _today(ctx), _roles(ctx)
+    today, roles, lg = _today(ctx), _roles(ctx), lang(ctx)
     tasks = await _todays_tasks(ctx.session, today, _day_start(ctx, today))
-    title = f"今天（{today:%m月%d日}）的盘点进度"
+    title = tr(ctx, f"今天（{today:%m月%d日}）的盘点进度", f"Count progress today ({today:%b} {today.day})")
+    total_label = tr(ctx, "合计", "Total")
     if roles & {"manager", "admin", "finance"}:
         codes = await _warehouse_codes(ctx.session)
         by_wh: dict[int, Progress] = defaultdict(Progress)
@@ -165,14 +215,21 @@ async def _status(ctx: Context, args: list[str]) -> None:
         for t in tasks:
             for p in (by_wh[t.warehouse_id], total):
                 p.add(t.status, t.due_date, t.reason, today)
-        lines = [by_wh[w].line(f"{codes.get(w, w)}") for w in sorted(by_wh, key=lambda w: codes.get(w, ""))]
-        body = "\n".join(lines) or "今天没有盘点任务"
-        ctx.reply_text(f"{title}（按仓库）：\n{body}\n{total.line('合计')}")
+        lines = [
+            by_wh[w].line(f"{codes.get(w, w)}", lg) for w in sorted(by_wh, key=lambda w: codes.get(w, ""))
+        ]
+        body = "\n".join(lines) or tr(ctx, "今天没有盘点任务", "No count tasks today")
+        ctx.reply_text(
+            tr(ctx, f"{title}（按仓库）：", f"{title}, by warehouse:")
+            + f"\n{body}\n{total.line(total_label, lg)}"
+        )
         return
     team_name, members = await _team(ctx.session, ctx.user)
     if "supervisor" in roles:
         if not members:
-            ctx.reply_text("您还没有所属班组，看不到班组进度；请联系管理员设置。")
+            ctx.reply_text(tr(ctx, "您还没有所属班组，看不到班组进度；请联系管理员设置。",
+                              "You are not in a team yet, so there is no team progress to show; "
+                              "please ask an admin to add you to one."))  # fmt: skip
             return
         per: dict[int, Progress] = defaultdict(Progress)
         team = Progress()
@@ -180,9 +237,10 @@ async def _status(ctx: Context, args: list[str]) -> None:
             if t.assignee_id in members:
                 for p in (per[t.assignee_id], team):
                     p.add(t.status, t.due_date, t.reason, today)
-        lines = [per[uid].line(members[uid]) for uid in sorted(per, key=lambda u: members[u])]
-        body = "\n".join(lines) or "班组今天没有盘点任务"
-        ctx.reply_text(f"{title} · {team_name}：\n{body}\n{team.line('合计')}")
+        lines = [per[uid].line(members[uid], lg) for uid in sorted(per, key=lambda u: members[u])]
+        body = "\n".join(lines) or tr(ctx, "班组今天没有盘点任务", "No count tasks for the team today")
+        head = tr(ctx, f"{title} · {team_name}：", f"{title} · {team_name}:")
+        ctx.reply_text(f"{head}\n{body}\n{team.line(total_label, lg)}")
         return
     mine, team = Progress(), Progress()
     for t in tasks:
@@ -190,10 +248,10 @@ async def _status(ctx: Context, args: list[str]) -> None:
             mine.add(t.status, t.due_date, t.reason, today)
         if t.assignee_id in members:
             team.add(t.status, t.due_date, t.reason, today)
-    lines = [mine.line("我")]
+    lines = [mine.line(tr(ctx, "我", "Me"), lg)]
     if members:
-        lines.append(team.line(f"班组 {team_name}"))
-    ctx.reply_text(f"{title}：\n" + "\n".join(lines))
+        lines.append(team.line(tr(ctx, f"班组 {team_name}", f"Team {team_name}"), lg))
+    ctx.reply_text(tr(ctx, f"{title}：\n", f"{title}:\n") + "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------- /accuracy
@@ -203,7 +261,9 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
     days = 30
     if args:
         if not args[0].isdigit() or not 1 <= int(args[0]) <= MAX_DAYS:
-            ctx.reply_text(f"用法：/准确率 [天数]，天数为 1 到 {MAX_DAYS}，默认 30，例如 /准确率 7")
+            ctx.reply_text(tr(ctx, f"用法：/准确率 [天数]，天数为 1 到 {MAX_DAYS}，默认 30，例如 /准确率 7",
+                              f"Usage: /accuracy [DAYS], DAYS from 1 to {MAX_DAYS} (30 if left out), "
+                              "e.g. /accuracy 7"))  # fmt: skip
             return
         days = int(args[0])
     today = _today(ctx)
@@ -219,7 +279,9 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
             if r is not None
             else ClassAccuracy(label, 0, 0, None, None, None)
         )
-    ctx.reply_text(accuracy_text(rows, days=days))
+    ctx.reply_text(
+        _accuracy_text_en(rows, days=days) if lang(ctx) == "en" else accuracy_text(rows, days=days)
+    )
     store = ctx.services.get("photos")
     if store is None or rows[-1].counts == 0:
         return  # nothing to draw, or nowhere to keep the picture for the outbox: the text is the answer
@@ -237,6 +299,25 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
     ctx.after_commit(draw)
 
 
+def _accuracy_text_en(rows: list[ClassAccuracy], *, days: int) -> str:
+    """``bot.charts.accuracy_text`` in English: the same figures, the same order."""
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{x * 100:.1f}%"
+
+    lines = [f"Inventory record accuracy, last {days} days (by ABC class, first counts):"]
+    for r in rows:
+        name = "Total" if r.label == "total" else f"Class {r.label}"
+        if r.counts == 0:
+            lines.append(f"{name}: no counts")
+            continue
+        lines.append(
+            f"{name}: {pct(r.hit_rate)} ({r.hits}/{r.counts} within tolerance), "
+            f"quantity {pct(r.unit_accuracy)}, value {pct(r.value_accuracy)}"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ /variances
 
 
@@ -250,7 +331,10 @@ async def _variances(ctx: Context, args: list[str]) -> None:
     )
     mine = [r for r in mine if r.id not in reviewed]
     if not mine:
-        ctx.reply_text("目前没有等您处理的差异 👍")
+        ctx.reply_text(tr(ctx, "目前没有等您处理的差异 👍", "Nothing waiting for you 👍"))
+        return
+    if lang(ctx) == "en":
+        ctx.reply_text(_variances_en(mine))
         return
     lines = []
     for r in mine[:MAX_LISTED]:
@@ -267,6 +351,28 @@ async def _variances(ctx: Context, args: list[str]) -> None:
     ctx.reply_text(f"等您处理的差异（{len(mine)} 条，最久的在前）：\n" + "\n".join(lines) + more)
 
 
+def _variances_en(mine: list[Any]) -> str:
+    lines = []
+    for r in mine[:MAX_LISTED]:
+        try:
+            severity = SEVERITY_LABEL_EN[Severity(r.severity)]
+        except ValueError:
+            severity = r.severity
+        step = f" ({r.next_role})" if r.state == "pending_approval" else ""
+        sign = "+" if r.value > 0 else "-" if r.value < 0 else ""
+        lines.append(
+            f"#{r.id} {r.warehouse}/{r.location} · {r.item_name} ({r.sku}) · {severity} · "
+            f"CNY {sign}{abs(r.value).quantize(Decimal('0.01')):,} · {STATE_EN.get(r.state, r.state)}{step} · "
+            f"{r.age_hours:g} h"
+        )
+    more = f"\n…and {len(mine) - MAX_LISTED} more" if len(mine) > MAX_LISTED else ""
+    return f"Variances waiting for you ({len(mine)}, oldest first):\n" + "\n".join(lines) + more
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
 def _money(v: Decimal) -> str:
     sign = "+" if v > 0 else "-" if v < 0 else ""
     return f"{sign}{abs(v).quantize(Decimal('0.01')):,} 元"
@@ -278,18 +384,22 @@ def _money(v: Decimal) -> str:
 async def _request(ctx: Context, args: list[str]) -> None:
     if not args:
         ctx.reply_text(
-            "用法：/复盘 编码 [原因]。编码可以是物料条码、物料编码或库位（如 A-01-03，或 WH1/A-01-03）"
-        )
+            tr(ctx, "用法：/复盘 编码 [原因]。编码可以是物料条码、物料编码或库位（如 A-01-03，或 WH1/A-01-03）",
+               "Usage: /request CODE [REASON]. CODE is an item barcode, an SKU or a location "
+               "(e.g. A-01-03, or WH1/A-01-03)")
+        )  # fmt: skip
         return
     code, note = args[0], " ".join(args[1:]) or None
-    found = await _resolve_code(ctx.session, code)
+    found = await _resolve_code(ctx.session, code, lang(ctx))
     if isinstance(found, str):
         ctx.reply_text(found)
         return
     if len(found) > MAX_REQUEST_LINES:
         ctx.reply_text(
-            f"{code} 涉及 {len(found)} 个库位物料，太多了；请用更具体的编码（某个库位或某个物料）。"
-        )
+            tr(ctx, f"{code} 涉及 {len(found)} 个库位物料，太多了；请用更具体的编码（某个库位或某个物料）。",
+               f"{code} covers {len(found)} items in locations, too many; "
+               "please use a narrower code (one location or one item).")
+        )  # fmt: skip
         return
     pending = await _pending_requests(ctx.session, [il for il, _ in found])
     made, skipped = [], []
@@ -301,11 +411,15 @@ async def _request(ctx: Context, args: list[str]) -> None:
         made.append(label)
     parts = []
     if made:
-        parts.append(f"已登记临时盘点请求 {len(made)} 项，下次排程时优先安排：\n" + "\n".join(made[:20]))
+        parts.append(tr(ctx, f"已登记临时盘点请求 {len(made)} 项，下次排程时优先安排：\n",
+                        f"Extra count requested for {_items(len(made))}; first in line at the next planning:\n")
+                     + "\n".join(made[:20]))  # fmt: skip
         if len(made) > 20:
-            parts.append(f"…还有 {len(made) - 20} 项")
+            parts.append(tr(ctx, f"…还有 {len(made) - 20} 项", f"…and {len(made) - 20} more"))
     if skipped:
-        parts.append("已有待排程的请求，未重复登记：\n" + "\n".join(skipped[:20]))
+        parts.append(tr(ctx, "已有待排程的请求，未重复登记：\n",
+                        "Already requested and waiting to be planned, not added again:\n")
+                     + "\n".join(skipped[:20]))  # fmt: skip
     ctx.reply_text("\n".join(parts))
 
 
@@ -315,16 +429,23 @@ async def _request(ctx: Context, args: list[str]) -> None:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("/tasks", ("/任务",), frozenset({"counter"}), "/任务 /tasks：今天的盘点任务", _tasks),
+        Command("/tasks", ("/任务",), frozenset({"counter"}), "/任务 /tasks：今天的盘点任务",
+                "/tasks: today's count tasks", _tasks),
         Command("/count", ("/盘点",), frozenset({"counter"}),
-                "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个", _count),
-        Command("/status", ("/进度",), EVERY_ROLE, "/进度 /status：今天的盘点进度", _status),
+                "/盘点 任务号 数量 /count：快速录入，如 /盘点 123 3箱5个",
+                "/count TASK QUANTITY: quick entry, e.g. /count 123 36", _count),
+        Command("/status", ("/进度",), EVERY_ROLE, "/进度 /status：今天的盘点进度",
+                "/status: today's count progress", _status),
         Command("/accuracy", ("/准确率",), OVERSEERS,
-                "/准确率 [天数] /accuracy：各 ABC 类的库存记录准确率（默认近 30 天，附图）", _accuracy),
-        Command("/variances", ("/差异",), OVERSEERS, "/差异 /variances：等我处理的差异", _variances),
+                "/准确率 [天数] /accuracy：各 ABC 类的库存记录准确率（默认近 30 天，附图）",
+                "/accuracy [DAYS]: record accuracy per ABC class (last 30 days unless given, with a chart)",
+                _accuracy),
+        Command("/variances", ("/差异",), OVERSEERS, "/差异 /variances：等我处理的差异",
+                "/variances: variances waiting for me", _variances),
         Command("/request", ("/复盘",), EVERY_ROLE,
-                "/复盘 编码 [原因] /request：申请临时盘点（物料条码、物料编码或库位）", _request),
-        Command("/help", ("/帮助",), None, "/帮助 /help：显示这条帮助", _help),
+                "/复盘 编码 [原因] /request：申请临时盘点（物料条码、物料编码或库位）",
+                "/request CODE [REASON]: ask for an extra count (item barcode, SKU or location)", _request),
+        Command("/help", ("/帮助",), None, "/帮助 /help：显示这条帮助", "/help: show this help", _help),
     )
 }  # fmt: skip
 ALIASES = {alias: c.name for c in COMMANDS.values() for alias in (c.name, *c.aliases)}
@@ -337,9 +458,13 @@ def _command(text: str) -> tuple[str | None, list[str]]:
     return ALIASES.get(parts[0].lower()), parts[1:]
 
 
-def _who(roles: Iterable[str]) -> str:
+def _who(roles: Iterable[str], lang: Lang = "zh") -> str:
     order = [r.value for r in Role]
-    return "、".join(ROLE_ZH.get(r, r) for r in sorted(roles, key=order.index))
+    ordered = sorted(roles, key=order.index)
+    if lang == "en":
+        names = [ROLE_EN.get(r, r) for r in ordered]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return "、".join(ROLE_ZH.get(r, r) for r in ordered)
 
 
 @router.on(TextMessage)
@@ -351,10 +476,12 @@ async def commands(ctx: Context) -> bool:
     cmd, roles = COMMANDS[name], _roles(ctx)
     if cmd.roles is not None and not roles & cmd.roles:
         if name == "/variances" and "counter" in roles:
-            ctx.reply_text(BLIND)
+            ctx.reply_text(tr(ctx, BLIND, BLIND_EN))
         else:
             alias = cmd.aliases[0]
-            ctx.reply_text(f"抱歉，{alias} 仅限{_who(cmd.roles)}使用。发送 /帮助 查看您可以使用的命令。")
+            ctx.reply_text(tr(ctx, f"抱歉，{alias} 仅限{_who(cmd.roles)}使用。发送 /帮助 查看您可以使用的命令。",
+                              f"Sorry, {cmd.name} is only for {_who(cmd.roles, 'en')}. "
+                              "Send /help to see the commands you can use."))  # fmt: skip
         return True
     await cmd.run(ctx, args)
     return True
@@ -365,7 +492,8 @@ fallback_router = Router()
 
 @fallback_router.on(TextMessage)
 async def fallback(ctx: Context) -> bool:
-    ctx.reply_text("没看懂这条消息。发送 /帮助 查看可用命令。")
+    ctx.reply_text(tr(ctx, "没看懂这条消息。发送 /帮助 查看可用命令。",
+                      "Sorry, I didn't understand that. Send /help to see the commands."))  # fmt: skip
     return True
 
 
@@ -418,11 +546,17 @@ async def _team(session: AsyncSession, user: User) -> tuple[str, dict[int, str]]
     return (team.name if team else ""), {i: n for i, n in rows.all()}
 
 
-async def _resolve_code(session: AsyncSession, code: str) -> list[tuple[int, str]] | str:
+async def _resolve_code(session: AsyncSession, code: str, lang: Lang = "zh") -> list[tuple[int, str]] | str:
     """The item-locations a code names, with a label each, or the message saying why there are none.
 
     An item barcode or SKU names every location holding the item; a location label, or a location code
-    (``WH/CODE`` when the code exists in several warehouses), names every item held there."""
+    (``WH/CODE`` when the code exists in several warehouses), names every item held there. Messages and labels
+    are in ``lang``."""
+    en = lang == "en"
+
+    def label(wh: str, loc: str, name: str, sku: str) -> str:
+        return f"{wh}/{loc} · {name} ({sku})" if en else f"{wh}/{loc} · {name}（{sku}）"
+
     cols: tuple[Any, ...] = (ItemLocation.id, Warehouse.code, Location.code, Item.name, Item.sku)
     base = (
         select(*cols)
@@ -437,8 +571,10 @@ async def _resolve_code(session: AsyncSession, code: str) -> list[tuple[int, str
     if item_id is not None:
         rows = (await session.execute(base.where(ItemLocation.item_id == item_id))).all()
         if not rows:
+            if en:
+                return f"Item {code} has no stock record in any location, so there is nothing to count."
             return f"物料 {code} 目前没有任何库位的库存记录，无法安排盘点。"
-        return [(il, f"{wh}/{loc} · {name}（{sku}）") for il, wh, loc, name, sku in rows]
+        return [(il, label(wh, loc, name, sku)) for il, wh, loc, name, sku in rows]
     locs = list(
         (
             await session.execute(
@@ -460,14 +596,23 @@ async def _resolve_code(session: AsyncSession, code: str) -> list[tuple[int, str
             ).all()
         )
     if not locs:
+        if en:
+            return f"{code} not found: please send an item barcode, an SKU or a location code."
         return f"没有找到 {code}：请发送物料条码、物料编码或库位编码。"
     if len(locs) > 1:
-        whs = "、".join(sorted(w for _, w in locs))
-        return f"库位 {code} 在多个仓库都有（{whs}），请写成 仓库/库位，例如 /复盘 {sorted(w for _, w in locs)[0]}/{code}"
+        whs = sorted(w for _, w in locs)
+        if en:
+            return (
+                f"Location {code} exists in several warehouses ({', '.join(whs)}); "
+                f"write it as WAREHOUSE/LOCATION, e.g. /request {whs[0]}/{code}"
+            )
+        return f"库位 {code} 在多个仓库都有（{'、'.join(whs)}），请写成 仓库/库位，例如 /复盘 {whs[0]}/{code}"
     rows = (await session.execute(base.where(ItemLocation.location_id == locs[0][0]))).all()
     if not rows:
+        if en:
+            return f"Location {code} holds no item with a stock record, so there is nothing to count."
         return f"库位 {code} 目前没有任何物料的库存记录，无法安排盘点。"
-    return [(il, f"{wh}/{loc} · {name}（{sku}）") for il, wh, loc, name, sku in rows]
+    return [(il, label(wh, loc, name, sku)) for il, wh, loc, name, sku in rows]
 
 
 async def _reviewed_by(session: AsyncSession, user_id: int, variance_ids: list[int]) -> set[int]:

@@ -68,6 +68,7 @@ class CountResult:
     duplicate: bool = False
     recount_task: CountTask | None = None
     message_zh: str = ""
+    message_en: str = ""
     understood: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -237,6 +238,7 @@ async def record_count(
         if task.status == TaskStatus.OPEN:
             _task_to(task, workflow.TaskEvent.STARTED, counter_id, now)
         result.message_zh = f"已记录部分数量 {qty}{item.base_unit}；全部数完后请提交合计或完成任务"
+        result.message_en = f"Partial count of {qty} {item.base_unit} recorded; when done, submit the total or finish the task"
         return result
     await _complete_task(session, settings, task, item, counter_id, now, result)
     return result
@@ -252,7 +254,13 @@ async def _already_recorded(session: AsyncSession, dedup_key: str) -> CountResul
     task = await session.get(CountTask, seen.task_id)
     root = (task.parent_task_id or task.id) if task is not None else seen.task_id
     v = (await session.execute(select(Variance).where(Variance.task_id == root))).scalar_one_or_none()
-    return CountResult(seen, v, duplicate=True, message_zh="这条盘点已记录过 / already recorded")
+    return CountResult(
+        seen,
+        v,
+        duplicate=True,
+        message_zh="这条盘点已记录过 / already recorded",
+        message_en="Already recorded",
+    )
 
 
 async def _entries_of(session: AsyncSession, task_id: int) -> set[int]:
@@ -361,14 +369,19 @@ async def _evaluate_first_count(
         else:
             v.closed_at = now  # a match: nothing to adjust
         result.message_zh = "与账面相符 ✓" if var.qty == 0 else "差异在容差内，已自动调整"
+        result.message_en = (
+            "Matches the book ✓" if var.qty == 0 else "Within tolerance, adjusted automatically"
+        )
         return
     # out of tolerance, or stock moved while counting: a blind recount by someone else
     if settings.counting.max_recounts > 0:
         result.recount_task = await _open_recount(session, v, task, actor_id, now, settings.tz)
         result.message_zh = "已记录，请稍候：这一项需要另一位同事复盘"
+        result.message_en = "Recorded. A colleague will recount this one"
     else:
         _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now)
         result.message_zh = "已记录，差异已提交主管审核"
+        result.message_en = "Recorded; the difference goes to a supervisor for review"
 
 
 async def _open_recount(
@@ -438,11 +451,15 @@ async def _evaluate_recount(
         for e in (await session.execute(select(CountEntry).where(CountEntry.task_id == v.task_id))).scalars():
             e.overturned = True  # the first counter's quality record
         result.message_zh = "复盘与账面相符，首次盘点有误；差异关闭，不调整"
+        result.message_en = (
+            "The recount matches the book, so the first count was off; closed with no adjustment"
+        )
     elif vs_first.hit:
         _move_variance(v, VarianceEvent.RECOUNT_CONFIRMED_COUNT, actor_id, now, recount=counted)
         _move_variance(v, VarianceEvent.REVIEW_STARTED, None, now)
         await _suggest(session, settings, v)
         result.message_zh = "复盘确认了差异，已提交主管审核"
+        result.message_en = "The recount confirms the difference; sent to a supervisor for review"
     else:
         _move_variance(
             v, VarianceEvent.RECOUNT_DISAGREED, actor_id, now, recount=counted, first=v.counted_qty
@@ -452,8 +469,10 @@ async def _evaluate_recount(
             assert parent is not None
             result.recount_task = await _open_recount(session, v, parent, actor_id, now, settings.tz)
             result.message_zh = "两次盘点不一致，已安排第三次盘点"
+            result.message_en = "The two counts disagree; a third count has been scheduled"
         else:
             result.message_zh = "两次盘点不一致，请主管裁定"
+            result.message_en = "The two counts disagree; a supervisor will decide"
 
 
 async def _suggest(session: AsyncSession, settings: Settings, v: Variance) -> None:
