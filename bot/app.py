@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pandian.app")
 
 APP_KEY = web.AppKey("pandian", dict)
+OUTBOX_PASS = 50  # rows claimed per outbox pass
 
 
 class Metrics:
@@ -294,7 +295,9 @@ def build_app(settings: Settings) -> web.Application:
         async def loop() -> None:
             while True:
                 try:
-                    await deliver_due(sessionmaker, channels)
+                    counts = await deliver_due(sessionmaker, channels, limit=OUTBOX_PASS)
+                    if sum(counts.values()) >= OUTBOX_PASS:
+                        continue  # a full pass: more is probably waiting, go on at once
                 except Exception:
                     log.exception("outbox pass failed")
                 with contextlib.suppress(TimeoutError):

@@ -31,28 +31,13 @@ from bot.events import Platform
 from bot.logs import tracing
 from core.batching import GroupCommit
 from core.db import dialect_insert
-from core.models import InboundSeen, OutboxMessage
+from core.models import OutboxMessage
 
 log = logging.getLogger("pandian.outbox")
 
 MAX_ATTEMPTS = 8
 LEASE = timedelta(seconds=60)
 PER_USER_PER_MINUTE = {Platform.WECOM: 30, Platform.FEISHU: 5 * 60, Platform.DINGTALK: 20 * 60}
-
-
-async def first_delivery(
-    session: AsyncSession,
-    dedup_key: str,
-    now: datetime | None = None,
-    event: dict[str, Any] | None = None,
-) -> bool:
-    """Record an inbound event's dedup key (and the event, until it is processed); False when it was seen
-    before (a platform retry)."""
-    stmt = dialect_insert(session, InboundSeen).values(
-        dedup_key=dedup_key, received_at=now or datetime.now(UTC), event=event, attempts=0
-    )
-    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["dedup_key"]))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def enqueue(

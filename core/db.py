@@ -120,12 +120,14 @@ class WriteGate:
             self.waits["urgent" if urgent else "normal"] += 1
             try:
                 await_only(asyncio.wait_for(asyncio.shield(fut), self.wait_s))
-            except TimeoutError as exc:
-                fut.cancel()
-                self._release(dbapi)  # in case it was handed the gate just as the wait timed out
-                raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError(
-                    f"waited {self.wait_s:.0f} s for SQLite's write lock: is a transaction open inside another?"
-                )) from exc  # fmt: skip
+            except BaseException as exc:  # timed out, or the waiting task was cancelled (shutdown)
+                fut.cancel()  # no longer waiting: never hand it the gate
+                self._release(dbapi)  # in case it was handed the gate just as the wait ended
+                if isinstance(exc, TimeoutError):
+                    raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError(
+                        f"waited {self.wait_s:.0f} s for SQLite's write lock: is a transaction open inside another?"
+                    )) from exc  # fmt: skip
+                raise
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.cards.capabilities import WECOM
 from bot.channel import Address, ChannelError, SentRef
 from bot.events import Platform
-from bot.outbox import MAX_ATTEMPTS, SENDS_IN_FLIGHT, backoff, deliver_due, enqueue, first_delivery
+from bot.outbox import MAX_ATTEMPTS, SENDS_IN_FLIGHT, backoff, deliver_due, enqueue
 from core.db import make_engine, make_sessionmaker
 from core.models import OutboxMessage
 
@@ -394,9 +394,3 @@ async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
     assert counts == {"sent": 12, "retry": 0, "failed": 0, "deferred": 3}
     assert ch.order == {"anna": ["anna0", "anna1"], "bo": [f"bo{i}" for i in range(5)],
                         "g1": [f"grp{i}" for i in range(5)]}  # fmt: skip
-
-
-async def test_inbound_dedup(session: AsyncSession) -> None:
-    assert await first_delivery(session, "wecom:msg:1", NOW)
-    assert not await first_delivery(session, "wecom:msg:1", NOW)
-    assert await first_delivery(session, "wecom:msg:2", NOW)

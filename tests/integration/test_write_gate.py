@@ -83,3 +83,34 @@ async def test_a_failed_transaction_frees_the_gate(engines) -> None:  # type: ig
         await c.execute(text("INSERT INTO log VALUES ('after')"))
     async with background.begin() as c:
         assert (await c.execute(text("SELECT who FROM log"))).scalars().all() == ["after"]
+
+
+async def test_a_waiter_cancelled_in_the_queue_is_skipped(engines) -> None:  # type: ignore[no-untyped-def]
+    """Shutdown cancels background loops that may be queued at the gate: the gate must not be handed to them."""
+    _gate, background, _urgent = engines
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def hold() -> None:
+        async with background.begin() as c:
+            await c.execute(text("INSERT INTO log VALUES ('holder')"))
+            holding.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with background.begin() as c:
+            await c.execute(text("INSERT INTO log VALUES ('cancelled')"))
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    queued = asyncio.create_task(waiter())
+    await asyncio.sleep(0.05)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    release.set()
+    await holder
+    async with background.begin() as c:  # handed to the cancelled waiter, this would fail after wait_s
+        await c.execute(text("INSERT INTO log VALUES ('next')"))
+    async with background.connect() as c:
+        assert (await c.execute(text("SELECT who FROM log"))).scalars().all() == ["holder", "next"]
