@@ -97,9 +97,10 @@ AfterHandle = Callable[[AsyncSession, str], Awaitable[Any]]
 REPLAY_AFTER = timedelta(minutes=2)  # an acknowledged event still unprocessed this long after arriving
 MAX_ATTEMPTS = 5
 BOOKKEEPING = frozenset({"inbound_seen", "outbox_message"})
-# Acks first, also for the CPU: while this many callbacks are being acknowledged at once (a burst), a worker
-# waits before its next event, up to ACK_YIELD_S, so the platform is answered in time; the backlog is durable
-ACK_PRESSURE = 2
+# Acks first, also for the CPU: while callbacks are being acknowledged and recent acknowledgements took longer
+# than ACK_SLOW_MS (a burst is eating the budget), a worker waits before its next event, up to ACK_YIELD_S. The
+# backlog is durable; when acks are quick, workers run at full speed.
+ACK_SLOW_MS = 20.0
 ACK_YIELD_S = 0.5
 
 
@@ -181,6 +182,7 @@ class Dispatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._accept = GroupCommit(self._record_batch)
         self._acking = 0  # callbacks being acknowledged right now
+        self._ack_ms = 0.0  # recent acknowledgement time (moving average of the durable dedup step)
         self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0,
                       "replayed": 0, "overflow": 0, "skipped_processed": 0, "yields": 0}  # fmt: skip
 
@@ -223,11 +225,13 @@ class Dispatcher:
     async def submit(self, event: InboundEvent, trace_id: str | None = None) -> bool:
         """Accept, then queue for the workers. Returns False for a duplicate (nothing queued)."""
         self._acking += 1
+        started = time.perf_counter()
         try:
             if not await self.accept(event):
                 return False
         finally:
             self._acking -= 1
+            self._ack_ms = 0.8 * self._ack_ms + 0.2 * (time.perf_counter() - started) * 1000
         self._start_workers()
         try:
             self._queue.put_nowait((event, trace_id or trace_id_var.get() or new_trace_id()))
@@ -247,7 +251,7 @@ class Dispatcher:
         while True:
             event, trace_id = await self._queue.get()
             waited = 0.0
-            while self._acking >= ACK_PRESSURE and waited < ACK_YIELD_S:
+            while self._acking and self._ack_ms > ACK_SLOW_MS and waited < ACK_YIELD_S:
                 self.stats["yields"] += 1
                 await asyncio.sleep(0.01)
                 waited += 0.01
