@@ -11,6 +11,8 @@ once, queues nothing twice:
 - an open approval step     -> an approval card to each holder of the role     (``approval:<variance>:<seq>``)
 - a step decided / a review done -> every copy sent about it is updated in place to show the outcome and who
   acted (copies not yet sent are cancelled instead).
+- a recount task closed     -> its recount card is updated in place the same way: recorded (by whom, when) or
+  cancelled, no buttons left, and still no quantity (a copy not yet sent is cancelled).
 
 Whoever counted or reviewed a line never gets its approval card, and a card gives nobody rights: every button
 goes through the same core service checks as the CLI.
@@ -45,7 +47,7 @@ from bot.notify import _IDS, address_for
 from bot.outbox import enqueue
 from bot.photos import signed_url
 from core.config import Settings
-from core.enums import OPEN_STATUSES, ApprovalDecision, Role, TaskReason
+from core.enums import OPEN_STATUSES, ApprovalDecision, CountOutcome, Role, TaskReason, TaskStatus
 from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
 from core.variance.service import dossier, escalate_step
 from core.variance.tolerance import Severity
@@ -324,14 +326,17 @@ async def sync_cards(
             out.approval += await send_card(session, settings, person, card, key=f"{subject}:{person.id}",
                                             subject=subject, now=now, trace_id=trace_id,
                                             photos=await photo_refs(session, v.id))  # fmt: skip
-    # 4. cards overtaken by a decision or a review: update every copy in place (cancel unsent ones)
+    # 4. cards overtaken by a decision, a review or a closed recount: update every copy in place (cancel unsent
+    #    ones)
     upd = aliased(OutboxMessage)
     sent = (
         await session.execute(
             select(OutboxMessage).where(
                 OutboxMessage.kind == "card",
                 OutboxMessage.state.in_(("pending", "sending", "sent")),
-                OutboxMessage.subject.like("approval:%") | OutboxMessage.subject.like("review:%"),
+                OutboxMessage.subject.like("approval:%")
+                | OutboxMessage.subject.like("review:%")
+                | OutboxMessage.subject.like("recount:%"),
                 ~select(upd.id)
                 .where(upd.idempotency_key == literal("upd:").concat(cast(OutboxMessage.id, String)))
                 .exists(),
@@ -339,7 +344,10 @@ async def sync_cards(
         )
     ).scalars()
     for row in list(sent):
-        new_card = await _overtaken(session, settings, row, tz, now)
+        platform = Platform(row.platform)
+        user = await _user_at(session, platform, (row.address or {}).get("user_id"))
+        lang = lang_of(settings, user)
+        new_card = await _overtaken(session, settings, row, tz, now, lang)
         if new_card is None:
             continue
         if row.state == "pending":
@@ -348,11 +356,9 @@ async def sync_cards(
             continue
         if row.state == "sending" or not row.sent_ref:
             continue  # a worker is sending it right now: the next pass updates it
-        platform = Platform(row.platform)
-        user = await _user_at(session, platform, (row.address or {}).get("user_id"))
-        lang = lang_of(settings, user)
-        refs = await photo_refs(session, int(str(row.subject).split(":")[1]))
-        new_card = with_photos(new_card, settings, refs, now, lang)
+        if not str(row.subject).startswith("recount:"):  # a recount card is blind: no count photos on it
+            refs = await photo_refs(session, int(str(row.subject).split(":")[1]))
+            new_card = with_photos(new_card, settings, refs, now, lang)
         body = {"ref": row.sent_ref, "card": render(platform, new_card, settings, now, lang)}
         to = Address(platform, (row.address or {}).get("user_id"), (row.address or {}).get("chat_id"))
         out.updated += await enqueue(session, idempotency_key=f"upd:{row.id}", to=to, kind="update", body=body,
@@ -368,9 +374,10 @@ async def _user_at(session: AsyncSession, platform: Platform, ident: str | None)
 
 
 async def _overtaken(
-    session: AsyncSession, settings: Settings, row: OutboxMessage, tz: Any, now: datetime
+    session: AsyncSession, settings: Settings, row: OutboxMessage, tz: Any, now: datetime, lang: Lang
 ) -> Card | None:
-    """The card that should now replace ``row``'s, or None while its subject is still open."""
+    """The card that should now replace ``row``'s (in its recipient's ``lang``), or None while its subject is
+    still open."""
     assert row.subject is not None
     ref = str((row.body.get("card") or {}).get("task_id") or f"upd-{row.id}")
     parts = row.subject.split(":")
@@ -398,15 +405,16 @@ async def _overtaken(
         data = approval.ApprovalRequest(facts, seq, Role(role), v.reason_code if v else None,
                                         v.reason_note if v else None, reviewer.name if reviewer else None)  # fmt: skip
         if escalated:
-            to = approval.role_name(Role(step.role), lang_of(settings, None))
+            to = approval.role_name(Role(step.role), lang)
             return approval.approval_decided(
-                data, decision=ApprovalDecision.ESCALATED, decided_by="系统", decided_at=now.astimezone(tz),
-                comment=f"已转交{to}", ref=ref, reasons=reasons,
+                data, decision=ApprovalDecision.ESCALATED, decided_by=pick(lang, "系统", "System"),
+                decided_at=now.astimezone(tz), comment=pick(lang, f"已转交{to}", f"passed on to {to}"), lang=lang,
+                ref=ref, reasons=reasons,
             )  # fmt: skip
         assert step.decided_at is not None
         return approval.approval_decided(
             data, decision=ApprovalDecision(step.decision), decided_by=who.name if who else "?",
-            decided_at=step.decided_at.astimezone(tz), comment=step.comment, ref=ref, reasons=reasons,
+            decided_at=step.decided_at.astimezone(tz), comment=step.comment, lang=lang, ref=ref, reasons=reasons,
         )  # fmt: skip
     if parts[0] == "review":
         vid = int(parts[1])
@@ -421,8 +429,51 @@ async def _overtaken(
         who = await session.get(User, v.reviewer_id)
         facts = await variance_facts(session, vid)
         return review.reviewed(facts, reviewer=who.name if who else "?", reason_code=v.reason_code,
-                               note=v.reason_note, ref=ref, reasons=reasons)  # fmt: skip
+                               note=v.reason_note, lang=lang, ref=ref, reasons=reasons)  # fmt: skip
+    if parts[0] == "recount":
+        return await _recount_closed(session, int(parts[1]), tz, lang, ref)
     return None
+
+
+_RECOUNT_OUTCOME = {
+    CountOutcome.COUNTED: recount.RecountClosed.COUNTED,
+    CountOutcome.FOUND_UNLISTED: recount.RecountClosed.COUNTED,
+    CountOutcome.NOT_HERE: recount.RecountClosed.NOT_FOUND,
+    CountOutcome.EMPTY: recount.RecountClosed.EMPTY,
+}
+
+
+async def _recount_closed(session: AsyncSession, task_id: int, tz: Any, lang: Lang, ref: str) -> Card | None:
+    """The final recount card for a closed recount task (counted or cancelled), or None while it is open.
+    Blind like the request: the last count's outcome, who recorded it and when, never a quantity."""
+    task = await session.get(CountTask, task_id)
+    if task is None or task.status in OPEN_STATUSES:
+        return None
+    item, loc = await session.get(Item, task.item_id), await session.get(Location, task.location_id)
+    if item is None or loc is None:
+        return None
+    data = recount.RecountRequest(task.id, ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit))
+    if task.status == TaskStatus.CANCELLED:
+        at = task.closed_at.astimezone(tz) if task.closed_at else None
+        return recount.closed(data, outcome=recount.RecountClosed.CANCELLED, at=at, lang=lang, ref=ref)
+    last = (
+        await session.execute(
+            select(CountEntry, User)
+            .join(User, User.id == CountEntry.counter_id)
+            .where(
+                CountEntry.task_id == task.id,
+                CountEntry.superseded_by_id.is_(None) | (CountEntry.superseded_by_id != CountEntry.id),
+            )  # an entry superseded by itself was undone
+            .order_by(CountEntry.counted_at.desc(), CountEntry.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if last is None:  # done without a count of its own: say it is recorded, nothing more
+        return recount.closed(data, outcome=recount.RecountClosed.COUNTED, lang=lang, ref=ref)
+    entry, counter = last
+    outcome = _RECOUNT_OUTCOME.get(CountOutcome(entry.outcome), recount.RecountClosed.COUNTED)
+    return recount.closed(data, outcome=outcome, by=counter.name, at=entry.counted_at.astimezone(tz), lang=lang,
+                          ref=ref)  # fmt: skip
 
 
 async def remember_update_token(session: AsyncSession, platform: Platform, user_id: str, card_ref: str | None,
