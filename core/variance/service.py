@@ -410,12 +410,19 @@ async def _open_recount(
     )  # fmt: skip
     chosen = min(candidates, key=lambda u: (u.team_id != team, loads.get(u.id, 0), u.employee_no))
     v.recounts += 1
+    # keyed by the counted task and its recounts so far, cancelled ones included: an undone count's variance is
+    # deleted, and SQLite hands its id to the next one, so a key from the variance id could repeat
+    earlier = await session.scalar(
+        select(func.count()).where(
+            CountTask.parent_task_id == task.id, CountTask.reason == TaskReason.RECOUNT
+        )
+    )
     recount = CountTask(
         plan_date=now.astimezone(tz).date(), due_date=now.astimezone(tz).date(), warehouse_id=task.warehouse_id,
         location_id=task.location_id,
         item_id=task.item_id, item_location_id=task.item_location_id, abc_class=task.abc_class,
         reason=TaskReason.RECOUNT, priority=1, status=TaskStatus.OPEN, assignee_id=chosen.id,
-        est_minutes=float(task.est_minutes), cycle_key=f"recount:{v.id}:{v.recounts}", parent_task_id=task.id,
+        est_minutes=float(task.est_minutes), cycle_key=f"recount:{task.id}:{int(earlier or 0) + 1}", parent_task_id=task.id,
         created_at=now,
     )  # fmt: skip
     session.add(recount)

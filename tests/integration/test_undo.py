@@ -290,3 +290,31 @@ async def test_service_partial_counts_and_a_book_reimported_after_the_adjustment
 async def test_undo_by_someone_who_is_not_a_counter(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     d, _ = await setup(sessionmaker)
     assert "只有盘点员" in await Chat(d, sessionmaker, "boss").say("撤销")
+
+
+async def test_count_again_after_undo_gets_a_new_recount(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """Undo an out-of-tolerance count whose recount was not started, then count it out of tolerance again: a
+    second recount is created (on SQLite the new variance reuses the deleted one's id; the recount's key must
+    not collide with the cancelled recount's)."""
+    d, _ids = await setup(sessionmaker, counters=2)
+    lina = Chat(d, sessionmaker, "u1")
+    await lina.say("开始")
+    await lina.say("5")  # book 10: a recount for u2
+    await lina.say("撤销")
+    await lina.say("4")  # back on the same task: out of tolerance again
+    async with sessionmaker() as s:
+        recounts = (
+            (
+                await s.execute(
+                    select(CountTask).where(CountTask.reason == TaskReason.RECOUNT).order_by(CountTask.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        assert [r.status for r in recounts] == [TaskStatus.CANCELLED, TaskStatus.OPEN]
+        assert recounts[0].cycle_key != recounts[1].cycle_key
+        assert (await s.execute(select(Variance))).scalar_one().counted_qty == 4
+    assert d.stats["errors"] == 0
