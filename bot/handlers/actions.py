@@ -72,6 +72,11 @@ def _subject(p: Payload) -> str | None:
         return f"approval:{p.variance_id}:{p.step_seq}"
     if isinstance(p, SubmitReason):
         return f"review:{p.variance_id}"
+    # a recount card's buttons (a daily task card has no copy under this subject, so nothing matches there)
+    if isinstance(p, StartCounting) and len(p.task_ids) == 1:
+        return f"recount:{p.task_ids[0]}"
+    if isinstance(p, CannotFind):
+        return f"recount:{p.task_id}"
     return None
 
 

@@ -70,6 +70,7 @@ class RecordingChannel:
         self.platform = platform
         self.capabilities = CAPS[platform]
         self.sent: list[tuple[str, str, Any]] = []  # (kind, idempotency key or updated message id, body)
+        self.update_tokens: list[str | None] = []  # the token each update used (WeCom's ResponseCode)
 
     def _ref(self, card_ref: str | None = None) -> SentRef:
         n = len(self.sent)
@@ -85,6 +86,7 @@ class RecordingChannel:
 
     async def update_card(self, ref: SentRef, card: dict[str, Any]) -> SentRef:
         self.sent.append(("update", str(ref.message_id), card))
+        self.update_tokens.append(ref.update_token)
         return ref
 
     async def send_image(self, to: Address, data: Any, *, idempotency_key: str) -> SentRef:
@@ -150,10 +152,13 @@ class Flow:
         await self.d.drain()
         assert self.d.stats["errors"] == 0
 
-    async def press(self, who: str, card: dict[str, Any], label: str) -> None:
+    async def press(
+        self, who: str, card: dict[str, Any], label: str, *, update_token: str | None = None
+    ) -> None:
         key, at = self._next()
         sender = Sender(self.platform, self.ids[who])
-        event = CardAction(self.platform, key, sender, at, payload=button(self.platform, card, label))
+        event = CardAction(self.platform, key, sender, at, payload=button(self.platform, card, label),
+                           card_ref=card.get("task_id") or card.get("ref"), update_token=update_token)  # fmt: skip
         assert await self.d.submit(event)
         await self.d.drain()
         assert self.d.stats["errors"] == 0
@@ -280,6 +285,22 @@ async def test_recount_counted_on_the_card_updates_the_card_in_place(
     await flow.say("WH1-E01", "/任务")
     await flow.deliver()
     assert len(flow.channel.updates()) == 1
+
+
+async def test_the_press_code_is_what_updates_a_wecom_recount_card(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """WeCom gives a fresh single-use ResponseCode with each press (valid 72 h); the card's update must use it,
+    not the code from the original send."""
+    flow = Flow(sessionmaker, Platform.WECOM)
+    await flow.set_up()
+    rc = await flow.first_count()
+    await flow.deliver()
+    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    await flow.press("WH1-E02", card, "开始复盘", update_token="code-from-the-press")
+    await flow.say("WH1-E02", RECOUNT)
+    await flow.deliver()
+    assert flow.channel.update_tokens == ["code-from-the-press"]
 
 
 async def test_cannot_find_on_the_card_closes_it_as_not_found(
