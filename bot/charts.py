@@ -162,16 +162,23 @@ async def accuracy_chart(rows: Sequence[ClassAccuracy], *, days: int) -> Chart:
     return chart
 
 
-def accuracy_text(rows: Sequence[ClassAccuracy], *, days: int) -> str:
+def accuracy_text(rows: Sequence[ClassAccuracy], *, days: int, lang: str = "zh") -> str:
     """The same figures as a short text: always sent, and all there is when the picture cannot be."""
-    lines = [f"近 {days} 天库存记录准确率（按 ABC 分类，首次盘点）："]
+    en = lang == "en"
+    if en:
+        lines = [f"Inventory record accuracy, last {days} days (by ABC class, first counts):"]
+    else:
+        lines = [f"近 {days} 天库存记录准确率（按 ABC 分类，首次盘点）："]
     for r in rows:
-        name = "合计" if r.label == "total" else f"{r.label} 类"
+        total = r.label == "total"
+        name = ("Total" if total else f"Class {r.label}") if en else ("合计" if total else f"{r.label} 类")
         if r.counts == 0:
-            lines.append(f"{name}：无盘点")
+            lines.append(f"{name}: no counts" if en else f"{name}：无盘点")
             continue
+        hit, qty, value = _pct(r.hit_rate), _pct(r.unit_accuracy), _pct(r.value_accuracy)
         lines.append(
-            f"{name}：{_pct(r.hit_rate)}（{r.hits}/{r.counts} 次在容差内），"
-            f"数量 {_pct(r.unit_accuracy)}，金额 {_pct(r.value_accuracy)}"
+            f"{name}: {hit} ({r.hits}/{r.counts} within tolerance), quantity {qty}, value {value}"
+            if en
+            else f"{name}：{hit}（{r.hits}/{r.counts} 次在容差内），数量 {qty}，金额 {value}"
         )
     return "\n".join(lines)

@@ -279,9 +279,7 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
             if r is not None
             else ClassAccuracy(label, 0, 0, None, None, None)
         )
-    ctx.reply_text(
-        _accuracy_text_en(rows, days=days) if lang(ctx) == "en" else accuracy_text(rows, days=days)
-    )
+    ctx.reply_text(accuracy_text(rows, days=days, lang=lang(ctx)))
     store = ctx.services.get("photos")
     if store is None or rows[-1].counts == 0:
         return  # nothing to draw, or nowhere to keep the picture for the outbox: the text is the answer
@@ -297,25 +295,6 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
         return [("image", {"image": ref, "path": str(store.path(ref).resolve())})]
 
     ctx.after_commit(draw)
-
-
-def _accuracy_text_en(rows: list[ClassAccuracy], *, days: int) -> str:
-    """``bot.charts.accuracy_text`` in English: the same figures, the same order."""
-
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{x * 100:.1f}%"
-
-    lines = [f"Inventory record accuracy, last {days} days (by ABC class, first counts):"]
-    for r in rows:
-        name = "Total" if r.label == "total" else f"Class {r.label}"
-        if r.counts == 0:
-            lines.append(f"{name}: no counts")
-            continue
-        lines.append(
-            f"{name}: {pct(r.hit_rate)} ({r.hits}/{r.counts} within tolerance), "
-            f"quantity {pct(r.unit_accuracy)}, value {pct(r.value_accuracy)}"
-        )
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ /variances
