@@ -38,7 +38,7 @@ Kinds and columns (* = required)
                 zone are local (``tz``). Each line gets a stable ``import_key`` so re-importing adds nothing.
     users       姓名/name*, 工号/employee_no*, 角色/roles, 团队/team, 库区/zones, 企业微信/wecom_userid,
                 飞书/feishu_open_id, 钉钉/dingtalk_userid, 日产能(分钟)/capacity_minutes,
-                不可用日期/unavailable.
+                不可用日期/unavailable, 语言/locale (中文/zh-CN or 英文/en: cards and chat replies).
                 roles: separated by , ， 、 ; ； or spaces: 仓管员/盘点员/counter, 主管/supervisor,
                 财务/finance, 经理/manager, 管理员/admin (new users without roles are counters).
                 zones: ``WAREHOUSE/ZONE`` codes (``SH01/A``), separated like roles; a bare zone code (``A区``)
@@ -286,6 +286,7 @@ SPECS: dict[str, tuple[Col, ...]] = {
         Col("dingtalk_userid", "钉钉", "dingtalk_userid", ("钉钉id", "dingtalk"), 100),
         Col("capacity_minutes", "日产能(分钟)", "capacity_minutes", ("日产能", "产能(分钟)", "capacity")),
         Col("unavailable", "不可用日期", "unavailable", ("请假日期", "unavailable_dates")),
+        Col("locale", "语言", "locale", ("language", "lang"), 10),
     ),
 }
 
@@ -550,6 +551,24 @@ def parse_roles(v: Any) -> list[str]:
         if role.value not in roles:
             roles.append(role.value)
     return roles
+
+
+_LOCALES = {
+    "zh": "zh-CN", "zh-cn": "zh-CN", "中文": "zh-CN", "简体中文": "zh-CN", "chinese": "zh-CN",
+    "en": "en", "en-us": "en-US", "en-gb": "en-GB", "英文": "en", "英语": "en", "english": "en",
+}  # fmt: skip
+
+
+def parse_locale(v: Any) -> str:
+    """The language a user reads cards and chat replies in: 中文 or English (Chinese is the default)."""
+    text = str(v).strip()
+    locale = _LOCALES.get(text.casefold().replace("_", "-"))
+    if locale is None:
+        raise BadValue(
+            f"“{text}” 不是支持的语言，请填写 中文 或 英文（zh-CN / en）",
+            f'"{text}" is not a supported language; use zh-CN or en',
+        )
+    return locale
 
 
 _DATE_RE = re.compile(
@@ -1989,6 +2008,7 @@ class _UserRec:
     dingtalk_userid: str | None
     capacity_minutes: int | None
     unavailable: list[date] | None
+    locale: str | None
 
     def digest(self) -> int:
         return _digest(
@@ -2001,6 +2021,7 @@ class _UserRec:
             self.dingtalk_userid,
             self.capacity_minutes,
             self.unavailable,
+            self.locale,
         )
 
 
@@ -2030,6 +2051,7 @@ class _Users(_Importer):
             r.text("dingtalk_userid"),
             cap,
             r.parsed("unavailable", parse_date_list),
+            r.parsed("locale", parse_locale),
         )
 
     async def _zone_index(self) -> tuple[dict[str, int], dict[str, list[int]]]:
@@ -2136,6 +2158,7 @@ class _Users(_Importer):
                         User.wecom_userid,
                         User.feishu_open_id,
                         User.dingtalk_userid,
+                        User.locale,
                     ).where(User.employee_no.in_(chunk))
                 )
                 existing.update((row.employee_no, row) for row in rows)
@@ -2152,6 +2175,8 @@ class _Users(_Importer):
                 for col in _PLATFORM_IDS:
                     if getattr(r, col):
                         vals[col] = getattr(r, col)
+                if r.locale:
+                    vals["locale"] = r.locale
                 cur = existing.get(r.employee_no)
                 if cur is None:
                     vals.setdefault("roles", [Role.COUNTER.value])

@@ -693,3 +693,25 @@ async def test_100k_rows_with_bounded_memory(session: AsyncSession, tmp_path: Pa
     assert len(calls) >= 10 and calls[-1] == n and calls == sorted(calls)
     assert peak < all_rows / 2, (peak, all_rows)
     assert peak < 60e6
+
+
+async def test_users_language_column(session: AsyncSession, tmp_path: Path) -> None:
+    """语言/locale sets the language a user reads cards and chat replies in; a bad value names the row."""
+    await setup_master_data(session, tmp_path)
+    good = write_csv(
+        tmp_path / "users.csv",
+        [
+            ["姓名", "工号", "语言"],
+            ["Anna", "E010", "英文"],
+            ["张三", "E011", "中文"],
+            ["李四", "E012", None],
+        ],
+    )
+    report = await run(session, good)
+    assert report.created == 3
+    users = {u.employee_no: u for u in await session.scalars(select(User))}
+    assert (users["E010"].locale, users["E011"].locale, users["E012"].locale) == ("en", "zh-CN", None)
+    bad = write_csv(tmp_path / "users2.csv", [["姓名", "工号", "language"], ["Bob", "E013", "klingon"]])
+    with pytest.raises(ImportFailed) as err:
+        await run(session, bad)
+    assert "klingon" in str(err.value) and "zh-CN or en" in str(err.value)
