@@ -34,6 +34,7 @@ from core.models import (
     Adjustment,
     AdjustmentLine,
     ApprovalStep,
+    AuditEvent,
     CountEntry,
     CountTask,
     Item,
@@ -124,6 +125,19 @@ async def _counters_of(session: AsyncSession, task_id: int) -> set[int]:
     return set(
         (await session.execute(select(CountEntry.counter_id).where(CountEntry.task_id.in_(ids)))).scalars()
     )
+
+
+async def _fresh_variance_id(session: AsyncSession) -> int:
+    """A variance id never used before. SQLite gives a new row the highest id + 1, so the variance of a count
+    that was undone (deleted, with a "voided" audit record) would hand its id to the next one; and ids key the
+    cards and messages about a variance (``review:<id>``), which would then look already sent. The audit trail
+    remembers every id ever created. (PostgreSQL's sequence never reuses one; SQLite's writers take turns, so
+    there is no race.)"""
+    rows = await session.scalar(select(func.max(Variance.id)))
+    audited = await session.scalar(
+        select(func.max(AuditEvent.entity_id)).where(AuditEvent.entity == "variance")
+    )
+    return max(int(rows or 0), int(audited or 0)) + 1
 
 
 async def _moved_near(session: AsyncSession, il_id: int, at: datetime, minutes: int) -> bool:
@@ -354,6 +368,8 @@ async def _evaluate_first_count(
         severity=a.severity.value if not moved or not a.within_tolerance else Severity.MINOR.value,
         within_tolerance=a.within_tolerance, hit=a.hit, moved_during_count=moved, created_at=now,
     )  # fmt: skip
+    if session.get_bind().dialect.name == "sqlite":
+        v.id = await _fresh_variance_id(session)
     session.add(v)
     await session.flush()
     audit.record(session, "variance", v.id, "created", actor_id=actor_id, to_state=state.value, at=now,

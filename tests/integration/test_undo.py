@@ -296,12 +296,14 @@ async def test_count_again_after_undo_gets_a_new_recount(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     """Undo an out-of-tolerance count whose recount was not started, then count it out of tolerance again: a
-    second recount is created (on SQLite the new variance reuses the deleted one's id; the recount's key must
-    not collide with the cancelled recount's)."""
+    second recount is created, under a new variance id, with a key that does not collide with the cancelled
+    recount's."""
     d, _ids = await setup(sessionmaker, counters=2)
     lina = Chat(d, sessionmaker, "u1")
     await lina.say("开始")
     await lina.say("5")  # book 10: a recount for u2
+    async with sessionmaker() as s:
+        undone = (await s.execute(select(Variance))).scalar_one().id
     await lina.say("撤销")
     await lina.say("4")  # back on the same task: out of tolerance again
     async with sessionmaker() as s:
@@ -316,5 +318,9 @@ async def test_count_again_after_undo_gets_a_new_recount(
         )
         assert [r.status for r in recounts] == [TaskStatus.CANCELLED, TaskStatus.OPEN]
         assert recounts[0].cycle_key != recounts[1].cycle_key
-        assert (await s.execute(select(Variance))).scalar_one().counted_qty == 4
+        again = (await s.execute(select(Variance))).scalar_one()
+        assert again.counted_qty == 4
+        # a new id, never the undone one's: ids key the cards and messages about a variance (review:<id>), so a
+        # reused id would look as if its cards had been sent already (SQLite hands out max(id) + 1)
+        assert again.id != undone
     assert d.stats["errors"] == 0
