@@ -26,7 +26,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from importlib import import_module
 from pathlib import Path
@@ -327,12 +327,14 @@ async def sync_cards(
                                             subject=subject, now=now, trace_id=trace_id,
                                             photos=await photo_refs(session, v.id))  # fmt: skip
     # 4. cards overtaken by a decision, a review or a closed recount: update every copy in place (cancel unsent
-    #    ones)
+    #    ones). Only copies younger than card_max_age_days: older buttons are refused anyway, WeCom's update codes
+    #    expire after 72 h, and the scan stays bounded however long the outbox grows
     upd = aliased(OutboxMessage)
     sent = (
         await session.execute(
             select(OutboxMessage).where(
                 OutboxMessage.kind == "card",
+                OutboxMessage.created_at >= now - timedelta(days=settings.server.card_max_age_days),
                 OutboxMessage.state.in_(("pending", "sending", "sent")),
                 OutboxMessage.subject.like("approval:%")
                 | OutboxMessage.subject.like("review:%")

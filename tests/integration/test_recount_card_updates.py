@@ -350,6 +350,29 @@ async def test_recount_from_the_cli_updates_the_card_in_the_counters_language(
     assert_blind(updated)
 
 
+async def test_a_card_older_than_card_max_age_is_left_alone(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """A recount closed long after its card went out (its buttons are refused by now, and WeCom's update codes
+    last 72 h): no update is queued for that old copy."""
+    flow = Flow(sessionmaker, Platform.WECOM)
+    await flow.set_up()
+    rc = await flow.first_count()
+    await flow.deliver()
+    assert flow.channel.cards(f"recount:{rc.id}")
+    async with sessionmaker() as s, s.begin():
+        assert rc.assignee_id is not None
+        await wf.record_count(s, SETTINGS, task_id=rc.id, counter_id=rc.assignee_id, text=RECOUNT,
+                              counted_at=T0 + timedelta(days=8))  # fmt: skip
+    async with sessionmaker() as s, s.begin():
+        done = await sync_cards(
+            s, SETTINGS, T0 + timedelta(days=SETTINGS.server.card_max_age_days, minutes=1)
+        )
+    assert done.updated == 0 and done.cancelled == 0
+    async with sessionmaker() as s, s.begin():  # the same close seen within the window would update it
+        assert (await sync_cards(s, SETTINGS, T0 + timedelta(days=1))).updated == 1
+
+
 @pytest.mark.parametrize("platform", PLATFORMS, ids=lambda p: p.value)
 async def test_undo_of_the_first_count_cancels_the_recount_card(
     sessionmaker: async_sessionmaker[AsyncSession], platform: Platform
