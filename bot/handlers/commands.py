@@ -312,40 +312,36 @@ async def _variances(ctx: Context, args: list[str]) -> None:
     if not mine:
         ctx.reply_text(tr(ctx, "目前没有等您处理的差异 👍", "Nothing waiting for you 👍"))
         return
-    if lang(ctx) == "en":
-        ctx.reply_text(_variances_en(mine))
-        return
+    ctx.reply_text(_variance_list(mine, en=lang(ctx) == "en"))
+
+
+def _variance_list(mine: list[Any], *, en: bool) -> str:
     lines = []
     for r in mine[:MAX_LISTED]:
         try:
-            severity = SEVERITY_LABEL_ZH[Severity(r.severity)]
+            severity = (SEVERITY_LABEL_EN if en else SEVERITY_LABEL_ZH)[Severity(r.severity)]
         except ValueError:
             severity = r.severity
-        step = f"（{r.next_role_zh}）" if r.state == "pending_approval" else ""
-        lines.append(
-            f"#{r.id} {r.warehouse}/{r.location} · {r.item_name}（{r.sku}）· {severity} · "
-            f"{_money(r.value)} · {r.state_zh}{step} · {r.age_hours:g} 小时"
-        )
-    more = f"\n…还有 {len(mine) - MAX_LISTED} 条" if len(mine) > MAX_LISTED else ""
-    ctx.reply_text(f"等您处理的差异（{len(mine)} 条，最久的在前）：\n" + "\n".join(lines) + more)
-
-
-def _variances_en(mine: list[Any]) -> str:
-    lines = []
-    for r in mine[:MAX_LISTED]:
-        try:
-            severity = SEVERITY_LABEL_EN[Severity(r.severity)]
-        except ValueError:
-            severity = r.severity
-        step = f" ({r.next_role})" if r.state == "pending_approval" else ""
-        sign = "+" if r.value > 0 else "-" if r.value < 0 else ""
-        lines.append(
-            f"#{r.id} {r.warehouse}/{r.location} · {r.item_name} ({r.sku}) · {severity} · "
-            f"CNY {sign}{abs(r.value).quantize(Decimal('0.01')):,} · {STATE_EN.get(r.state, r.state)}{step} · "
-            f"{r.age_hours:g} h"
-        )
-    more = f"\n…and {len(mine) - MAX_LISTED} more" if len(mine) > MAX_LISTED else ""
-    return f"Variances waiting for you ({len(mine)}, oldest first):\n" + "\n".join(lines) + more
+        if en:
+            step = f" ({r.next_role})" if r.state == "pending_approval" else ""
+            sign = "+" if r.value > 0 else "-" if r.value < 0 else ""
+            lines.append(
+                f"#{r.id} {r.warehouse}/{r.location} · {r.item_name} ({r.sku}) · {severity} · "
+                f"CNY {sign}{abs(r.value).quantize(Decimal('0.01')):,} · {STATE_EN.get(r.state, r.state)}{step} · "
+                f"{r.age_hours:g} h"
+            )
+        else:
+            step = f"（{r.next_role_zh}）" if r.state == "pending_approval" else ""
+            lines.append(
+                f"#{r.id} {r.warehouse}/{r.location} · {r.item_name}（{r.sku}）· {severity} · "
+                f"{_money(r.value)} · {r.state_zh}{step} · {r.age_hours:g} 小时"
+            )
+    left = len(mine) - MAX_LISTED
+    if en:
+        more = f"\n…and {left} more" if left > 0 else ""
+        return f"Variances waiting for you ({len(mine)}, oldest first):\n" + "\n".join(lines) + more
+    more = f"\n…还有 {left} 条" if left > 0 else ""
+    return f"等您处理的差异（{len(mine)} 条，最久的在前）：\n" + "\n".join(lines) + more
 
 
 def _items(n: int) -> str:
