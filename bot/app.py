@@ -229,6 +229,22 @@ async def photo_route(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
 
+async def _bounded(work: Awaitable[Any], what: str, limit_s: float = 10.0) -> None:
+    """Await one shutdown step for at most ``limit_s`` seconds; if it is stuck, log every pending task's stack
+    (what it waits for) and go on."""
+    try:
+        await asyncio.wait_for(asyncio.ensure_future(work), limit_s)
+    except (asyncio.CancelledError, Exception) as exc:
+        if isinstance(exc, TimeoutError):
+            stacks = "\n".join(
+                f"{t.get_name()}: {t.get_coro()!r} at {[f'{f.f_code.co_filename}:{f.f_lineno}' for f in t.get_stack()]}"
+                for t in asyncio.all_tasks() if not t.done()
+            )  # fmt: skip
+            log.error("shutdown: %s did not finish in %.0f s; pending tasks:\n%s", what, limit_s, stacks)
+        elif not isinstance(exc, asyncio.CancelledError):
+            log.warning("shutdown: %s failed: %r", what, exc)
+
+
 class LazyBarcodeReader:
     """The barcode reader, imported and started at the first photo: its libraries (zxing-cpp, pyzbar, Pillow,
     NumPy) cost a text-only server memory and start-up time for nothing."""
@@ -332,25 +348,24 @@ def build_app(settings: Settings) -> web.Application:
         tasks = [asyncio.create_task(loop()), asyncio.create_task(upkeep())]
         conn_tasks = [asyncio.create_task(c.run()) for c in conns.values()]
         yield
-        for conn in conns.values():  # nothing more comes in before the dispatcher drains
-            await conn.close()
+        # every step is bounded: a shutdown that hangs is worse than one that logs what it left behind
+        for name, conn in conns.items():  # nothing more comes in before the dispatcher drains
+            await _bounded(conn.close(), f"closing the {name} connection")
         for task in conn_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await _bounded(task, "a long connection's task")
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await dispatcher.drain()
-        for ch in channels.values():
-            await ch.close()
+            await _bounded(task, "the outbox and upkeep loops")
+        await _bounded(dispatcher.drain(), "draining the dispatcher", 40.0)
+        for name, ch in channels.items():
+            await _bounded(ch.close(), f"closing the {name} channel")
         if tokens is not None:
-            await tokens.close()
-        await reader.close()
-        await store.close()
-        await ack_engine.dispose()
-        await engine.dispose()
+            await _bounded(tokens.close(), "closing the token cache")
+        await _bounded(reader.close(), "stopping the barcode reader")
+        await _bounded(store.close(), "closing the conversation store")
+        await _bounded(ack_engine.dispose(), "closing the ack connections")
+        await _bounded(engine.dispose(), "closing the database connections")
 
     app.cleanup_ctx.append(outbox_loop)
 
