@@ -308,13 +308,20 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/photos/{ref}", photo_route)
 
     async def outbox_loop(app: web.Application) -> Any:
+        # the loops stop at the next turn once this is set. Cancelling them alone is not enough: a cancellation
+        # that lands inside a pass can come back as an ordinary error (a batch whose flush was cancelled fails
+        # its callers with RuntimeError), and ``except Exception`` then kept the loop going (a shutdown hang)
+        stopping = asyncio.Event()
+
         async def loop() -> None:
-            while True:
+            while not stopping.is_set():
                 try:
                     counts = await deliver_due(sessionmaker, channels, limit=OUTBOX_PASS)
                     if sum(counts.values()) >= OUTBOX_PASS:
                         continue  # a full pass: more is probably waiting, go on at once
                 except Exception:
+                    if stopping.is_set():
+                        break
                     log.exception("outbox pass failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), settings.server.outbox_interval_s)
@@ -323,15 +330,18 @@ def build_app(settings: Settings) -> web.Application:
         async def upkeep() -> None:
             """Cards for changes made outside a chat event (CLI, jobs, late ERP movements), and replay of
             acknowledged events whose process died before finishing them (its own, or a peer's)."""
-            while True:
+            while not stopping.is_set():
                 try:
                     async with sessionmaker() as s, s.begin():
                         if (await sync_cards(s, settings, datetime.now(UTC))).total():
                             wake.set()
                     await dispatcher.replay(older_than=timedelta(seconds=settings.server.replay_after_s))
                 except Exception:
+                    if stopping.is_set():
+                        break
                     log.exception("upkeep pass failed")
-                await asyncio.sleep(settings.server.card_sync_interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), settings.server.card_sync_interval_s)
 
         def submitter(name: str) -> Submit:
             async def submit(event: InboundEvent) -> bool:
@@ -353,6 +363,8 @@ def build_app(settings: Settings) -> web.Application:
             await _bounded(conn.close(), f"closing the {name} connection")
         for task in conn_tasks:
             await _bounded(task, "a long connection's task")
+        stopping.set()
+        wake.set()
         for task in tasks:
             task.cancel()
         for task in tasks:
