@@ -131,14 +131,10 @@ def _imports() -> None:
 async def _child_reset(url: str) -> dict[str, Any]:
     from core import migrate
     from core.db import make_engine
-    from core.models import Base
 
     engine = make_engine(url)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
-            await conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-        await migrate.upgrade(engine)
+        await migrate.rebuild(engine)
     finally:
         await engine.dispose()
     return {}

@@ -45,6 +45,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
 
 
+async def rebuild(engine: AsyncEngine) -> None:
+    """Drop every table (and Alembic's version row) and build the schema again from the first revision: a
+    clean database for the tests and the benchmarks."""
+    from core.models import Base
+
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+    await upgrade(engine)
+
+
 async def current(engine: AsyncEngine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

@@ -36,10 +36,7 @@ def _schema(database_url: str) -> Iterator[None]:
     async def create() -> None:
         engine = make_engine(database_url)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(Base.metadata.drop_all)
-                await conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-            await migrate.upgrade(engine)
+            await migrate.rebuild(engine)
         finally:
             await engine.dispose()
 

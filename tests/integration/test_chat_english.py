@@ -20,6 +20,7 @@ from core.models import CountEntry, CountTask, Item, Location, OutboxMessage, Us
 from core.scheduling.service import plan_day
 from core.variance.service import counter_tasks
 from tests.integration.builders import build_company
+from tests.integration.chat import ChatBot
 
 DAY = date(2026, 11, 30)
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -36,32 +37,17 @@ def english(text: str) -> str:
     return text
 
 
-class Bot:
-    """Users (by WeCom id) talking to one Dispatcher; every answer is read back from the outbox."""
+class Bot(ChatBot):
+    """The shared chat (tests.integration.chat); ``say`` gives the texts of the answer."""
 
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings = SETTINGS, name: str = "msg"
     ) -> None:
-        self.sm, self.n, self.name = sessionmaker, 0, name
-        router = Router().include(commands.router, counting.router, commands.fallback_router)
-        self.d = Dispatcher(sessionmaker, settings, MemoryStore(), router)
+        super().__init__(sessionmaker, settings, NOW, name=name)
 
     async def say(self, user: str, body: str) -> list[str]:
         """The texts the bot queued in answer to one message, in order."""
-        self.n += 1
-        key = f"wecom:{self.name}:{self.n}"
-        assert await self.d.submit(
-            TextMessage(Platform.WECOM, key, Sender(Platform.WECOM, user), NOW, text=body)
-        )
-        await self.d.drain()
-        assert self.d.stats["errors"] == 0
-        async with self.sm() as s:
-            rows = await s.execute(
-                select(OutboxMessage)
-                .where(OutboxMessage.idempotency_key.like(f"{key}:%"))
-                .order_by(OutboxMessage.id)
-            )
-            return [str(r.body.get("text", "")) for r in rows.scalars()]
+        return await self.texts(user, body)
 
     async def text(self, user: str, body: str) -> str:
         said = await self.say(user, body)

@@ -11,10 +11,6 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.conversation import MemoryStore
-from bot.dispatcher import Dispatcher, Router
-from bot.events import Platform, Sender, TextMessage
-from bot.handlers import commands, counting
 from bot.photos import PhotoStore
 from core.config import Settings
 from core.enums import TaskReason, TaskStatus
@@ -22,6 +18,7 @@ from core.models import CountRequest, CountTask, ItemBarcode, OutboxMessage, Use
 from core.scheduling.service import plan_day
 from core.variance.service import review_variance
 from tests.integration.builders import build_company
+from tests.integration.chat import ChatBot
 
 DAY = date(2026, 11, 30)
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -35,31 +32,16 @@ def read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-class Bot:
-    """Users (by WeCom id) talking to one Dispatcher; every answer is read back from the outbox."""
+class Bot(ChatBot):
+    """The shared chat (tests.integration.chat), with a photo store for chart images."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, tmp: Path) -> None:
-        self.sm, self.n = sessionmaker, 0
         self.photos = PhotoStore(tmp / "photos")
-        router = Router().include(commands.router, counting.router, commands.fallback_router)
-        self.d = Dispatcher(sessionmaker, settings, MemoryStore(), router, services={"photos": self.photos})
+        super().__init__(sessionmaker, settings, NOW, services={"photos": self.photos})
 
     async def say(self, user: str, body: str) -> list[OutboxMessage]:
         """What the bot queued in answer to one message (text first, then any image)."""
-        self.n += 1
-        key = f"wecom:msg:{self.n}"
-        assert await self.d.submit(
-            TextMessage(Platform.WECOM, key, Sender(Platform.WECOM, user), NOW, text=body)
-        )
-        await self.d.drain()
-        assert self.d.stats["errors"] == 0
-        async with self.sm() as s:
-            rows = await s.execute(
-                select(OutboxMessage)
-                .where(OutboxMessage.idempotency_key.like(f"{key}:%"))
-                .order_by(OutboxMessage.id)
-            )
-            return list(rows.scalars())
+        return await self.replies(user, body)
 
     async def text(self, user: str, body: str) -> str:
         return str((await self.say(user, body))[0].body["text"])

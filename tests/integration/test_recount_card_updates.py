@@ -13,7 +13,6 @@ PANDIAN_UPDATE_GOLDEN=1 and read the diff).
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +42,7 @@ from core.enums import TaskReason, TaskStatus
 from core.models import CountTask, ItemLocation, OutboxMessage, User
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.golden_files import assert_golden, golden_name
 from tests.integration.builders import build_company
 
 MONDAY = date(2026, 11, 30)
@@ -241,6 +241,18 @@ def assert_blind(card: dict[str, Any]) -> None:
 PLATFORMS = [Platform.WECOM, Platform.FEISHU, Platform.DINGTALK]
 
 
+async def recount_card_sent(
+    sessionmaker: async_sessionmaker[AsyncSession], platform: Platform
+) -> tuple[Flow, CountTask, dict[str, Any]]:
+    """The company on ``platform``, a first count far off the book, and the blind recount card delivered."""
+    flow = Flow(sessionmaker, platform)
+    await flow.set_up()
+    rc = await flow.first_count()
+    await flow.deliver()
+    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    return flow, rc, card
+
+
 # ---------------------------------------------------------------------------------------------- tests
 
 
@@ -248,11 +260,7 @@ PLATFORMS = [Platform.WECOM, Platform.FEISHU, Platform.DINGTALK]
 async def test_recount_counted_on_the_card_updates_the_card_in_place(
     sessionmaker: async_sessionmaker[AsyncSession], platform: Platform
 ) -> None:
-    flow = Flow(sessionmaker, platform)
-    await flow.set_up()
-    rc = await flow.first_count()
-    await flow.deliver()
-    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    flow, rc, card = await recount_card_sent(sessionmaker, platform)
     assert buttons_on(platform, card) == 2 and "开始复盘" in text_of(card)
     (row,) = await flow.rows(f"recount:{rc.id}")
     assert row.state == "sent" and row.sent_ref is not None
@@ -292,11 +300,7 @@ async def test_the_press_code_is_what_updates_a_wecom_recount_card(
 ) -> None:
     """WeCom gives a fresh single-use ResponseCode with each press (valid 72 h); the card's update must use it,
     not the code from the original send."""
-    flow = Flow(sessionmaker, Platform.WECOM)
-    await flow.set_up()
-    rc = await flow.first_count()
-    await flow.deliver()
-    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    flow, _rc, card = await recount_card_sent(sessionmaker, Platform.WECOM)
     await flow.press("WH1-E02", card, "开始复盘", update_token="code-from-the-press")
     await flow.say("WH1-E02", RECOUNT)
     await flow.deliver()
@@ -306,11 +310,7 @@ async def test_the_press_code_is_what_updates_a_wecom_recount_card(
 async def test_cannot_find_on_the_card_closes_it_as_not_found(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
-    flow = Flow(sessionmaker, Platform.WECOM)
-    await flow.set_up()
-    rc = await flow.first_count()
-    await flow.deliver()
-    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    flow, _rc, card = await recount_card_sent(sessionmaker, Platform.WECOM)
     await flow.press("WH1-E02", card, "无法找到")
     await flow.deliver()
     ((_, updated),) = flow.channel.updates()
@@ -377,11 +377,7 @@ async def test_a_card_older_than_card_max_age_is_left_alone(
 async def test_undo_of_the_first_count_cancels_the_recount_card(
     sessionmaker: async_sessionmaker[AsyncSession], platform: Platform
 ) -> None:
-    flow = Flow(sessionmaker, platform)
-    await flow.set_up()
-    rc = await flow.first_count()
-    await flow.deliver()
-    (card,) = flow.channel.cards(f"recount:{rc.id}")
+    flow, rc, card = await recount_card_sent(sessionmaker, platform)
     (row,) = await flow.rows(f"recount:{rc.id}")
     assert row.state == "sent" and row.sent_ref is not None
 
@@ -457,17 +453,11 @@ GOLDEN_CASES = [
 @pytest.mark.parametrize(("name", "lang", "platform"), GOLDEN_CASES)
 def test_golden_closed_recount_cards(name: str, lang: Lang, platform: str) -> None:
     out = RENDERERS[platform](_closed(name, lang), lang=lang, signer=SIGNER)
-    got = json.dumps(out, ensure_ascii=False, indent=2) + "\n"
-    path = GOLDEN / (f"{name}.{platform}.json" if lang == "zh" else f"{name}_en.{platform}.json")
-    if os.environ.get("PANDIAN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert path.exists(), f"missing golden file {path.name}: run with PANDIAN_UPDATE_GOLDEN=1"
-    assert got == path.read_text(encoding="utf-8")
+    assert_golden(GOLDEN, name, lang, platform, out)
     assert buttons_on(Platform(platform), out) == 0
     assert_blind(out)
 
 
 def test_no_stale_closed_recount_golden_files() -> None:
-    expected = {f"{n}.{p}.json" if lang == "zh" else f"{n}_en.{p}.json" for n, lang, p in GOLDEN_CASES}
+    expected = {golden_name(n, lang, p) for n, lang, p in GOLDEN_CASES}
     assert {p.name for p in GOLDEN.glob("*.json")} == expected

@@ -4,7 +4,6 @@ golden files in tests/golden/cards (rewrite them with PANDIAN_UPDATE_GOLDEN=1 an
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -27,6 +26,7 @@ from bot.cards.summary import DailySummary, ImprovementNotice
 from bot.cards.text import CountLine, ItemAt
 from core.enums import ApprovalDecision, Role, TaskReason
 from core.variance.tolerance import Severity
+from tests.golden_files import assert_golden, golden_name
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cards"
 KEY = b"pandian-test-key-0123456789abcdef"
@@ -157,17 +157,11 @@ def _render(name: str, lang: Lang, platform: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("name", "lang", "platform"), list(_cases()))
 def test_golden(name: str, lang: Lang, platform: str) -> None:
-    got = json.dumps(_render(name, lang, platform), ensure_ascii=False, indent=2) + "\n"
-    path = GOLDEN / (f"{name}.{platform}.json" if lang == "zh" else f"{name}_en.{platform}.json")
-    if os.environ.get("PANDIAN_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(got, encoding="utf-8")
-    assert path.exists(), f"missing golden file {path.name}: run with PANDIAN_UPDATE_GOLDEN=1"
-    assert got == path.read_text(encoding="utf-8")
+    assert_golden(GOLDEN, name, lang, platform, _render(name, lang, platform))
 
 
 def test_no_stale_golden_files() -> None:
-    expected = {f"{n}.{p}.json" if lang == "zh" else f"{n}_en.{p}.json" for n, lang, p in _cases()}
+    expected = {golden_name(n, lang, p) for n, lang, p in _cases()}
     assert {p.name for p in GOLDEN.glob("*.json")} == expected
 
 
