@@ -199,12 +199,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics_route(request: web.Request) -> web.Response:
     state = request.app[APP_KEY]
+    dispatcher: Dispatcher = state["dispatcher"]
+    # the dispatcher's figures before the outbox's: an event finished during the query has its replies
+    # committed, so a scrape never shows an empty backlog and an empty outbox with replies still unsent
+    extra: dict[str, float] = {f"dispatch_{k}_total": v for k, v in dispatcher.stats.items()}
+    extra["dispatch_backlog"] = dispatcher.busy
     async with state["sessionmaker"]() as s:
         outbox = await depth(s)
-    extra = {f'outbox_depth{{state="{k}"}}': v for k, v in outbox.items()}
-    dispatcher: Dispatcher = state["dispatcher"]
-    extra.update({f"dispatch_{k}_total": v for k, v in dispatcher.stats.items()})
-    extra["dispatch_backlog"] = dispatcher.busy
+    extra.update({f'outbox_depth{{state="{k}"}}': v for k, v in outbox.items()})
     extra["dispatch_accept_batches_total"], extra["dispatch_accept_batched_total"] = dispatcher.accept_batches
     if state["gate"] is not None:  # SQLite: transactions that queued for the write lock, by lane
         extra.update({f'sqlite_gate_waits_total{{lane="{k}"}}': v for k, v in state["gate"].waits.items()})
