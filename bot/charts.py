@@ -4,9 +4,9 @@
   chart does not pay for it (see :func:`render_accuracy` for the cost when it is).
 - Drawing runs in a worker thread (:func:`accuracy_chart` uses ``asyncio.to_thread``), one chart at a time
   (matplotlib's global settings are not thread-safe), never on the event loop.
-- Labels are Chinese when a CJK font is installed: ``fc-list :lang=zh`` is asked first, then matplotlib's own
-  font list by family name. Without one the labels fall back to English rather than drawing empty boxes.
-  No font is shipped or installed by pandian.
+- Labels follow the reader's language (``lang``, as the text replies do). Chinese labels need a CJK font:
+  ``fc-list :lang=zh`` is asked first, then matplotlib's own font list by family name. Without one the labels
+  fall back to English rather than drawing empty boxes. No font is shipped or installed by pandian.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ class ClassAccuracy:
 @dataclass(frozen=True, slots=True)
 class Chart:
     png: bytes
-    font: str | None  # the CJK family the labels used; None when they fell back to English
+    font: str | None  # the CJK family the labels used; None for English labels
     seconds: float  # time spent drawing (matplotlib's import included the first time)
+    lang: str = "zh"  # the language the labels are in: "en" when asked for, or when no CJK font was found
+    labels: tuple[str, ...] = ()  # the title, the series and the class labels, as drawn
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,9 +92,10 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x * 100:.1f}%"
 
 
-def render_accuracy(rows: Sequence[ClassAccuracy], *, days: int) -> Chart:
+def render_accuracy(rows: Sequence[ClassAccuracy], *, days: int, lang: str = "zh") -> Chart:
     """A grouped bar chart of record, quantity and value accuracy per ABC class (blocking: call it through
-    :func:`accuracy_chart`). Raises whatever matplotlib raises; the caller falls back to text."""
+    :func:`accuracy_chart`), labelled in ``lang``. Raises whatever matplotlib raises; the caller falls back to
+    text."""
     started = time.perf_counter()
     with _DRAW:
         import matplotlib
@@ -102,7 +105,7 @@ def render_accuracy(rows: Sequence[ClassAccuracy], *, days: int) -> Chart:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        font = cjk_font()
+        font = cjk_font() if lang == "zh" else None
         rc: dict[Any, Any] = {"axes.unicode_minus": False}  # matplotlib types the keys as literals
         if font is not None:
             family, path = font
@@ -134,28 +137,29 @@ def render_accuracy(rows: Sequence[ClassAccuracy], *, days: int) -> Chart:
                     ax.text(g, 8, "无盘点" if zh else "no counts", ha="center", fontsize=8, color="#888888")
             total = "合计" if zh else "Total"
             cls = "{} 类" if zh else "Class {}"
-            ax.set_xticks(
-                range(len(rows)),
-                [f"{total if r.label == 'total' else cls.format(r.label)}\n(n={r.counts})" for r in rows],
-            )
+            ticks = [f"{total if r.label == 'total' else cls.format(r.label)}\n(n={r.counts})" for r in rows]
+            ax.set_xticks(range(len(rows)), ticks)
             ax.set_ylim(0, 112)
             ax.set_yticks([0, 25, 50, 75, 100], ["0", "25%", "50%", "75%", "100%"])
-            ax.set_title(
+            title = (
                 f"近 {days} 天库存记录准确率（按 ABC 分类）"
                 if zh
                 else f"Inventory record accuracy, last {days} days"
             )
+            ax.set_title(title)
             ax.spines[["top", "right"]].set_visible(False)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
             fig.tight_layout()
             buf = io.BytesIO()
             fig.savefig(buf, format="png")
-    return Chart(buf.getvalue(), font[0] if font else None, time.perf_counter() - started)
+    labels = (title, *(name for _, name, _ in series), *ticks)
+    return Chart(buf.getvalue(), font[0] if font else None, time.perf_counter() - started, "zh" if zh else "en",
+                 labels)  # fmt: skip
 
 
-async def accuracy_chart(rows: Sequence[ClassAccuracy], *, days: int) -> Chart:
+async def accuracy_chart(rows: Sequence[ClassAccuracy], *, days: int, lang: str = "zh") -> Chart:
     """:func:`render_accuracy` in a worker thread."""
-    chart = await asyncio.to_thread(render_accuracy, rows, days=days)
+    chart = await asyncio.to_thread(render_accuracy, rows, days=days, lang=lang)
     log.info(
         "accuracy chart: %d bytes in %.0f ms (font %s)", len(chart.png), chart.seconds * 1000, chart.font
     )

@@ -279,7 +279,8 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
             if r is not None
             else ClassAccuracy(label, 0, 0, None, None, None)
         )
-    ctx.reply_text(accuracy_text(rows, days=days, lang=lang(ctx)))
+    reader = lang(ctx)
+    ctx.reply_text(accuracy_text(rows, days=days, lang=reader))
     store = ctx.services.get("photos")
     if store is None or rows[-1].counts == 0:
         return  # nothing to draw, or nowhere to keep the picture for the outbox: the text is the answer
@@ -287,7 +288,7 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
     async def draw() -> list[tuple[str, dict[str, Any]]]:
         """After the commit: drawing takes 0.1-0.3 s (2-3 s the first time), too long to hold the transaction."""
         try:
-            chart = await accuracy_chart(rows, days=days)
+            chart = await accuracy_chart(rows, days=days, lang=reader)  # read before the commit
         except Exception:  # matplotlib missing or failing: the text already says it all
             log.warning("accuracy chart failed; text only", exc_info=True)
             return []

@@ -103,13 +103,18 @@ async def test_count_to_adjustment_through_cards(
     options = review_card["button_selection"]["option_list"]
     found = next(o["id"] for o in options if o["text"].startswith("收货") or "收" in o["text"])
     await press("sup1", review_card, button(review_card, "提交原因"), {"reason": [found]})
+
     def review_updates() -> list[dict[str, Any]]:
         return [u for u in state.updates if str(u["template_card"].get("task_id", "")).startswith("rv-")]
 
     await wait_for(lambda: len(review_updates()) >= 3)  # all three review cards now say who reviewed
     assert all("已复核" in str(u["template_card"]) for u in review_updates()[:3])
-    recount_updates = [u for u in state.updates if str(u["template_card"].get("task_id", "")).startswith("rc-")]
-    assert recount_updates and all("已复盘" in str(u["template_card"]) for u in recount_updates)  # wang's card
+    recount_updates = [
+        u for u in state.updates if str(u["template_card"].get("task_id", "")).startswith("rc-")
+    ]
+    assert recount_updates and all(
+        "已复盘" in str(u["template_card"]) for u in recount_updates
+    )  # wang's card
     await wait_for(lambda: cards_to(state, "sup2", "ap-") and cards_to(state, "sup3", "ap-"))
     assert not cards_to(state, "sup1", "ap-")  # the reviewer does not approve their own review
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address, Channel, ChannelError
+from bot.charts import ClassAccuracy, render_accuracy
 from bot.conversation import MemoryStore
 from bot.dispatcher import Dispatcher, Router
 from bot.events import Platform, Sender, TextMessage
@@ -293,13 +294,15 @@ async def test_accuracy_chart_travels_from_the_command_to_feishu(
         counter = next(u for u in company.users if "counter" in u.roles)
         counter.feishu_open_id = "ou_counter"
         s.add(User(employee_no="M01", name="经理", roles=["manager"], feishu_open_id="ou_mgr"))
+        s.add(User(employee_no="M02", name="Manager", roles=["manager"], feishu_open_id="ou_en", locale="en"))
         await plan_day(s, settings, date(2026, 11, 30))
         await s.commit()
     store = PhotoStore(tmp_path / "photos")
     d = Dispatcher(sessionmaker, settings, MemoryStore(),
                    Router().include(commands.router, counting.router, commands.fallback_router),
                    services={"photos": store})  # fmt: skip
-    for n, (who, said) in enumerate([("ou_counter", "开始"), ("ou_counter", "10"), ("ou_mgr", "/准确率")]):
+    said_ = [("ou_counter", "开始"), ("ou_counter", "10"), ("ou_mgr", "/准确率"), ("ou_en", "/accuracy")]
+    for n, (who, said) in enumerate(said_):
         assert await d.submit(TextMessage(Platform.FEISHU, f"feishu:msg:{n}", Sender(Platform.FEISHU, who),
                                           NOW + timedelta(seconds=n), text=said))  # fmt: skip
         await d.drain()
@@ -310,7 +313,18 @@ async def test_accuracy_chart_travels_from_the_command_to_feishu(
     assert "A 类：100.0%（1/1 次在容差内）" in json.loads(to_mgr[0]["content"])["text"]
     key = json.loads(to_mgr[1]["content"])["image_key"]
     async with sessionmaker() as s:
-        row = (await s.execute(select(OutboxMessage).where(OutboxMessage.kind == "image"))).scalar_one()
+        images = (await s.execute(select(OutboxMessage).where(OutboxMessage.kind == "image"))).scalars()
+        (row,) = [r for r in images if r.address["user_id"] == "ou_mgr"]
     assert fake.images[key] == store.path(row.body["image"]).read_bytes()
     with Image.open(io.BytesIO(fake.images[key])) as img:
         assert img.format == "PNG"
+    # each reader's chart is drawn in their language: the pictures are the ones render_accuracy draws
+    to_en = [m for m in fake.sent() if m["receive_id"] == "ou_en"]
+    assert [m["msg_type"] for m in to_en] == ["text", "image"]
+    assert "Class A: 100.0% (1/1 within tolerance)" in json.loads(to_en[0]["content"])["text"]
+    one = ClassAccuracy("A", 1, 1, 1.0, 1.0, 1.0)
+    rows = [one, ClassAccuracy("B", 0, 0, None, None, None), ClassAccuracy("C", 0, 0, None, None, None),
+            ClassAccuracy("total", 1, 1, 1.0, 1.0, 1.0)]  # fmt: skip
+    english = fake.images[json.loads(to_en[1]["content"])["image_key"]]
+    assert english == render_accuracy(rows, days=30, lang="en").png
+    assert fake.images[key] == render_accuracy(rows, days=30, lang="zh").png != english
