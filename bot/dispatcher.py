@@ -26,9 +26,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import TextClause, bindparam, select, text, update
+from sqlalchemy import Table, TextClause, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import Address
@@ -50,6 +50,16 @@ _ID_COLUMN = {
     Platform.FEISHU: User.feishu_open_id,
     Platform.DINGTALK: User.dingtalk_userid,
 }
+# The statements every event runs, built once (with parameters) rather than per event: building and
+# cache-keying them each time cost more than running them
+_USER_BY_ID = {p: select(User).where(col == bindparam("uid")) for p, col in _ID_COLUMN.items()}
+_SEEN = cast(Table, InboundSeen.__table__)
+_seen = _SEEN.c
+_CLAIM = (
+    update(_SEEN)
+    .where(_seen.dedup_key == bindparam("key"), _seen.processed_at.is_(None))
+    .values(processed_at=bindparam("at"), event=None)
+)
 
 
 @dataclass
@@ -333,21 +343,14 @@ class Dispatcher:
                     prepared.update(await hook(event, self.services))
                 async with self.sessionmaker() as s, s.begin():
                     # claim the event: a peer's replay and this worker can never both act on it
-                    claim = await s.execute(
-                        update(InboundSeen)
-                        .where(InboundSeen.dedup_key == event.dedup_key, InboundSeen.processed_at.is_(None))
-                        .values(processed_at=datetime.now(UTC), event=None)
-                        .execution_options(synchronize_session=False)
-                    )
+                    claim = await s.execute(_CLAIM, {"key": event.dedup_key, "at": datetime.now(UTC)})
                     if not claim.rowcount:  # type: ignore[attr-defined]
                         self.stats["skipped_processed"] += 1
                         log.info("%s was processed already (by a replay or a peer)", event.dedup_key)
                         return
                     written = track_writes(s)
                     user = (
-                        await s.execute(
-                            select(User).where(_ID_COLUMN[event.platform] == event.sender.user_id)
-                        )
+                        await s.execute(_USER_BY_ID[event.platform], {"uid": event.sender.user_id})
                     ).scalar_one_or_none()
                     addr = Address(event.platform, event.sender.user_id, event.chat_id)
                     if user is None or not user.active:

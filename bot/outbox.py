@@ -30,7 +30,7 @@ from bot.channel import Address, Channel, ChannelError, SentRef
 from bot.events import Platform
 from bot.logs import tracing
 from core.batching import GroupCommit
-from core.db import dialect_insert
+from core.db import insert_ignoring
 from core.models import OutboxMessage
 
 log = logging.getLogger("pandian.outbox")
@@ -61,20 +61,12 @@ async def enqueue(
     if kind == "image" and not (isinstance(body.get("image"), str) and isinstance(body.get("path"), str)):
         raise ValueError("an image row needs the stored picture's reference: {'image': ref, 'path': file}")
     now = now or datetime.now(UTC)
-    stmt = dialect_insert(session, OutboxMessage).values(
-        idempotency_key=idempotency_key,
-        platform=to.platform.value,
-        kind=kind,
-        address={"user_id": to.user_id, "chat_id": to.chat_id},
-        body=dict(body),
-        state="pending",
-        attempts=0,
-        next_attempt_at=now,
-        trace_id=trace_id,
-        created_at=now,
-        subject=subject,
-    )
-    result = await session.execute(stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    row = {
+        "idempotency_key": idempotency_key, "platform": to.platform.value, "kind": kind,
+        "address": {"user_id": to.user_id, "chat_id": to.chat_id}, "body": dict(body), "state": "pending",
+        "attempts": 0, "next_attempt_at": now, "trace_id": trace_id, "created_at": now, "subject": subject,
+    }  # fmt: skip
+    result = await session.execute(insert_ignoring(session, OutboxMessage, on=("idempotency_key",)), row)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
