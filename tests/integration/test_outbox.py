@@ -10,49 +10,14 @@ from typing import Any
 from sqlalchemy import event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.cards.capabilities import WECOM
 from bot.channel import Address, ChannelError, SentRef
 from bot.events import Platform
 from bot.outbox import MAX_ATTEMPTS, SENDS_IN_FLIGHT, backoff, deliver_due, enqueue
 from core.db import make_engine, make_sessionmaker
 from core.models import OutboxMessage
+from tests.fakes.recording import RecordingChannel
 
 NOW = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
-
-
-class RecordingChannel:
-    """A channel that records what it was asked to send and fails on request (a fake, not a mock)."""
-
-    platform = Platform.WECOM
-    capabilities = WECOM
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, Any]] = []
-        self.failures: list[ChannelError] = []
-
-    async def _go(self, kind: str, key: str, what: Any) -> SentRef:
-        await asyncio.sleep(0)
-        if self.failures:
-            raise self.failures.pop(0)
-        self.sent.append((kind, key, what))
-        return SentRef(Platform.WECOM, f"m{len(self.sent)}", update_token=f"rc{len(self.sent)}")
-
-    async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
-        return await self._go("text", idempotency_key, (to.user_id, text))
-
-    async def send_card(self, to: Address, card: dict[str, Any], *, idempotency_key: str) -> SentRef:
-        return await self._go("card", idempotency_key, card)
-
-    async def update_card(self, ref: SentRef, card: dict[str, Any]) -> SentRef:
-        return await self._go("update", ref.update_token or "", card)
-
-    async def download_image(
-        self, media_ref: str, *, message_id: str | None = None, url: str | None = None
-    ) -> bytes:
-        return b""
-
-    async def close(self) -> None:
-        return None
 
 
 TO = Address(Platform.WECOM, "zhangwei")

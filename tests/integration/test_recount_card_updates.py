@@ -23,13 +23,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.cards import recount
-from bot.cards.capabilities import DINGTALK, FEISHU, WECOM, Capabilities
 from bot.cards.model import Lang
 from bot.cards.recount import RecountClosed, RecountRequest
 from bot.cards.render import dingtalk, feishu, wecom
 from bot.cards.render.common import Signer
 from bot.cards.text import ItemAt
-from bot.channel import Address, SentRef
 from bot.conversation import MemoryStore
 from bot.dispatcher import Dispatcher, Router
 from bot.events import CardAction, Platform, Sender, TextMessage
@@ -42,6 +40,7 @@ from core.enums import TaskReason, TaskStatus
 from core.models import CountTask, ItemLocation, OutboxMessage, User
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.fakes.recording import RecordingChannel
 from tests.golden_files import assert_golden, golden_name
 from tests.integration.builders import build_company
 
@@ -55,56 +54,7 @@ SETTINGS = Settings(
     dingtalk={"app_key": "ding_test"},
     server={"payload_secret": "k" * 20},
 )
-CAPS: dict[Platform, Capabilities] = {
-    Platform.WECOM: WECOM,
-    Platform.FEISHU: FEISHU,
-    Platform.DINGTALK: DINGTALK,
-}
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cards" / "recount_closed"
-
-
-class RecordingChannel:
-    """One platform's channel that records what the outbox hands it (a fake, not a mock)."""
-
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.capabilities = CAPS[platform]
-        self.sent: list[tuple[str, str, Any]] = []  # (kind, idempotency key or updated message id, body)
-        self.update_tokens: list[str | None] = []  # the token each update used (WeCom's ResponseCode)
-
-    def _ref(self, card_ref: str | None = None) -> SentRef:
-        n = len(self.sent)
-        return SentRef(self.platform, f"m{n}", card_ref=card_ref, update_token=f"code{n}")
-
-    async def send_text(self, to: Address, text: str, *, idempotency_key: str) -> SentRef:
-        self.sent.append(("text", idempotency_key, (to.user_id, text)))
-        return self._ref()
-
-    async def send_card(self, to: Address, card: dict[str, Any], *, idempotency_key: str) -> SentRef:
-        self.sent.append(("card", idempotency_key, card))
-        return self._ref(card.get("task_id") or card.get("ref"))
-
-    async def update_card(self, ref: SentRef, card: dict[str, Any]) -> SentRef:
-        self.sent.append(("update", str(ref.message_id), card))
-        self.update_tokens.append(ref.update_token)
-        return ref
-
-    async def send_image(self, to: Address, data: Any, *, idempotency_key: str) -> SentRef:
-        raise AssertionError("no pictures in these flows")
-
-    async def download_image(
-        self, media_ref: str, *, message_id: str | None = None, url: str | None = None
-    ) -> bytes:
-        return b""
-
-    async def close(self) -> None:
-        return None
-
-    def cards(self, key: str) -> list[dict[str, Any]]:
-        return [body for kind, k, body in self.sent if kind == "card" and k == key]
-
-    def updates(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(mid, body) for kind, mid, body in self.sent if kind == "update"]
 
 
 class Flow:
