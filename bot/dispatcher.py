@@ -6,7 +6,9 @@
   their own connection (``ack_sessionmaker``), ahead of background work at SQLite's write lock
   (``core.db.WriteGate``), so the platform is answered in milliseconds however busy the workers are.
 - Accepted events wait in a queue for a fixed pool of workers (``workers``): a burst becomes a backlog, not
-  thousands of tasks fighting over connections and locks. ``drain`` waits for the queue on shutdown; what is
+  thousands of tasks fighting over connections and locks. Past ``queue_limit`` only the event's key is kept
+  in memory; once the queue is half empty the event is loaded back from the database and queued (so a
+  burst's tail waits for the workers, not for replay). ``drain`` waits for the queue on shutdown; what is
   left is still in the database and ``replay`` (any process) picks it up.
 - Each event is processed under the sender's lock, then with their conversation state (lock, then load), in
   one transaction that first claims the event (``processed_at`` compare-and-set): a replay by a peer and
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -112,6 +115,9 @@ BOOKKEEPING = frozenset({"inbound_seen", "outbox_message"})
 # backlog is durable; when acks are quick, workers run at full speed.
 ACK_SLOW_MS = 20.0
 ACK_YIELD_S = 0.5
+# keys of events past the queue's limit, loaded back as it empties; beyond this many only replay finds them
+OVERFLOW_KEYS = 200_000
+REFILL_BATCH = 500
 
 
 @functools.lru_cache(maxsize=128)
@@ -190,16 +196,20 @@ class Dispatcher:
         self._queue: asyncio.Queue[tuple[InboundEvent, str]] = asyncio.Queue(queue_limit)
         self._queued: set[str] = set()  # dedup keys queued or being processed here (replay leaves them alone)
         self._workers: list[asyncio.Task[None]] = []
+        self._overflowed: collections.deque[str] = collections.deque()  # accepted, not queued: keys only
+        self._refilling: asyncio.Task[None] | None = None
+        self._loading = 0  # overflowed keys being loaded back right now
         self._accept = GroupCommit(self._record_batch)
         self._acking = 0  # callbacks being acknowledged right now
         self._ack_ms = 0.0  # recent acknowledgement time (moving average of the durable dedup step)
         self.stats = {"accepted": 0, "duplicates": 0, "processed": 0, "errors": 0, "unknown_users": 0,
-                      "replayed": 0, "overflow": 0, "skipped_processed": 0, "yields": 0}  # fmt: skip
+                      "replayed": 0, "overflow": 0, "refilled": 0, "skipped_processed": 0, "yields": 0}  # fmt: skip
 
     @property
     def busy(self) -> int:
-        """Events accepted by this process and not yet processed."""
-        return len(self._queued)
+        """Events accepted by this process and not yet processed (queued, being processed, or past the queue's
+        limit and waiting in the database for room)."""
+        return len(self._queued) + len(self._overflowed) + self._loading
 
     @property
     def accept_batches(self) -> tuple[int, int]:
@@ -245,9 +255,15 @@ class Dispatcher:
         self._start_workers()
         try:
             self._queue.put_nowait((event, trace_id or trace_id_var.get() or new_trace_id()))
-        except asyncio.QueueFull:  # kept in the database: replay takes it once it is replay_after_s old
+        except asyncio.QueueFull:  # kept in the database; queued again once there is room (or replayed)
             self.stats["overflow"] += 1
-            log.warning("backlog full (%d events): %s waits for replay", self._queue.maxsize, event.dedup_key)
+            if len(self._overflowed) < OVERFLOW_KEYS:
+                self._overflowed.append(event.dedup_key)
+                log.warning("backlog full (%d events): %s waits in the database", self._queue.maxsize,
+                            event.dedup_key)  # fmt: skip
+            else:
+                log.warning("backlog full (%d events and %d more): %s waits for replay", self._queue.maxsize,
+                            len(self._overflowed), event.dedup_key)  # fmt: skip
             return True
         self._queued.add(event.dedup_key)
         return True
@@ -274,10 +290,52 @@ class Dispatcher:
             finally:
                 self._queue.task_done()
             self._queued.discard(event.dedup_key)
+            room = self._queue.qsize() <= self._queue.maxsize // 2
+            if self._overflowed and room and (self._refilling is None or self._refilling.done()):
+                self._refilling = asyncio.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        """Load overflowed events back into the queue, oldest first, while it has room. One already processed
+        (by a replay, here or in a peer) is skipped; the claim in :meth:`_process_traced` covers the rest."""
+        try:
+            while self._overflowed and (room := self._queue.maxsize - self._queue.qsize()) > 0:
+                keys = [
+                    self._overflowed.popleft() for _ in range(min(room, REFILL_BATCH, len(self._overflowed)))
+                ]
+                self._loading = len(keys)
+                async with self.sessionmaker() as s:
+                    result = await s.execute(
+                        select(InboundSeen.dedup_key, InboundSeen.event).where(
+                            InboundSeen.dedup_key.in_(keys), InboundSeen.processed_at.is_(None),
+                            InboundSeen.event.is_not(None),
+                        )
+                    )  # fmt: skip
+                    rows: dict[str, dict[str, Any]] = {key: record for key, record in result}
+                for key in keys:
+                    record = rows.get(key)
+                    if record is None or key in self._queued:
+                        continue
+                    try:
+                        event = from_record(record)
+                    except ValueError as exc:
+                        log.error("event %s cannot be queued again: %s", key, exc)
+                        continue
+                    self._queue.put_nowait((event, new_trace_id()))
+                    self._queued.add(key)
+                    self.stats["refilled"] += 1
+                self._loading = 0
+        except Exception:  # the keys taken are in the database still: replay finds them
+            log.exception("loading overflowed events back failed; replay will take them")
+        finally:
+            self._loading = 0
 
     async def drain(self, grace: float = 30.0) -> None:
         """Wait (up to ``grace`` seconds) for the queued events, then stop the workers. Events left over are
         in the database; replay picks them up (here after a restart, or in a peer process)."""
+        if self._refilling is not None:
+            self._refilling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refilling
         if self._workers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), grace)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.conversation import MemoryStore
@@ -14,7 +14,7 @@ from bot.dispatcher import NOT_REGISTERED, Dispatcher, Router
 from bot.events import Platform, Sender, TextMessage
 from bot.handlers import commands, counting
 from core.config import Settings
-from core.models import CountEntry, OutboxMessage, User
+from core.models import CountEntry, InboundSeen, OutboxMessage, User
 from core.scheduling.service import plan_day
 from tests.integration.builders import build_company
 
@@ -236,6 +236,55 @@ async def test_a_burst_is_recorded_in_batches_and_processed_once(
     await d.drain()
     assert d.stats["processed"] == 40 and d.busy == 0
     assert (await replies(sessionmaker)).count(NOT_REGISTERED) == 40
+
+
+async def _burst(sm: async_sessionmaker[AsyncSession], tag: str) -> Dispatcher:
+    """30 events at once into a queue of 4 with one worker: 26 do not fit."""
+    d = Dispatcher(sm, SETTINGS, MemoryStore(), Router().include(commands.router), workers=1, queue_limit=4)
+    events = [text(f"nobody{i}", "/帮助", f"{tag}{i}") for i in range(30)]
+    assert all(await asyncio.gather(*(d.submit(e) for e in events)))
+    assert d.stats["overflow"] == 26 and d.busy == 30
+    return d
+
+
+async def _settled(d: Dispatcher) -> None:
+    for _ in range(2000):
+        if not d.busy:
+            break
+        await asyncio.sleep(0.01)
+    await d.drain()
+
+
+async def test_a_burst_past_the_queue_limit_is_loaded_back_as_the_queue_empties(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The events that did not fit are kept as keys only and loaded back from the database once the queue is
+    half empty: all processed, once each, without waiting replay_after_s for a replay."""
+    async with sessionmaker() as s:
+        await build_company(s, items=3)
+        await s.commit()
+    d = await _burst(sessionmaker, "o")
+    await _settled(d)
+    assert (d.stats["processed"], d.stats["refilled"], d.stats["skipped_processed"]) == (30, 26, 0)
+    async with sessionmaker() as s:
+        waiting = select(func.count()).select_from(InboundSeen).where(InboundSeen.processed_at.is_(None))
+        assert await s.scalar(waiting) == 0
+    assert (await replies(sessionmaker)).count(NOT_REGISTERED) == 30
+
+
+async def test_an_overflowed_event_a_replay_took_is_not_processed_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessionmaker() as s:
+        await build_company(s, items=3)
+        await s.commit()
+    d = await _burst(sessionmaker, "r")
+    # a replay (here, or a peer's) races the loading back for the 26 not queued: each goes one way or the other
+    replayed = await d.replay(now=NOW + timedelta(minutes=5), older_than=timedelta(0))
+    await _settled(d)
+    assert replayed > 0 and d.stats["processed"] == 30  # acted on: 4 queued + 26, once each
+    assert replayed + d.stats["refilled"] - d.stats["skipped_processed"] == 26  # the rest found it done
+    assert (await replies(sessionmaker)).count(NOT_REGISTERED) == 30  # each answered once
 
 
 async def test_an_event_is_acted_on_once_even_if_replayed_meanwhile(
