@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,23 @@ NOW = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
 
 
 TO = Address(Platform.WECOM, "zhangwei")
+
+
+async def queue_texts(
+    s: AsyncSession,
+    prefix: str,
+    n: int,
+    to: Address | Callable[[int], Address] = TO,
+    *,
+    now: datetime = NOW,
+    first: int = 0,
+) -> None:
+    """Text rows ``{prefix}{i}`` for i in ``first`` … ``first + n - 1``, each reading its own key; ``to`` is the
+    recipient, or a function of i that gives it."""
+    for i in range(first, first + n):
+        key = f"{prefix}{i}"
+        await enqueue(s, idempotency_key=key, to=to(i) if callable(to) else to, kind="text", body={"text": key},
+                      now=now)  # fmt: skip
 
 
 async def test_enqueue_is_transactional_and_idempotent(
@@ -90,8 +108,7 @@ async def test_crashed_worker_lease_is_taken_over(sessionmaker: async_sessionmak
 
 async def test_rate_limit_per_user_defers(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async with sessionmaker() as s, s.begin():
-        for i in range(32):
-            await enqueue(s, idempotency_key=f"r{i}", to=TO, kind="text", body={"text": str(i)}, now=NOW)
+        await queue_texts(s, "r", 32)
     ch = RecordingChannel()
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
     assert counts["sent"] == 30 and counts["deferred"] == 2
@@ -102,9 +119,7 @@ async def test_rate_limit_per_user_defers(sessionmaker: async_sessionmaker[Async
 
 async def test_two_workers_send_each_message_once(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async with sessionmaker() as s, s.begin():
-        for i in range(20):
-            await enqueue(s, idempotency_key=f"w{i}", to=Address(Platform.WECOM, f"u{i}"), kind="text",
-                          body={"text": str(i)}, now=NOW)  # fmt: skip
+        await queue_texts(s, "w", 20, to=lambda i: Address(Platform.WECOM, f"u{i}"))
     ch = RecordingChannel()
 
     async def worker() -> None:
@@ -126,9 +141,7 @@ async def test_workers_of_two_processes_send_each_message_once(
 ) -> None:
     """Two engines (as two server processes would have), two workers each, claiming in bulk side by side."""
     async with sessionmaker() as s, s.begin():
-        for i in range(60):
-            await enqueue(s, idempotency_key=f"p{i}", to=Address(Platform.WECOM, f"u{i % 12}"), kind="text",
-                          body={"text": f"{i:02d}"}, now=NOW)  # fmt: skip
+        await queue_texts(s, "p", 60, to=lambda i: Address(Platform.WECOM, f"u{i % 12}"))
     other = make_engine(database_url)
     ch = ConcurrencyChannel(delay=lambda text: 0.001)
     try:
@@ -203,8 +216,7 @@ async def test_one_recipient_in_order_recipients_concurrently(
     async with sessionmaker() as s, s.begin():
         for i in range(5):  # interleaved: anna 0, bo 0, chen 0, anna 1, ...
             for u in users:
-                await enqueue(s, idempotency_key=f"{u}{i}", to=Address(Platform.WECOM, u), kind="text",
-                              body={"text": f"{u}{i}"}, now=NOW)  # fmt: skip
+                await queue_texts(s, u, 1, to=Address(Platform.WECOM, u), first=i)
     # earlier messages take longer to send: sending one recipient's rows side by side would reorder them
     ch = ConcurrencyChannel(delay=lambda text: 0.004 * (5 - int(text[-1])))
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW)
@@ -216,9 +228,7 @@ async def test_one_recipient_in_order_recipients_concurrently(
 
 async def test_sends_in_flight_are_capped(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async with sessionmaker() as s, s.begin():
-        for i in range(40):
-            await enqueue(s, idempotency_key=f"c{i}", to=Address(Platform.WECOM, f"u{i}"), kind="text",
-                          body={"text": str(i)}, now=NOW)  # fmt: skip
+        await queue_texts(s, "c", 40, to=lambda i: Address(Platform.WECOM, f"u{i}"))
     ch = ConcurrencyChannel(delay=lambda text: 0.02)
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
     assert counts["sent"] == 40 and len({k for _, k, _ in ch.sent}) == 40
@@ -229,9 +239,7 @@ async def test_a_pass_records_a_mix_of_outcomes_in_one_batch(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessionmaker() as s, s.begin():
-        for i in range(10):
-            await enqueue(s, idempotency_key=f"m{i}", to=Address(Platform.WECOM, f"u{i}"), kind="text",
-                          body={"text": str(i)}, now=NOW, trace_id=f"trace{i}")  # fmt: skip
+        await queue_texts(s, "m", 10, to=lambda i: Address(Platform.WECOM, f"u{i}"))
         await enqueue(s, idempotency_key="fs", to=Address(Platform.FEISHU, "ou_1"), kind="text",
                       body={"text": "x"}, now=NOW)  # fmt: skip
         # m9 has been tried before: one more retryable failure is its last
@@ -295,11 +303,8 @@ async def test_rate_cap_over_a_pass_defers_the_rest_in_order(
 ) -> None:
     backlog = NOW - timedelta(minutes=10)  # queued long before they could go (an outage, a burst)
     async with sessionmaker() as s, s.begin():
-        for i in range(40):
-            await enqueue(s, idempotency_key=f"z{i}", to=TO, kind="text", body={"text": f"z{i}"}, now=backlog)
-        for i in range(3):  # someone else in the same pass is not held up
-            await enqueue(s, idempotency_key=f"o{i}", to=Address(Platform.WECOM, "other"), kind="text",
-                          body={"text": f"o{i}"}, now=backlog)  # fmt: skip
+        await queue_texts(s, "z", 40, now=backlog)
+        await queue_texts(s, "o", 3, to=Address(Platform.WECOM, "other"), now=backlog)  # not held up by z
     ch = ConcurrencyChannel(delay=lambda text: 0)
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
     assert counts == {"sent": 33, "retry": 0, "failed": 0, "deferred": 10}
@@ -332,15 +337,13 @@ async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
 ) -> None:
     """The cap starts from what was sent in the last minute (one grouped query), user by user."""
     async with sessionmaker() as s, s.begin():
-        for i in range(28):  # anna: 28 sent half a minute ago
-            await enqueue(s, idempotency_key=f"old-a{i}", to=Address(Platform.WECOM, "anna"), kind="text",
-                          body={"text": "x"}, now=NOW - timedelta(seconds=40))  # fmt: skip
-        for i in range(30):  # bo: 30 sent, but more than a minute ago
-            await enqueue(s, idempotency_key=f"old-b{i}", to=Address(Platform.WECOM, "bo"), kind="text",
-                          body={"text": "x"}, now=NOW - timedelta(seconds=90))  # fmt: skip
-        for i in range(30):  # anna on Feishu is someone else, with a bigger cap
-            await enqueue(s, idempotency_key=f"old-f{i}", to=Address(Platform.FEISHU, "anna"), kind="text",
-                          body={"text": "x"}, now=NOW - timedelta(seconds=40))  # fmt: skip
+        # anna: 28 sent half a minute ago; bo: 30 sent, but more than a minute ago; anna on Feishu is
+        # someone else, with a bigger cap
+        await queue_texts(s, "old-a", 28, to=Address(Platform.WECOM, "anna"), now=NOW - timedelta(seconds=40))
+        await queue_texts(s, "old-b", 30, to=Address(Platform.WECOM, "bo"), now=NOW - timedelta(seconds=90))
+        await queue_texts(
+            s, "old-f", 30, to=Address(Platform.FEISHU, "anna"), now=NOW - timedelta(seconds=40)
+        )
         await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-a%"))
                         .values(state="sent", sent_at=NOW - timedelta(seconds=30)))  # fmt: skip
         await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-f%"))
@@ -348,12 +351,8 @@ async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
         await s.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key.like("old-b%"))
                         .values(state="sent", sent_at=NOW - timedelta(seconds=61)))  # fmt: skip
         for who in ("anna", "bo"):
-            for i in range(5):
-                await enqueue(s, idempotency_key=f"{who}{i}", to=Address(Platform.WECOM, who), kind="text",
-                              body={"text": f"{who}{i}"}, now=NOW)  # fmt: skip
-        for i in range(5):
-            await enqueue(s, idempotency_key=f"grp{i}", to=Address(Platform.WECOM, chat_id="g1"), kind="text",
-                          body={"text": f"grp{i}"}, now=NOW)  # fmt: skip
+            await queue_texts(s, who, 5, to=Address(Platform.WECOM, who))
+        await queue_texts(s, "grp", 5, to=Address(Platform.WECOM, chat_id="g1"))
     ch = ConcurrencyChannel(delay=lambda text: 0)
     counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=100)
     assert counts == {"sent": 12, "retry": 0, "failed": 0, "deferred": 3}

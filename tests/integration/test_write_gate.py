@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import WriteGate, make_engine
 
@@ -29,29 +30,40 @@ async def engines(tmp_path: Path):  # type: ignore[no-untyped-def]
     await background.dispose()
 
 
-async def test_urgent_transactions_go_before_queued_background_ones(engines) -> None:  # type: ignore[no-untyped-def]
-    gate, background, urgent = engines
-    order: list[str] = []
-    holding = asyncio.Event()
-    release = asyncio.Event()
+async def write(engine: AsyncEngine, who: str, order: list[str] | None = None) -> None:
+    """One write transaction, noted in ``order`` once it has the gate."""
+    async with engine.begin() as c:
+        if order is not None:
+            order.append(who)
+        await c.execute(text("INSERT INTO log VALUES (:w)"), {"w": who})
+
+
+async def hold_the_lock(
+    engine: AsyncEngine, order: list[str] | None = None
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A transaction that has written ('holder') and keeps the write lock until the returned event is set."""
+    holding, release = asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
-        async with background.begin() as c:
+        async with engine.begin() as c:
             await c.execute(text("INSERT INTO log VALUES ('holder')"))
             holding.set()
             await release.wait()
-            order.append("holder")
-
-    async def write(engine, who: str) -> None:  # type: ignore[no-untyped-def]
-        async with engine.begin() as c:
-            order.append(who)
-            await c.execute(text("INSERT INTO log VALUES (:w)"), {"w": who})
+            if order is not None:
+                order.append("holder")
 
     holder = asyncio.create_task(hold())
     await holding.wait()
-    queued = [asyncio.create_task(write(background, f"bg{i}")) for i in range(3)]
+    return holder, release
+
+
+async def test_urgent_transactions_go_before_queued_background_ones(engines) -> None:  # type: ignore[no-untyped-def]
+    gate, background, urgent = engines
+    order: list[str] = []
+    holder, release = await hold_the_lock(background, order)
+    queued = [asyncio.create_task(write(background, f"bg{i}", order)) for i in range(3)]
     await asyncio.sleep(0.05)
-    ack = asyncio.create_task(write(urgent, "ack"))  # arrives last
+    ack = asyncio.create_task(write(urgent, "ack", order))  # arrives last
     await asyncio.sleep(0.05)
     assert order == []  # everyone waits for the holder, in the event loop (no SQLITE_BUSY polling)
     release.set()
@@ -88,22 +100,8 @@ async def test_a_failed_transaction_frees_the_gate(engines) -> None:  # type: ig
 async def test_a_waiter_cancelled_in_the_queue_is_skipped(engines) -> None:  # type: ignore[no-untyped-def]
     """Shutdown cancels background loops that may be queued at the gate: the gate must not be handed to them."""
     _gate, background, _urgent = engines
-    release = asyncio.Event()
-    holding = asyncio.Event()
-
-    async def hold() -> None:
-        async with background.begin() as c:
-            await c.execute(text("INSERT INTO log VALUES ('holder')"))
-            holding.set()
-            await release.wait()
-
-    async def waiter() -> None:
-        async with background.begin() as c:
-            await c.execute(text("INSERT INTO log VALUES ('cancelled')"))
-
-    holder = asyncio.create_task(hold())
-    await holding.wait()
-    queued = asyncio.create_task(waiter())
+    holder, release = await hold_the_lock(background)
+    queued = asyncio.create_task(write(background, "cancelled"))
     await asyncio.sleep(0.05)
     queued.cancel()
     with pytest.raises(asyncio.CancelledError):
