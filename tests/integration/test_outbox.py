@@ -117,21 +117,24 @@ async def test_rate_limit_per_user_defers(sessionmaker: async_sessionmaker[Async
     ] == 2
 
 
+async def worker(
+    sm: async_sessionmaker[AsyncSession], ch: RecordingChannel, *, passes: int, limit: int
+) -> None:
+    """An outbox worker: ``passes`` passes of at most ``limit`` rows, side by side with others."""
+    for _ in range(passes):
+        try:
+            await deliver_due(sm, {"wecom": ch}, now=NOW, limit=limit)
+        except Exception as exc:  # SQLite: a concurrent writer may find the file busy; try again
+            if "locked" not in str(exc):
+                raise
+        await asyncio.sleep(0)
+
+
 async def test_two_workers_send_each_message_once(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     async with sessionmaker() as s, s.begin():
         await queue_texts(s, "w", 20, to=lambda i: Address(Platform.WECOM, f"u{i}"))
     ch = RecordingChannel()
-
-    async def worker() -> None:
-        for _ in range(5):
-            try:
-                await deliver_due(sessionmaker, {"wecom": ch}, now=NOW, limit=4)
-            except Exception as exc:  # SQLite: a concurrent writer may find the file busy; try again
-                if "locked" not in str(exc):
-                    raise
-            await asyncio.sleep(0)
-
-    await asyncio.gather(worker(), worker())
+    await asyncio.gather(*(worker(sessionmaker, ch, passes=5, limit=4) for _ in range(2)))
     keys = [k for _, k, _ in ch.sent]
     assert sorted(keys) == sorted(f"w{i}" for i in range(20)) and len(keys) == len(set(keys))
 
@@ -146,17 +149,7 @@ async def test_workers_of_two_processes_send_each_message_once(
     ch = ConcurrencyChannel(delay=lambda text: 0.001)
     try:
         makers = [sessionmaker, make_sessionmaker(other)]
-
-        async def worker(sm: async_sessionmaker[AsyncSession]) -> None:
-            for _ in range(30):
-                try:
-                    await deliver_due(sm, {"wecom": ch}, now=NOW, limit=7)
-                except Exception as exc:  # SQLite: a concurrent writer may find the file busy; try again
-                    if "locked" not in str(exc):
-                        raise
-                await asyncio.sleep(0)
-
-        await asyncio.gather(*(worker(makers[n % 2]) for n in range(4)))
+        await asyncio.gather(*(worker(makers[n % 2], ch, passes=30, limit=7) for n in range(4)))
     finally:
         await other.dispose()
     keys = [k for _, k, _ in ch.sent]
