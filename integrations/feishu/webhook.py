@@ -92,8 +92,9 @@ class FeishuWebhook:
                 raise Malformed("encrypt is not a string")
             try:
                 doc = _load_object(crypto.decrypt(key, doc["encrypt"]))
-            except crypto.DecryptError as exc:
-                # Unsigned: nothing shows it came from Feishu. Signed: the sender knew the key.
+            except (crypto.DecryptError, Malformed) as exc:
+                # Unsigned: nothing shows it came from Feishu. Signed: the sender knew the key. CBC has no
+                # MAC: a wrong key passes the padding check about once in 256 and yields garbage, not JSON.
                 raise (Malformed if signed else Forged)(f"cannot decrypt: {exc}") from exc
         elif key:
             raise Forged("plaintext body while an encrypt key is configured")

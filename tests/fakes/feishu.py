@@ -273,16 +273,17 @@ class FeishuSimulator:
         if not self.encrypt_key:
             return {"Content-Type": "application/json"}, plain
         body = json.dumps({"encrypt": encrypt(self.encrypt_key, plain)}).encode()
-        headers = {"Content-Type": "application/json"}
-        if sign:
-            ts, nonce = str(int(self.clock())), self._next("nonce-")
-            sig = hashlib.sha256((ts + nonce + self.encrypt_key).encode() + body).hexdigest()
-            headers |= {
-                "X-Lark-Request-Timestamp": ts,
-                "X-Lark-Request-Nonce": nonce,
-                "X-Lark-Signature": sig,
-            }
-        return headers, body
+        return (self.signed_headers(body) if sign else {"Content-Type": "application/json"}), body
+
+    def signed_headers(self, body: bytes) -> dict[str, str]:
+        """The headers Feishu sends with ``body``: X-Lark-Signature = sha256(ts + nonce + key + body)."""
+        ts, nonce = str(int(self.clock())), self._next("nonce-")
+        return {
+            "Content-Type": "application/json",
+            "X-Lark-Request-Timestamp": ts,
+            "X-Lark-Request-Nonce": nonce,
+            "X-Lark-Signature": hashlib.sha256((ts + nonce + self.encrypt_key).encode() + body).hexdigest(),
+        }
 
     def envelope(self, event_type: str, event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
         return {

@@ -40,10 +40,39 @@ def test_crypto_round_trip_with_the_simulator(plain: bytes) -> None:
     assert crypto.decrypt("k", encrypt("k", plain)) == plain
 
 
-@pytest.mark.parametrize("bad", ["not base64!", "AAAA", encrypt("other key", b"hello")])
+# A fixed IV: under a wrong key, about one random IV in 256 passes the padding check (CBC has no MAC).
+@pytest.mark.parametrize("bad", ["not base64!", "AAAA", encrypt("other key", b"hello", iv=bytes(16))])
 def test_decrypt_refuses_garbage(bad: str) -> None:
     with pytest.raises(crypto.DecryptError):
         crypto.decrypt("k", bad)
+
+
+def _wrong_key_bodies(sim: FeishuSimulator, n: int) -> list[tuple[dict[str, str], bytes, bool]]:
+    """``n`` callbacks encrypted under another key, with IVs 0..n-1, each with whether its padding decrypts."""
+    plain = json.dumps(sim.text("ou_u1", "hi")).encode()
+    out = []
+    for i in range(n):
+        enc = encrypt("other key", plain, iv=i.to_bytes(16, "big"))
+        try:
+            crypto.decrypt(sim.encrypt_key, enc)
+            padded = True
+        except crypto.DecryptError:
+            padded = False
+        out.append(({}, json.dumps({"encrypt": enc}).encode(), padded))
+    return out
+
+
+def test_wrong_key_is_refused_even_when_the_padding_happens_to_check(
+    hook: FeishuWebhook, sim: FeishuSimulator
+) -> None:
+    bodies = _wrong_key_bodies(sim, 1024)
+    assert sum(padded for *_, padded in bodies) >= 1  # the case CI once hit by chance is in the set
+    for headers, body, _ in bodies:
+        with pytest.raises(Forged):  # unsigned: nothing shows it came from Feishu
+            hook.handle(headers, body, NOW)
+        signed = sim.signed_headers(body)
+        with pytest.raises(Malformed):  # signed with our key: the sender knew it, the body is broken
+            hook.handle(signed, body, NOW)
 
 
 def test_signature_is_sha256_of_ts_nonce_key_body() -> None:
