@@ -30,6 +30,15 @@ async def engines(tmp_path: Path):  # type: ignore[no-untyped-def]
     await background.dispose()
 
 
+async def queued(gate: WriteGate, urgent: int = 0, normal: int = 0) -> None:
+    """Until that many transactions wait at the gate (opening a connection takes a thread hop: no fixed sleep)."""
+    for _ in range(2000):
+        if gate.waits == {"urgent": urgent, "normal": normal}:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"waiting at the gate: {gate.waits}, expected {urgent} urgent and {normal} normal")
+
+
 async def write(engine: AsyncEngine, who: str, order: list[str] | None = None) -> None:
     """One write transaction, noted in ``order`` once it has the gate."""
     async with engine.begin() as c:
@@ -61,13 +70,13 @@ async def test_urgent_transactions_go_before_queued_background_ones(engines) -> 
     gate, background, urgent = engines
     order: list[str] = []
     holder, release = await hold_the_lock(background, order)
-    queued = [asyncio.create_task(write(background, f"bg{i}", order)) for i in range(3)]
-    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(write(background, f"bg{i}", order)) for i in range(3)]
+    await queued(gate, normal=3)
     ack = asyncio.create_task(write(urgent, "ack", order))  # arrives last
-    await asyncio.sleep(0.05)
+    await queued(gate, urgent=1, normal=3)
     assert order == []  # everyone waits for the holder, in the event loop (no SQLITE_BUSY polling)
     release.set()
-    await asyncio.gather(holder, ack, *queued)
+    await asyncio.gather(holder, ack, *waiting)
     # the background ones in the order they reached the gate (opening their connections may reorder them)
     assert order[:2] == ["holder", "ack"] and sorted(order[2:]) == ["bg0", "bg1", "bg2"]
     assert gate.waits == {"urgent": 1, "normal": 3}
@@ -99,13 +108,13 @@ async def test_a_failed_transaction_frees_the_gate(engines) -> None:  # type: ig
 
 async def test_a_waiter_cancelled_in_the_queue_is_skipped(engines) -> None:  # type: ignore[no-untyped-def]
     """Shutdown cancels background loops that may be queued at the gate: the gate must not be handed to them."""
-    _gate, background, _urgent = engines
+    gate, background, _urgent = engines
     holder, release = await hold_the_lock(background)
-    queued = asyncio.create_task(write(background, "cancelled"))
-    await asyncio.sleep(0.05)
-    queued.cancel()
+    waiting = asyncio.create_task(write(background, "cancelled"))
+    await queued(gate, normal=1)
+    waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await queued
+        await waiting
     release.set()
     await holder
     async with background.begin() as c:  # handed to the cancelled waiter, this would fail after wait_s
