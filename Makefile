@@ -4,7 +4,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := libzbar0 libjpeg62-turbo zlib1g
+SYSTEM_PACKAGES := libzbar0 libjpeg62-turbo zlib1g faketime
 
 .PHONY: demo test lint typecheck bench clean system-packages
 

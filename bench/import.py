@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +193,7 @@ async def _erp_page(s: Any, lines: list[Any]) -> int:
     await ensure_item_locations(s, pairs)
     ils = await item_location_ids(s, pairs)
     lines = [replace(ln, item_location_id=ils[(ln.item_id, ln.location_id)]) for ln in lines]
-    return int(await apply_movements(s, lines))
+    return int(await apply_movements(s, lines, recorded_at=datetime.now(UTC)))
 
 
 async def _child_import(url: str, kind: str, path: str, profile: bool, erp_lines: int) -> dict[str, Any]:
@@ -245,9 +246,9 @@ async def _child_import(url: str, kind: str, path: str, profile: bool, erp_lines
                 created = await _erp_page(s, page)
                 report = ImportReport("erp", len(page), created, 0, len(page) - created)
             else:
-                report = await import_file(s, Path(path), kind, tz=settings.tz)
+                report = await import_file(s, Path(path), kind, tz=settings.tz, now=datetime.now(UTC))
             if report.kind in ("movements", "erp") and report.created:
-                await reevaluate_open_variances(s, settings)
+                await reevaluate_open_variances(s, settings, datetime.now(UTC))
         seconds = time.perf_counter() - t0
         if profiler is not None:
             profiler.disable()

@@ -103,7 +103,7 @@ async def _child_setup(url: str, size: int, day: date, seed: int, mpi: float) ->
         t0 = time.perf_counter()
         async with sm() as s, s.begin():
             if classify is not None:
-                await classify(s, settings, as_of=day - timedelta(days=1))
+                await classify(s, settings, as_of=day - timedelta(days=1), now=datetime.now(UTC))
                 out["classified_by"] = "core.classification_service.classify"
             else:
                 await _fallback_classes(s, day, settings)
@@ -173,7 +173,7 @@ async def _child_plan(url: str, day: date) -> dict[str, Any]:
         rss_before = _peak_rss()
         t0 = time.perf_counter()
         async with sm() as s, s.begin():
-            result = await plan_day(s, settings, day)
+            result = await plan_day(s, settings, day, now=datetime.now(UTC))
         seconds = time.perf_counter() - t0
         peak = _peak_rss()
         out = {
@@ -190,7 +190,7 @@ async def _child_plan(url: str, day: date) -> dict[str, Any]:
         del result
         t0 = time.perf_counter()
         async with sm() as s, s.begin():
-            again = await plan_day(s, settings, day)
+            again = await plan_day(s, settings, day, now=datetime.now(UTC))
         out["replan_seconds"] = time.perf_counter() - t0
         out["replan_created"] = again.created
     finally:

@@ -145,12 +145,13 @@ def _child_server(spec: dict[str, Any]) -> None:
 
     from bot.app import build_app
     from core import migrate
+    from core.clock import SystemClock
     from core.config import Settings
 
     settings = Settings(database_url=spec["database_url"], server=spec["server"], **spec["platforms"])
     _logging(getattr(settings.server, "log_format", "text"))
     migrate.upgrade_in_child(settings.database_url)  # as pandian serve does
-    app = build_app(settings)
+    app = build_app(settings, clock=SystemClock())  # a benchmark is a composition root
     sock = _listening_socket()
     _write_json(
         spec["ready"], {"port": sock.getsockname()[1], "pid": os.getpid(), "built_s": time.time() - started}

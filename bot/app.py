@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from bot.handlers import actions, commands, counting
 from bot.logs import install_record_factory, new_trace_id, tracing
 from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore, check_signed
+from core.clock import Clock
 from core.config import Settings
 from core.db import WriteGate, make_engine, make_sessionmaker
 
@@ -73,7 +74,7 @@ def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitabl
         dispatcher: Dispatcher = state["dispatcher"]
         body = await request.read()
         try:
-            reply = fn(request, body, datetime.now(UTC))
+            reply = fn(request, body, state["clock"].now())
         except WebhookRefused as exc:
             metrics.inc(f'refused_total{{platform="{name}"}}')
             log.warning("%s webhook refused (%s): %s", name, exc.status, exc.reason)
@@ -220,7 +221,11 @@ async def photo_route(request: web.Request) -> web.StreamResponse:
     state = request.app[APP_KEY]
     ref = request.match_info["ref"]
     why = check_signed(
-        ref, payload_key(state["settings"]), request.query.get("e"), request.query.get("s"), time.time()
+        ref,
+        payload_key(state["settings"]),
+        request.query.get("e"),
+        request.query.get("s"),
+        state["clock"].now().timestamp(),
     )
     if why is not None:
         log.warning("photo link refused (%s): %s", why, ref)
@@ -267,7 +272,9 @@ class LazyBarcodeReader:
             await self._reader.close()
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, *, clock: Clock) -> web.Application:
+    """The server. ``clock`` is the one clock every route, job and handler reads (``SystemClock`` in
+    production, pinned in tests)."""
     install_record_factory()
     # SQLite: this process's transactions queue for the one write lock in the event loop, and the webhook's
     # dedup inserts (on their own connection) go first. PostgreSQL: the acks' own small pool keeps them from
@@ -292,16 +299,16 @@ def build_app(settings: Settings) -> web.Application:
     router = Router().include(commands.router, counting.router, actions.router, commands.fallback_router)
 
     async def after_handle(session: Any, trace_id: str) -> None:
-        await sync_cards(session, settings, datetime.now(UTC), trace_id)
+        await sync_cards(session, settings, clock.now(), trace_id)
 
-    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle,
+    dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle, clock=clock,
                             ack_sessionmaker=make_sessionmaker(ack_engine), workers=settings.server.workers)  # fmt: skip
     app = web.Application(client_max_size=25 * 1024 * 1024)
     metrics = Metrics()
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
         "channels": channels, "metrics": metrics, "store": store, "connections": {}, "photos": services["photos"],
-        "gate": gate,
+        "gate": gate, "clock": clock,
     }  # fmt: skip
     for method, path, fn in routes:
         app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
@@ -318,7 +325,7 @@ def build_app(settings: Settings) -> web.Application:
         async def loop() -> None:
             while not stopping.is_set():
                 try:
-                    counts = await deliver_due(sessionmaker, channels, limit=OUTBOX_PASS)
+                    counts = await deliver_due(sessionmaker, channels, now=clock.now(), limit=OUTBOX_PASS)
                     if sum(counts.values()) >= OUTBOX_PASS:
                         continue  # a full pass: more is probably waiting, go on at once
                 except Exception:
@@ -335,7 +342,7 @@ def build_app(settings: Settings) -> web.Application:
             while not stopping.is_set():
                 try:
                     async with sessionmaker() as s, s.begin():
-                        if (await sync_cards(s, settings, datetime.now(UTC))).total():
+                        if (await sync_cards(s, settings, clock.now())).total():
                             wake.set()
                     await dispatcher.replay(older_than=timedelta(seconds=settings.server.replay_after_s))
                 except Exception:
@@ -388,7 +395,7 @@ def build_app(settings: Settings) -> web.Application:
         Every server process runs the scheduler; each job claims its run durably, so it happens once."""
         from bot.scheduler import build_scheduler, shutdown, start
 
-        scheduler = build_scheduler(sessionmaker, settings)
+        scheduler = build_scheduler(sessionmaker, settings, clock=clock.now)
         start(scheduler)
         yield
         await shutdown(scheduler)

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.cli_clock import CliRoot, clock, now
+from core.clock import local_day
 from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker
 
@@ -52,7 +54,7 @@ async def _with_session(
 
 def _parse_day(value: str | None, settings: Settings) -> date:
     if value is None or value == "today":
-        return datetime.now(settings.tz).date()
+        return local_day(now(), settings.tz)
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
@@ -61,12 +63,14 @@ def _parse_day(value: str | None, settings: Settings) -> date:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pandian")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """pandian 盘点: cycle counting in WeCom, Feishu and DingTalk.
 
     Configuration comes from PANDIAN_* environment variables and an optional pandian.toml
     (see README). The database defaults to pandian.db in the working directory.
     """
+    ctx.ensure_object(CliRoot)
 
 
 @main.group()
@@ -110,12 +114,12 @@ def import_cmd(file: Path, kind: str | None) -> None:
                 status.update(f"导入 {file.name}：已读 {done:,} 行 / {done:,} rows read")
 
             async def work(s: AsyncSession) -> Any:
-                report = await import_file(s, file, kind, tz=settings.tz, progress=progress)
+                report = await import_file(s, file, kind, tz=settings.tz, progress=progress, now=now())
                 if report.kind == "movements" and report.created:
                     # late movements that happened before a count change that count's book
                     from core.variance.service import reevaluate_open_variances
 
-                    await reevaluate_open_variances(s, settings)
+                    await reevaluate_open_variances(s, settings, now())
                 return report
 
             return await _with_session(settings, work)
@@ -142,7 +146,7 @@ def classify(warehouse: str | None, as_of: str | None) -> None:
     async def go(settings: Settings) -> Any:
         day = _parse_day(as_of, settings)
         return await _with_session(
-            settings, lambda s: classify_items(s, settings, as_of=day, warehouse_code=warehouse)
+            settings, lambda s: classify_items(s, settings, as_of=day, now=now(), warehouse_code=warehouse)
         )
 
     try:
@@ -178,7 +182,9 @@ def plan(day: str | None, warehouse: str | None, dry_run: bool, fmt: str, limit:
     async def go(settings: Settings) -> Any:
         d = _parse_day(day, settings)
         return await _with_session(
-            settings, lambda s: plan_day(s, settings, d, warehouse_code=warehouse), commit=not dry_run
+            settings,
+            lambda s: plan_day(s, settings, d, now=now(), warehouse_code=warehouse),
+            commit=not dry_run,
         )
 
     try:
@@ -265,7 +271,7 @@ async def _generate(settings: Settings, items: int, seed: int) -> Any:
     from core.demo import generate_demo
     from core.models import Item
 
-    today = datetime.now(settings.tz).date()
+    today = local_day(now(), settings.tz)
 
     async def work(session: AsyncSession) -> Any:
         if (await session.execute(select(func.count()).select_from(Item))).scalar_one():
@@ -308,7 +314,12 @@ def demo(items: int, out: str | None) -> None:
     )
     try:
         transcript = asyncio.run(
-            play(settings, items=items, echo=lambda line: console.print(line, markup=False, highlight=False))
+            play(
+                settings,
+                clock=clock(),
+                items=items,
+                echo=lambda line: console.print(line, markup=False, highlight=False),
+            )
         )
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -428,7 +439,7 @@ def count(
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
-        when = datetime.now(settings.tz)
+        when = now().astimezone(settings.tz)
         if at:
             try:
                 when = datetime.fromisoformat(at)
@@ -438,13 +449,13 @@ def count(
                 ) from exc
             when = when if when.tzinfo else when.replace(tzinfo=settings.tz)
         if finish:
-            return await finish_partial_count(s, settings, task_id=task_id, actor_id=user.id)
+            return await finish_partial_count(s, settings, task_id=task_id, actor_id=user.id, now=now())
         if qty is None and outcome is None:
             raise click.UsageError("请给出数量，或用 --empty / --not-here / --finish")
         return await record_count(
             s, settings, task_id=task_id, counter_id=user.id, text=qty,
             outcome=CountOutcome(outcome) if outcome else CountOutcome.COUNTED, partial=partial,
-            counted_at=when, method=EntryMethod.CLI, note=note,
+            counted_at=when, method=EntryMethod.CLI, note=note, now=now(),
         )  # fmt: skip
 
     r = _flow(work)
@@ -513,7 +524,7 @@ def review(variance_id: int, reason: str, note: str | None, as_: str) -> None:
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
         return await review_variance(s, settings, variance_id=variance_id, reviewer_id=user.id, reason_code=reason,
-                                     note=note)  # fmt: skip
+                                     note=note, now=now())  # fmt: skip
 
     v = _flow(work)
     console.print(
@@ -533,12 +544,17 @@ def _decision_command(name: str, decision: str, help_text: str) -> None:
         async def work(settings: Settings, s: AsyncSession) -> Any:
             user = await user_by_employee_no(s, as_)
             return await decide(s, settings, variance_id=variance_id, actor_id=user.id,
-                                decision=ApprovalDecision(decision), comment=comment)  # fmt: skip
+                                decision=ApprovalDecision(decision), comment=comment, now=now())  # fmt: skip
 
         d = _flow(work)
-        console.print(
-            f"[green]✓[/] 差异 #{variance_id}：{d.outcome}{'（最终）' if d.final else '，等待下一级审批'}"
-        )
+        from core.variance.workflow import VARIANCE, VarianceState
+
+        state = VarianceState(d.variance.state)
+        if not d.final:
+            said = "本级已通过，等待下一级审批 / approved at this step; on to the next approver"
+        else:
+            said = f"{VARIANCE.state_zh[state]} / {state.value}"
+        console.print(f"[green]✓[/] 差异 #{variance_id}：{said}")
 
 
 _decision_command("approve", "approved", "Approve the current approval step of a variance.")
@@ -591,12 +607,13 @@ def adjustments_export(fmt: str, out: Path | None) -> None:
     async def go(settings: Settings) -> Any:
         from core import migrate
 
-        path = out or Path(f"pandian-adjustments-{datetime.now(settings.tz):%Y%m%d-%H%M%S}.{fmt}")
+        at = now()
+        path = out or Path(f"pandian-adjustments-{at.astimezone(settings.tz):%Y%m%d-%H%M%S}.{fmt}")
         engine = make_engine(settings.database_url)
         try:
             await migrate.upgrade(engine)
             async with make_sessionmaker(engine)() as s:
-                result = await export_adjustments(s, path, fmt, tz=settings.tz)
+                result = await export_adjustments(s, path, fmt, tz=settings.tz, now=at)
                 try:
                     await s.commit()
                 except BaseException:
@@ -718,7 +735,7 @@ def _report_command(name: str, help_text: str) -> Callable[[Callable[..., Any]],
                 raise click.ClickException("--out 只用于 csv 或 json / --out needs --format csv or json")
 
             async def go(settings: Settings) -> tuple[ReportFilter, list[Any]]:
-                today = datetime.now(settings.tz).date()
+                today = local_day(now(), settings.tz)
                 first, last = _report_day(start, "--from", today), _report_day(end, "--to", today)
                 # open variances: all of them unless a period is given; other reports: the last 30 days
                 if name != "variances" or first or last:
@@ -803,11 +820,10 @@ async def _report_progress(s: AsyncSession, settings: Settings, flt: Any) -> lis
 
 @_report_command("variances", "Open variances: state, age, severity, value and who acts next.")
 async def _report_variances(s: AsyncSession, settings: Settings, flt: Any) -> list[Any]:
-    from datetime import UTC
 
     from core.analytics import open_variances_report
 
-    return list(await open_variances_report(s, settings, flt, now=datetime.now(UTC)))
+    return list(await open_variances_report(s, settings, flt, now=now()))
 
 
 @_report_command("reasons", "The reason Pareto: count and value per reason, shares and cumulative shares.")
@@ -887,7 +903,7 @@ def resolve(variance_id: int, count_is_right: bool | None, as_: str) -> None:
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
         return await resolve_dispute(s, settings, variance_id=variance_id, supervisor_id=user.id,
-                                     count_is_right=bool(count_is_right))  # fmt: skip
+                                     count_is_right=bool(count_is_right), now=now())  # fmt: skip
 
     v = _flow(work)
     console.print(f"[green]✓[/] 差异 #{v.id}：{v.state}")
@@ -898,7 +914,7 @@ def housekeeping_cmd() -> None:
     """Run the workflow's periodic jobs: escalate late approvals, open improvement items, re-evaluate."""
     from core.variance.service import housekeeping
 
-    done = _flow(lambda settings, s: housekeeping(s, settings))
+    done = _flow(lambda settings, s: housekeeping(s, settings, now()))
     console.print(
         f"升级审批 {done['escalated']}，改进项 {done['improvement_items']}，重新计算差异 {done['reevaluated']}"
     )
@@ -926,7 +942,11 @@ def serve(host: str | None, port: int | None) -> None:
     except migrate.MigrationFailed as exc:
         raise click.ClickException(f"数据库升级失败 / database upgrade failed: {exc}") from exc
     console.print(f"数据库结构 {revision} / schema at revision {revision}")
-    web.run_app(build_app(settings), host=host or settings.server.host, port=port or settings.server.port)
+    web.run_app(
+        build_app(settings, clock=clock()),
+        host=host or settings.server.host,
+        port=port or settings.server.port,
+    )
 
 
 def _register_groups() -> None:

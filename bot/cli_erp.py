@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ import click
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.cli_clock import now as cli_now
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
 
@@ -177,7 +177,7 @@ def post(retry_ids: tuple[int, ...], retry_failed: bool, show: bool) -> None:
 
     async def go(settings: Settings) -> Any:
         connector = make_connector(settings)
-        now = datetime.now(UTC)
+        now = cli_now()
 
         async def work(sm: async_sessionmaker[AsyncSession]) -> Any:
             retried: list[int] = []

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.cli_clock import now as cli_now
 from core.config import Settings
 from core.db import make_engine, make_sessionmaker
 
@@ -52,7 +53,7 @@ def jobs_list() -> None:
                 return await load_calendar(s, settings)
 
         calendar = await _with_sessionmaker(settings, work)
-        now = datetime.now(UTC)
+        now = cli_now()
         return settings, [
             (p, p.trigger.get_next_fire_time(None, now)) for p in plans(settings, CalendarRef(calendar), now)
         ]
@@ -77,7 +78,7 @@ def jobs_list() -> None:
 
 def _when(name: str, day: date | None, settings: Settings) -> datetime:
     """The moment a job runs "as of": its scheduled time on ``day`` for a daily job, else now (on ``day``)."""
-    now = datetime.now(settings.tz)
+    now = cli_now().astimezone(settings.tz)
     if day is None:
         return now
     at = {

@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from datetime import time as dtime
 from decimal import Decimal
 from typing import Any
 
 from aiohttp import ClientSession, web
 from sqlalchemy import func, select
 
+from core.clock import Clock, RunningClock, local_day
 from core.config import Settings
 
 TOKEN = "pandian-demo-token"
@@ -118,9 +119,12 @@ def barcode_photo(code: str) -> bytes:
 
 
 async def play(
-    settings: Settings, *, items: int = 2000, echo: Callable[[str], None] | None = None
+    settings: Settings, *, clock: Clock, items: int = 2000, echo: Callable[[str], None] | None = None
 ) -> Transcript:
-    """Generate the demo company into ``settings.database_url`` (an empty database), then play the day."""
+    """Generate the demo company into ``settings.database_url`` (an empty database), then play the day.
+
+    The day is the company's day at ``clock.now()``; the scenes then happen at the times they name (07:30,
+    08:10, ...) on a clock that runs on from there, which the server, the sandbox and the jobs all share."""
     from bot import jobs
     from bot.app import APP_KEY, build_app
     from core import migrate
@@ -141,7 +145,18 @@ async def play(
     from core.scheduling.service import load_calendar
     from integrations.wecom.sandbox import WeComFakeState, WeComSimulator, build_wecom_fake_app
 
-    today = datetime.now(settings.tz).date()
+    today = local_day(clock.now(), settings.tz)
+    day_clock = RunningClock(datetime.combine(today, dtime(7, 0), settings.tz))
+
+    def at(hhmm: str) -> str:
+        """Move the demo's clock on to ``hhmm`` of the demo day (the scene's time)."""
+        hh, mm = map(int, hhmm.split(":"))
+        day_clock.move_to(datetime.combine(today, dtime(hh, mm), settings.tz))
+        return hhmm
+
+    def stamp() -> int:
+        return int(day_clock.now().timestamp())
+
     engine = make_engine(settings.database_url)
     await migrate.upgrade(engine)
     sm = make_sessionmaker(engine)
@@ -149,14 +164,14 @@ async def play(
         if (await s.execute(select(func.count()).select_from(Item))).scalar_one():
             raise RuntimeError("the demo needs an empty database; point PANDIAN_DATABASE_URL at a new file")
         await generate_demo(s, items=items, seed=20261128, today=today, tz=settings.tz)
-        await classify(s, settings, as_of=today)
+        await classify(s, settings, as_of=today, now=day_clock.now())
         cal = await load_calendar(s, settings)
         working = cal.is_working_day(today)
         names = {u.wecom_userid: u.name for u in (await s.execute(select(User))).scalars() if u.wecom_userid}
 
     # the sandbox WeCom, and pandian configured to talk to it
     state = WeComFakeState()
-    state.now = time.time()
+    state.now = day_clock.now().timestamp()
     sandbox = web.AppRunner(build_wecom_fake_app(state))
     await sandbox.setup()
     sandbox_port = _free_port("127.0.0.1", 0)
@@ -173,7 +188,7 @@ async def play(
             "extra_working_days": [*settings.calendar.extra_working_days, today],
         }
     demo_settings = Settings.model_validate({**settings.model_dump(), **overrides})
-    app = build_app(demo_settings)
+    app = build_app(demo_settings, clock=day_clock)
     runner = web.AppRunner(app)
     await runner.setup()
     port = _free_port(demo_settings.server.host, demo_settings.server.port)
@@ -217,13 +232,13 @@ async def play(
 
         async def say(who: str, text: str) -> None:
             t.said(who, text)
-            await post(sim.text(who, text, msg_id=next(msg_ids), timestamp=int(time.time())))
+            await post(sim.text(who, text, msg_id=next(msg_ids), timestamp=stamp()))
             await settle()
 
         async def photo(who: str, data: bytes, what: str) -> None:
             t.said(who, f"[照片：{what}]")
             media = state.add_media(data)
-            await post(sim.image(who, media, msg_id=next(msg_ids), timestamp=int(time.time())))
+            await post(sim.image(who, media, msg_id=next(msg_ids), timestamp=stamp()))
             await settle()
 
         def card_for(who: str, prefix: str) -> dict[str, Any]:
@@ -244,18 +259,17 @@ async def play(
                 t.said(who, f"点 [{label}]")
             code = state.issue_response_code(who, card["task_id"])
             await post(sim.card_event(who, event_key=button["key"], task_id=card["task_id"], response_code=code,
-                                      timestamp=int(time.time()) + next(msg_ids) % 30, selected=chosen))  # fmt: skip
+                                      timestamp=stamp() + next(msg_ids) % 30, selected=chosen))  # fmt: skip
             await settle()
 
         # 07:30 the morning job
-        t.scene("07:30", "早间任务：排程并推送今日盘点卡片")
-        now = datetime.now(UTC)
-        report = await jobs.morning(sm, demo_settings, now)
+        t.scene(at("07:30"), "早间任务：排程并推送今日盘点卡片")
+        report = await jobs.morning(sm, demo_settings, day_clock.now())
         t.add(f"{' ' * 8}（{report.line()}）")
         await settle()
 
         # 08:10 张伟 counts from his card
-        t.scene("08:10", "张伟开始盘点")
+        t.scene(at("08:10"), "张伟开始盘点")
         counter = "zhangwei"
         await press(counter, card_for(counter, "tasks-"), "开始盘点")
         await say(counter, "abc")
@@ -291,7 +305,7 @@ async def play(
                 shown["photo"] = True
             elif step >= 3 and book >= 6 and (all(shown.values()) or step >= 8):
                 found = book + max(Decimal(3), (book / 3).quantize(Decimal(1)))
-                t.scene("08:40", "张伟发现差异：多出约三分之一")
+                t.scene(at("08:40"), "张伟发现差异：多出约三分之一")
                 await say(counter, _qty(found))
                 break
             else:
@@ -301,13 +315,13 @@ async def play(
         # the blind recount
         recounter = _recipient(state, "rc-")
         if recounter:
-            t.scene("09:05", f"{names.get(recounter, recounter)} 收到盲盘复盘请求")
+            t.scene(at("09:05"), f"{names.get(recounter, recounter)} 收到盲盘复盘请求")
             await press(recounter, card_for(recounter, "rc-"), "开始复盘")
             await say(recounter, _qty(found))
             # the review
             reviewer = _recipient(state, "rv-")
             if reviewer:
-                t.scene("09:20", "主管复核：在卡片上选择原因")
+                t.scene(at("09:20"), "主管复核：在卡片上选择原因")
                 card = card_for(reviewer, "rv-")
                 option = card["button_selection"]["option_list"][0]["text"]
                 await press(reviewer, card, "提交原因", select=option)
@@ -316,15 +330,15 @@ async def play(
                     approver = _recipient(state, "ap-", answered=done)
                     if not approver:
                         break
-                    t.scene(step_clock, f"{names.get(approver, approver)} 审批")
+                    t.scene(at(step_clock), f"{names.get(approver, approver)} 审批")
                     done.add(approver)
                     await press(approver, card_for(approver, "ap-"), "通过")
 
-        t.scene("15:00", "下午提醒：还有未完成任务的盘点员")
-        await jobs.afternoon(sm, demo_settings, datetime.now(UTC))
+        t.scene(at("15:00"), "下午提醒：还有未完成任务的盘点员")
+        await jobs.afternoon(sm, demo_settings, day_clock.now())
         await settle()
-        t.scene("18:00", "日终汇总：主管与经理")
-        await jobs.summary_job(sm, demo_settings, datetime.now(UTC))
+        t.scene(at("18:00"), "日终汇总：主管与经理")
+        await jobs.summary_job(sm, demo_settings, day_clock.now())
         await settle()
 
         async with sm() as s:

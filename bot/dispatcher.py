@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, TextClause, bindparam, select, text, update
@@ -40,6 +40,7 @@ from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMes
 from bot.logs import new_trace_id, trace_id_var, tracing
 from bot.outbox import enqueue
 from core.batching import GroupCommit
+from core.clock import Clock, local_day
 from core.config import Settings
 from core.db import track_writes
 from core.models import InboundSeen, User
@@ -85,6 +86,17 @@ class Context:
     @property
     def address(self) -> Address:
         return Address(self.event.platform, self.event.sender.user_id, self.event.chat_id)
+
+    @property
+    def now(self) -> datetime:
+        """When the user acted: the event's arrival, stamped by the composition root's clock (a replayed
+        event keeps its own time). Handlers never read the wall clock."""
+        return self.event.received_at
+
+    @property
+    def today(self) -> date:
+        """The company's day at :attr:`now`."""
+        return local_day(self.event.received_at, self.settings.tz)
 
     def reply_text(self, text: str) -> None:
         self.replies.append(("text", {"text": text}))
@@ -183,11 +195,13 @@ class Dispatcher:
         services: dict[str, Any] | None = None,
         after_handle: AfterHandle | None = None,
         *,
+        clock: Clock,
         ack_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
         workers: int = 4,
         queue_limit: int = 10_000,
     ) -> None:
         self.sessionmaker, self.settings, self.store, self.router = sessionmaker, settings, store, router
+        self.clock = clock  # when an event is claimed, when its replies are queued, what replay calls old
         self.ack_sessionmaker = ack_sessionmaker or sessionmaker
         self.services = services or {}
         self.after_commit = after_commit  # e.g. wake the outbox
@@ -351,7 +365,7 @@ class Dispatcher:
         oldest first. Each is claimed by a compare-and-set on its attempt count, so two processes replaying
         at once take different events; after ``MAX_ATTEMPTS`` an event is left alone and logged. Events still
         waiting in this process's queue are left to it."""
-        now = now or datetime.now(UTC)
+        now = now or self.clock.now()
         async with self.sessionmaker() as s:
             rows = (
                 await s.execute(
@@ -401,7 +415,7 @@ class Dispatcher:
                     prepared.update(await hook(event, self.services))
                 async with self.sessionmaker() as s, s.begin():
                     # claim the event: a peer's replay and this worker can never both act on it
-                    claim = await s.execute(_CLAIM, {"key": event.dedup_key, "at": datetime.now(UTC)})
+                    claim = await s.execute(_CLAIM, {"key": event.dedup_key, "at": self.clock.now()})
                     if not claim.rowcount:  # type: ignore[attr-defined]
                         self.stats["skipped_processed"] += 1
                         log.info("%s was processed already (by a replay or a peer)", event.dedup_key)
@@ -414,7 +428,7 @@ class Dispatcher:
                     if user is None or not user.active:
                         self.stats["unknown_users"] += 1
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:unknown", to=addr, kind="text",
-                                      body={"text": NOT_REGISTERED}, trace_id=trace_id)  # fmt: skip
+                                      body={"text": NOT_REGISTERED}, trace_id=trace_id, now=self.clock.now())  # fmt: skip
                     else:
                         ctx = Context(event, user, s, self.settings, state, trace_id, self.services, prepared)
                         for handler in self.router.handlers[type(event)]:
@@ -423,7 +437,7 @@ class Dispatcher:
                         # replies go out through the outbox, in this same transaction
                         for i, (kind, body) in enumerate(ctx.replies):
                             await enqueue(s, idempotency_key=f"{event.dedup_key}:r{i}", to=addr, kind=kind,
-                                          body=body, trace_id=trace_id)  # fmt: skip
+                                          body=body, trace_id=trace_id, now=self.clock.now())  # fmt: skip
                         if self.after_handle is not None and written - BOOKKEEPING:
                             await self.after_handle(s, trace_id)
                         state, later = ctx.state, ctx.later
@@ -440,7 +454,7 @@ class Dispatcher:
                 async with self.sessionmaker() as s, s.begin():
                     for i, (kind, body) in enumerate(more):
                         await enqueue(s, idempotency_key=f"{event.dedup_key}:a{n}.{i}", to=addr, kind=kind,
-                                      body=body, trace_id=trace_id)  # fmt: skip
+                                      body=body, trace_id=trace_id, now=self.clock.now())  # fmt: skip
             self.stats["processed"] += 1
             log.info("processed %s in %.0f ms", event.dedup_key, (time.perf_counter() - started) * 1000)
             if self.after_commit is not None:

@@ -252,7 +252,7 @@ async def morning(
     """Plan the day and push every counter who has tasks their daily task card. Working days only, once a day."""
 
     async def work(s: AsyncSession, report: JobReport) -> None:
-        plan = await plan_day(s, settings, report.day)
+        plan = await plan_day(s, settings, report.day, now=now)
         report.details.update(planned=plan.created, open_tasks=len(plan.tasks), unassigned=plan.unassigned)
         await _push_task_cards(s, settings, report, now, reminder=False)
 

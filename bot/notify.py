@@ -7,6 +7,7 @@ people through here, inside the caller's transaction, via the durable outbox.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,6 +54,7 @@ async def notify(
     subject: str | None = None,
     trace_id: str | None = None,
     prefer: Platform | None = None,
+    now: datetime,
 ) -> bool:
     """Queue a text or card to ``user`` (idempotent on ``key``). False when they have no reachable address
     or the key was queued before."""
@@ -60,5 +62,5 @@ async def notify(
     if to is None:
         return False
     return await enqueue(
-        session, idempotency_key=key, to=to, kind=kind, body=body, trace_id=trace_id, subject=subject
+        session, idempotency_key=key, to=to, kind=kind, body=body, trace_id=trace_id, subject=subject, now=now
     )

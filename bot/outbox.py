@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ async def enqueue(
     kind: str,
     body: Mapping[str, Any],
     trace_id: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
     subject: str | None = None,
 ) -> bool:
     """Queue one send in the caller's transaction. The same key twice queues it once. Returns True if new.
@@ -60,7 +60,6 @@ async def enqueue(
         raise ValueError(f"unknown outbox kind {kind!r}")
     if kind == "image" and not (isinstance(body.get("image"), str) and isinstance(body.get("path"), str)):
         raise ValueError("an image row needs the stored picture's reference: {'image': ref, 'path': file}")
-    now = now or datetime.now(UTC)
     row = {
         "idempotency_key": idempotency_key, "platform": to.platform.value, "kind": kind,
         "address": {"user_id": to.user_id, "chat_id": to.chat_id}, "body": dict(body), "state": "pending",
@@ -176,13 +175,12 @@ async def deliver_due(
     sessionmaker: async_sessionmaker[AsyncSession],
     channels: Mapping[str, Channel],
     *,
-    now: datetime | None = None,
+    now: datetime,
     limit: int = 50,
 ) -> dict[str, int]:
     """One pass: claim due rows and count their recipients' recent sends (one transaction), send them
     (each recipient's rows in order, recipients concurrently, at most ``SENDS_IN_FLIGHT`` at once), and
     record each outcome as soon as it is known, outcomes that arrive together in one transaction."""
-    now = now or datetime.now(UTC)
     counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0}
     async with sessionmaker() as s, s.begin():
         claimed = await _claim(s, now, limit)

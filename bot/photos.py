@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import os
 import re
-import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -57,9 +56,9 @@ class PhotoStore:
         name = Path(ref).name
         return self.root / name[:2] / name
 
-    def prune(self, now: float | None = None) -> int:
+    def prune(self, now: float) -> int:
         """Delete photos older than the retention; returns how many."""
-        cutoff = (now or time.time()) - self.retention_days * 86400
+        cutoff = now - self.retention_days * 86400
         removed = 0
         for p in self.root.glob("*/*"):
             if p.is_file() and p.stat().st_mtime < cutoff:

@@ -15,7 +15,7 @@
 Wiring into aiohttp (the cleanup context runs ``start`` at startup and ``shutdown`` at cleanup)::
 
     async def jobs_ctx(app):
-        scheduler = build_scheduler(sessionmaker, settings)
+        scheduler = build_scheduler(sessionmaker, settings, clock=clock.now)
         start(scheduler)
         yield
         await shutdown(scheduler)
@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -162,7 +162,7 @@ class JobRunner:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime],
     ) -> None:
         self.sessionmaker, self.settings, self.clock = sessionmaker, settings, clock
         self.scheduler: AsyncIOScheduler | None = None
@@ -218,19 +218,20 @@ def build_scheduler(
     sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
     *,
-    now: datetime | None = None,
+    clock: Callable[[], datetime],
 ) -> PandianScheduler:
     """The scheduler with every enabled job (none when ``schedule.enabled`` is false), not started.
 
-    ``now`` fixes the clock the first run times are computed from (tests)."""
-    now = now or datetime.now(UTC)
+    ``clock`` is the composition root's: the first run times are computed from it, and each job is handed
+    its time. (APScheduler itself fires on the wall clock: that is what a scheduler is for.)"""
+    now = clock()
     tz = settings.tz
     scheduler = PandianScheduler(
         timezone=tz,
         job_defaults={"coalesce": True, "max_instances": 1},
     )
     calendar = CalendarRef(settings_calendar(settings))
-    runner = JobRunner(sessionmaker, settings)
+    runner = JobRunner(sessionmaker, settings, clock)
     runner.scheduler = scheduler
     scheduler.runner, scheduler.calendar = runner, calendar
     if not settings.schedule.enabled:

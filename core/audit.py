@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -21,7 +21,7 @@ def record(
     from_state: str | None = None,
     to_state: str | None = None,
     variance_id: int | None = None,
-    at: datetime | None = None,
+    at: datetime,
     **data: Any,
 ) -> AuditEvent:
     """Add one event to the session (written with the caller's unit of work, never on its own)."""
@@ -33,7 +33,7 @@ def record(
         from_state=from_state,
         to_state=to_state,
         actor_id=actor_id,
-        at=at or datetime.now(UTC),
+        at=at,
         data={k: _jsonable(v) for k, v in data.items()},
     )
     session.add(event)

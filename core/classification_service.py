@@ -129,10 +129,9 @@ async def refresh_item_location_classes(
         )
 
 
-async def apply_pins(session: AsyncSession) -> int:
+async def apply_pins(session: AsyncSession, now: datetime) -> int:
     """Make pinned classes take effect now (a pin set by an import is used by the very next plan), with a
     history row each. Returns the number of items whose class changed."""
-    now = datetime.now(UTC)
     rows = (
         await session.execute(
             select(Item.id, Item.abc_class, Item.pinned_class).where(
@@ -195,7 +194,11 @@ CLASS_STAGING = staging_table(
 
 
 async def _write(
-    session: AsyncSession, result: list[Classified], old: dict[int, str | None], warehouse_id: int | None
+    session: AsyncSession,
+    result: list[Classified],
+    old: dict[int, str | None],
+    warehouse_id: int | None,
+    now: datetime,
 ) -> int:
     """Write the changed classes, their history and the item-locations' copies, set-based."""
     changed = [r for r in result if old.get(r.item_id) != r.abc_class]
@@ -248,7 +251,7 @@ async def _write(
                 ["item_id", "warehouse_id", "old_class", "new_class", "annual_value", "basis", "changed_at"],
                 select(
                     c.item_id, literal(warehouse_id, Integer), c.old_class, c.new_class, c.annual_value, c.basis,
-                    literal(datetime.now(UTC), UTCDateTime),
+                    literal(now, UTCDateTime),
                 ),
             )
         )  # fmt: skip
@@ -256,7 +259,12 @@ async def _write(
 
 
 async def classify(
-    session: AsyncSession, settings: Settings, *, as_of: date, warehouse_code: str | None = None
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    as_of: date,
+    now: datetime,
+    warehouse_code: str | None = None,
 ) -> ClassifySummary:
     """Classify every item by the value it consumed in the look-back window ending on ``as_of``."""
     cfg = settings.classification
@@ -269,7 +277,7 @@ async def classify(
         old = dict((await session.execute(select(Item.id, Item.abc_class))).all())
         # a first classification has no "old" class: items start as C by default, record them all
         first = not (await session.execute(select(func.count()).select_from(ClassChange))).scalar_one()
-        changed = await _write(session, result, {} if first else dict(old), None)
+        changed = await _write(session, result, {} if first else dict(old), None, now)
         summary.scopes.append(ScopeSummary(None, summarise(result), changed, _bases(result)))
         return summary
     stmt = select(Warehouse.id, Warehouse.code).order_by(Warehouse.code)
@@ -290,7 +298,7 @@ async def classify(
                 )
             ).all()
         )
-        changed = await _write(session, result, dict(old), wid)
+        changed = await _write(session, result, dict(old), wid, now)
         summary.scopes.append(ScopeSummary(code, summarise(result), changed, _bases(result)))
     return summary
 

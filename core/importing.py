@@ -107,7 +107,6 @@ from core.models import (
     UTCDateTime,
     Warehouse,
     Zone,
-    utcnow,
 )
 from core.stock import (
     MOVEMENT_STAGING,
@@ -2263,12 +2262,12 @@ async def import_file(
     *,
     tz: ZoneInfo,
     progress: Callable[[int], None] | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> ImportReport:
     """Validate the whole file, then upsert it (see the module docstring). Flushes, never commits.
 
     ``progress(rows_done)`` is called every few thousand rows read (users: written). ``now`` (aware) is the
-    default stock snapshot time and the movements' ``recorded_at``; it defaults to the current time.
+    default stock snapshot time and the movements' ``recorded_at`` (the caller's clock).
     """
     path = Path(path)
     sheet = Sheet(path)
@@ -2286,7 +2285,7 @@ async def import_file(
             if i.row is not None:
                 i.row = sheet.header_row
         raise ImportFailed(header_issues)
-    importer = _IMPORTERS[kind](session, sheet, cmap, tz, now or utcnow())
+    importer = _IMPORTERS[kind](session, sheet, cmap, tz, now)
     importer.progress = progress
     await importer.validate()
     importer.issues.raise_if_any()

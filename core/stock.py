@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db import BulkWriter, dialect_insert, staged, staging_table
-from core.models import Item, ItemLocation, Location, LotBalance, Movement, MovementType, UTCDateTime, utcnow
+from core.models import Item, ItemLocation, Location, LotBalance, Movement, MovementType, UTCDateTime
 
 CHUNK = 1000
 _MOVEMENT: Table = Movement.__table__  # type: ignore[assignment]
@@ -289,7 +289,7 @@ async def existing_import_keys(session: AsyncSession, keys: Iterable[str]) -> se
 
 
 async def apply_movements(
-    session: AsyncSession, lines: Sequence[MovementLine], *, recorded_at: datetime | None = None
+    session: AsyncSession, lines: Sequence[MovementLine], *, recorded_at: datetime
 ) -> int:
     """Record movements in the ledger and move the book (see the module docstring).
 
@@ -312,7 +312,7 @@ async def apply_movements(
             )
         )  # fmt: skip
     async with staged(session, MOVEMENT_STAGING, rows, columns=STAGED_LINE) as st:
-        return await apply_staged_movements(session, st, recorded_at=recorded_at or utcnow())
+        return await apply_staged_movements(session, st, recorded_at=recorded_at)
 
 
 def _naive_utc(t: datetime | None) -> datetime | None:

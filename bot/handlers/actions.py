@@ -34,6 +34,7 @@ from bot.i18n import lang, refusal, tr
 from core.enums import ApprovalDecision, CountOutcome, EntryMethod
 from core.models import CountTask
 from core.variance.service import WorkflowError, counter_tasks, decide, record_count, review_variance
+from core.variance.workflow import VarianceState
 
 log = logging.getLogger("pandian.actions")
 
@@ -105,7 +106,7 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
         if "counter" not in (ctx.user.roles or []):
             ctx.reply_text(tr(ctx, "只有盘点员可以开始盘点", "Only counters can start counting"))
             return
-        today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+        today = ctx.today
         mine = {t.id for t, _, _ in await counter_tasks(ctx.session, ctx.user.id, today)}
         queue = [t for t in p.task_ids if t in mine]  # a forwarded card gives nobody else's tasks
         if not queue:
@@ -121,7 +122,7 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
             return
         if isinstance(p, CannotFind):
             await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
-                               outcome=CountOutcome.NOT_HERE, counted_at=now, dedup_key=ev.dedup_key)  # fmt: skip
+                               outcome=CountOutcome.NOT_HERE, counted_at=now, dedup_key=ev.dedup_key, now=now)  # fmt: skip
             ctx.reply_text(
                 tr(
                     ctx,
@@ -133,7 +134,7 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
             qty = (ev.form.get("qty") or ev.form.get("quantity") or "").strip()
             result = await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
                                         text=qty or None, counted_at=now, method=EntryMethod.TYPED,
-                                        dedup_key=ev.dedup_key)  # fmt: skip
+                                        dedup_key=ev.dedup_key, now=now)  # fmt: skip
             if lang(ctx) == "en":
                 ctx.reply_text(f"✓ Recorded ({result.understood})" if result.understood else "✓ Recorded")
             else:
@@ -201,13 +202,18 @@ _SAID_EN = {
 async def _decide(ctx: Context, vid: int, seq: int, decision: ApprovalDecision, comment: str | None) -> None:
     d = await decide(ctx.session, ctx.settings, variance_id=vid, actor_id=ctx.user.id, decision=decision,
                      comment=comment, now=ctx.event.received_at, step_seq=seq)  # fmt: skip
+    nothing_to_adjust = d.variance.state == VarianceState.CLOSED_NO_DIFFERENCE
     if lang(ctx) == "en":
         said = _SAID_EN.get(d.outcome, "Variance #{vid} handled").format(vid=vid)
-        if d.outcome == "approved":
+        if d.outcome == "approved" and nothing_to_adjust:
+            said += "; no difference is left (a movement explains it), so nothing is adjusted."
+        elif d.outcome == "approved":
             said += "; the stock adjustment is made." if d.final else "; on to the next approver."
     else:
         said = _SAID.get(d.outcome, "已处理差异 #{vid}").format(vid=vid)
-        if d.outcome == "approved":
+        if d.outcome == "approved" and nothing_to_adjust:
+            said += "，核实已无差异（库存变动已解释差异），无需调整库存。"
+        elif d.outcome == "approved":
             said += "，已生成库存调整。" if d.final else "，已转下一级审批。"
     ctx.reply_text(said)
 

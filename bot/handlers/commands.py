@@ -93,10 +93,6 @@ class Command:
     run: Callable[[Context, list[str]], Awaitable[None]] = field(repr=False)
 
 
-def _today(ctx: Context) -> date:
-    return ctx.event.received_at.astimezone(ctx.settings.tz).date()
-
-
 def _day_start(ctx: Context, day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=ctx.settings.tz)
 
@@ -125,7 +121,7 @@ async def _help(ctx: Context, args: list[str]) -> None:
 
 
 async def _tasks(ctx: Context, args: list[str]) -> None:
-    rows = await counter_tasks(ctx.session, ctx.user.id, _today(ctx))
+    rows = await counter_tasks(ctx.session, ctx.user.id, ctx.today)
     if not rows:
         ctx.reply_text(tr(ctx, "今天没有待盘点的任务 👍", "No tasks left today 👍"))
         return
@@ -156,7 +152,7 @@ async def _count(ctx: Context, args: list[str]) -> None:
         result = await record_count(
             ctx.session, ctx.settings, task_id=int(args[0].lstrip("#")), counter_id=ctx.user.id,
             text=" ".join(args[1:]), counted_at=ctx.event.received_at, method=EntryMethod.TYPED,
-            dedup_key=ctx.event.dedup_key,
+            dedup_key=ctx.event.dedup_key, now=ctx.now,
         )  # fmt: skip
     except WorkflowError as exc:
         ctx.reply_text(refusal(ctx, exc))
@@ -204,7 +200,7 @@ class Progress:
 
 
 async def _status(ctx: Context, args: list[str]) -> None:
-    today, roles, lg = _today(ctx), _roles(ctx), lang(ctx)
+    today, roles, lg = ctx.today, _roles(ctx), lang(ctx)
     tasks = await _todays_tasks(ctx.session, today, _day_start(ctx, today))
     title = tr(ctx, f"今天（{today:%m月%d日}）的盘点进度", f"Count progress today ({today:%b} {today.day})")
     total_label = tr(ctx, "合计", "Total")
@@ -266,7 +262,7 @@ async def _accuracy(ctx: Context, args: list[str]) -> None:
                               "e.g. /accuracy 7"))  # fmt: skip
             return
         days = int(args[0])
-    today = _today(ctx)
+    today = ctx.today
     report = await accuracy_report(
         ctx.session, ctx.settings, ReportFilter(start=today - timedelta(days=days - 1), end=today)
     )

@@ -18,7 +18,7 @@ Chinese and the English words are understood from everyone.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, time
+from datetime import datetime, time
 from typing import Any
 
 from sqlalchemy import select
@@ -60,7 +60,7 @@ def prompt(task: CountTask, item: Item, loc: Location, left: int, lang: Lang = "
 
 async def _next(ctx: Context, queue: list[int]) -> None:
     """Prompt the next open task of the queue, or finish."""
-    today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+    today = ctx.today
     open_rows = {t.id: (t, i, lo) for t, i, lo in await counter_tasks(ctx.session, ctx.user.id, today)}
     queue = [tid for tid in queue if tid in open_rows]
     if not queue:
@@ -84,7 +84,7 @@ async def _next(ctx: Context, queue: list[int]) -> None:
         ref = f"cp-{t.id}-{hashlib.sha1(ctx.event.dedup_key.encode()).hexdigest()[:10]}"
         card = count_prompt.build(count_prompt.CountPrompt(t.id, at, len(open_rows) - len(queue) + 1, len(open_rows)),
                                   lang=lg, ref=ref)  # fmt: skip
-        ctx.reply_card(render(ctx.event.platform, card, ctx.settings, datetime.now(UTC), lg))
+        ctx.reply_card(render(ctx.event.platform, card, ctx.settings, ctx.now, lg))
         return
     ctx.reply_text(prompt(t, item, loc, len(queue), lang(ctx)))
 
@@ -98,7 +98,7 @@ async def counting(ctx: Context) -> bool:
         if "counter" not in (ctx.user.roles or []):
             ctx.reply_text(tr(ctx, "只有盘点员可以开始盘点", "Only counters can start counting"))
             return True
-        today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+        today = ctx.today
         rows = await counter_tasks(ctx.session, ctx.user.id, today)
         await _next(ctx, [t.id for t, _, _ in rows])
         return True
@@ -131,7 +131,7 @@ async def counting(ctx: Context) -> bool:
     try:
         result = await record_count(
             ctx.session, ctx.settings, task_id=task_id, counter_id=ctx.user.id, counted_at=ctx.event.received_at,
-            method=EntryMethod.TYPED, dedup_key=ctx.event.dedup_key, **kwargs,
+            method=EntryMethod.TYPED, dedup_key=ctx.event.dedup_key, now=ctx.now, **kwargs,
         )  # fmt: skip
     except WorkflowError as exc:
         ctx.reply_text(refusal(ctx, exc))  # the same task stays open: try again
@@ -149,7 +149,7 @@ async def counting(ctx: Context) -> bool:
 
 async def _undo(ctx: Context) -> None:
     """Take back the counter's last count today and go back to that task (see core.variance.undo)."""
-    today = ctx.event.received_at.astimezone(ctx.settings.tz).date()
+    today = ctx.today
     since = datetime.combine(today, time(0), tzinfo=ctx.settings.tz)
     try:
         undone = await undo_last_count(
@@ -184,7 +184,7 @@ async def _undo(ctx: Context) -> None:
             )
             await notify(
                 ctx.session, ctx.settings, assignee, key=f"{ctx.event.dedup_key}:recount-cancelled:{task.id}",
-                kind="text", trace_id=ctx.trace_id, prefer=ctx.event.platform, body={"text": said},
+                kind="text", trace_id=ctx.trace_id, prefer=ctx.event.platform, body={"text": said}, now=ctx.now,
             )  # fmt: skip
     # back to that task, its evidence kept for the new count, then the rest of the queue
     ctx.state.pop("lot", None)

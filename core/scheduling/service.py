@@ -366,7 +366,7 @@ STAGING = staging_table(
 )
 
 
-async def _write(session: AsyncSession, day: date, decisions: list[Decision]) -> int:
+async def _write(session: AsyncSession, day: date, decisions: list[Decision], now: datetime) -> int:
     """Insert the proposed tasks (nothing twice) and record what the rotation has covered."""
     if not decisions:
         return 0
@@ -384,10 +384,10 @@ async def _write(session: AsyncSession, day: date, decisions: list[Decision]) ->
                 )
             )  # fmt: skip
     async with staged(session, STAGING, rows):
-        return await _apply_staged(session, day)
+        return await _apply_staged(session, day, now)
 
 
-async def _apply_staged(session: AsyncSession, day: date) -> int:
+async def _apply_staged(session: AsyncSession, day: date, now: datetime) -> int:
     st = STAGING.c
     proposed = st.reason.is_not(None)
     insert_tasks = (
@@ -402,7 +402,7 @@ async def _apply_staged(session: AsyncSession, day: date) -> int:
                 literal(day, Date), st.due_date, st.warehouse_id, st.location_id, st.item_id,
                 st.item_location_id, st.abc_class, st.reason, st.priority,
                 literal(TaskStatus.OPEN.value, String), st.est_minutes, st.cycle_key, literal(False, Boolean),
-                st.request_id, literal(datetime.now(UTC), UTCDateTime),
+                st.request_id, literal(now, UTCDateTime),
             ).where(proposed).order_by(st.warehouse_id, st.item_location_id),
         )
         .on_conflict_do_nothing()
@@ -565,9 +565,10 @@ async def _warehouses(session: AsyncSession, code: str | None) -> list[Warehouse
 
 
 async def plan_day(
-    session: AsyncSession, settings: Settings, day: date, *, warehouse_code: str | None = None
+    session: AsyncSession, settings: Settings, day: date, *, now: datetime, warehouse_code: str | None = None
 ) -> PlanResult:
-    """Plan ``day``: new tasks, overdue carry-overs, assignment. Idempotent; never commits."""
+    """Plan ``day``: new tasks, overdue carry-overs, assignment. Idempotent; never commits. ``now`` is when the
+    plan is made (the tasks' ``created_at``); what is due is decided by ``day`` alone."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(select(func.pg_advisory_xact_lock(PLAN_LOCK_KEY)))
     cal = await load_calendar(session, settings)
@@ -580,15 +581,15 @@ async def plan_day(
         )
     else:
         tz = settings.tz
-        now = datetime.combine(day, time(0), tz).astimezone(UTC)
+        day_start = datetime.combine(day, time(0), tz).astimezone(UTC)
         zero_due = cal.add_working_days(day, 1)
-        await apply_pins(session)
+        await apply_pins(session, now)
         await refresh_item_location_classes(session, only_missing=True)
         for wh in warehouses:
             policies = await _policies(session, settings, wh.id)
             windows = await _windows(session, wh.id, day, cal, policies)
             planner = RotationPlanner(
-                windows, day, now, rules_from(settings, policies), zero_due, count_ranks=False
+                windows, day, day_start, rules_from(settings, policies), zero_due, count_ranks=False
             )
             # the daily cap counts what an earlier run of this day already planned
             planner.discretionary[wh.id] = (
@@ -601,7 +602,7 @@ async def plan_day(
                 )
             ).scalar_one()
             decisions = await _decide_warehouse(session, planner, wh.id)
-            created = await _write(session, day, decisions)
+            created = await _write(session, day, decisions, now)
             result.created += created
             result.overdue += await _mark_overdue(
                 session, wh.id, day, cal, settings.planning.overdue_after_days

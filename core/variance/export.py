@@ -13,7 +13,7 @@ import csv
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,11 @@ class ExportResult:
 
 
 async def export_adjustments(
-    session: AsyncSession, path: Path, fmt: str = "xlsx", *, tz: Any, now: datetime | None = None
+    session: AsyncSession, path: Path, fmt: str = "xlsx", *, tz: Any, now: datetime
 ) -> ExportResult:
     """Claim every pending adjustment and write them to ``path``. Never commits; the caller commits after."""
     if fmt not in ("xlsx", "csv"):
         raise ValueError(f"format must be xlsx or csv, not {fmt!r}")
-    now = now or datetime.now(UTC)
     batch = f"EXP-{now.astimezone(tz):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     pending = select(Adjustment.id).where(Adjustment.state == AdjustmentState.PENDING_WRITE_BACK.value)
     if session.get_bind().dialect.name == "postgresql":

@@ -31,7 +31,7 @@ What it does, each step audited:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import delete, func, select
@@ -89,10 +89,9 @@ def is_voided(entry: CountEntry) -> bool:
 
 
 async def undo_last_count(
-    session: AsyncSession, *, counter_id: int, since: datetime | None = None, now: datetime | None = None
+    session: AsyncSession, *, counter_id: int, since: datetime | None = None, now: datetime
 ) -> Undone:
     """Take back ``counter_id``'s most recent count (counted at or after ``since``), or raise UndoBlocked."""
-    now = now or datetime.now(UTC)
     entry = (
         await session.execute(
             select(CountEntry)

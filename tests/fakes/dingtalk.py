@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,13 +302,15 @@ class DingTalkSimulator:
         robot_code: str = "dingrobotcode",
         corp_id: str = "dingcorp",
         session_base: str = "https://oapi.dingtalk.com",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app_secret, self.robot_code, self.corp_id = app_secret, robot_code, corp_id
+        self.clock = clock  # DingTalk's time, in seconds: the test's pinned clock where the server has one
         self.session_base = session_base
         self._ids = itertools.count(1)
 
     def headers(self, timestamp_ms: int | None = None, *, secret: str | None = None) -> dict[str, str]:
-        ts = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
+        ts = str(timestamp_ms if timestamp_ms is not None else int(self.clock() * 1000))
         return {"timestamp": ts, "sign": robot_sign(ts, secret or self.app_secret)}
 
     def _message(
@@ -320,7 +322,7 @@ class DingTalkSimulator:
             "chatbotCorpId": self.corp_id,
             "chatbotUserId": "$:LWCP_v1:$bot",
             "msgId": msg_id or f"msg{next(self._ids)}",
-            "createAt": int(time.time() * 1000),
+            "createAt": int(self.clock() * 1000),
             "senderNick": f"nick-{sender}",
             "senderStaffId": sender,
             "senderId": f"$:LWCP_v1:${sender}",
@@ -328,7 +330,7 @@ class DingTalkSimulator:
             "isAdmin": False,
             "robotCode": self.robot_code,
             "sessionWebhook": f"{self.session_base}/robot/sendBySession?session=s-{sender}",
-            "sessionWebhookExpiredTime": int(time.time() * 1000) + 90 * 60 * 1000,
+            "sessionWebhookExpiredTime": int(self.clock() * 1000) + 90 * 60 * 1000,
             "msgtype": msgtype,
             **fields,
         }

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.config import Settings
 from core.models import Adjustment, CountTask, OutboxMessage, User, Variance
 from core.scheduling.service import plan_day
+from tests.clock import morning
 from tests.integration.builders import build_company
 
 DAY = date(2026, 11, 30)  # a working Monday
@@ -60,7 +61,7 @@ async def set_up_company(
                  **{id_column: prefix + pid})
             for no, name, roles, in_team, pid in ADDED
         )  # fmt: skip
-        await plan_day(s, settings, DAY)
+        await plan_day(s, settings, DAY, now=morning(DAY))
         await s.commit()
         lina = next(u for u in co.users if u.employee_no == "WH1-E01")
         task_id: int = (

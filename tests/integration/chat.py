@@ -29,7 +29,11 @@ class ChatBot:
     ) -> None:
         self.sm, self.at, self.n, self.name = sessionmaker, at, 0, name
         router = Router().include(commands.router, counting.router, commands.fallback_router)
-        self.d = Dispatcher(sessionmaker, settings, MemoryStore(), router, services=services)
+        self.d = Dispatcher(sessionmaker, settings, MemoryStore(), router, services=services, clock=self)
+
+    def now(self) -> datetime:
+        """The dispatcher's clock: the test's time (``at``)."""
+        return self.at
 
     async def replies(self, user: str, body: str) -> list[OutboxMessage]:
         """What the bot queued in answer to one message, in order."""

@@ -15,9 +15,11 @@ from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
 from core.models import User
+from tests.clock import running
 from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
 from tests.fakes.dingtalk_stream import DingTalkStreamFake, add_dingtalk_stream_routes
 from tests.integration.builders import build_company
+from tests.integration.cardflow import DAY
 
 
 async def test_stream_mode_end_to_end(
@@ -38,11 +40,12 @@ async def test_stream_mode_end_to_end(
                   "card_template_id": "tpl.schema", "api_base": base, "oapi_base": base, "mode": "stream"},
         server={"outbox_interval_s": 0.05},
     )  # fmt: skip
-    client = await aiohttp_client(build_app(settings))
+    clock = running(DAY)
+    client = await aiohttp_client(build_app(settings, clock=clock))
     assert (await client.post("/dingtalk/robot", data=b"{}")).status == 404  # no public route in this mode
     await stream.wait_for(lambda: stream.connected == 1)
 
-    sim = DingTalkSimulator()
+    sim = DingTalkSimulator(clock=lambda: clock.now().timestamp())
     first = await stream.push_robot(sim.text("/帮助", "user123", msg_id="m1"))
     await stream.push_robot(sim.text("/帮助", "user123", msg_id="m1"))  # pushed again: counted once
     assert (await stream.ack(first))["code"] == 200

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.models import InboundSeen, OutboxMessage, User, Variance
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.clock import FixedClock, morning
 from tests.integration.builders import build_company
 
 MONDAY = date(2026, 11, 30)
@@ -35,7 +36,7 @@ def dispatcher(sm: async_sessionmaker[AsyncSession], r: Router | None = None) ->
     async def after(s: AsyncSession, trace: str) -> None:
         await sync_cards(s, SETTINGS, T0, trace)
 
-    return Dispatcher(sm, SETTINGS, MemoryStore(), r or router(), after_handle=after)
+    return Dispatcher(sm, SETTINGS, MemoryStore(), r or router(), after_handle=after, clock=FixedClock(T0))
 
 
 async def variance_in_review(sm: async_sessionmaker[AsyncSession]) -> tuple[int, dict[str, User]]:
@@ -48,15 +49,17 @@ async def variance_in_review(sm: async_sessionmaker[AsyncSession]) -> tuple[int,
         await s.flush()
         for u in (await s.execute(select(User))).scalars():
             u.wecom_userid = u.employee_no.lower()
-        await plan_day(s, SETTINGS, MONDAY)
+        await plan_day(s, SETTINGS, MONDAY, now=morning(MONDAY))
         users = {u.employee_no: u for u in (await s.execute(select(User))).scalars()}
         c1 = users["WH1-E01"]
         task = (await wf.counter_tasks(s, c1.id, MONDAY))[0][0]
-        r = await wf.record_count(s, SETTINGS, task_id=task.id, counter_id=c1.id, text="7", counted_at=T0)
+        r = await wf.record_count(
+            s, SETTINGS, task_id=task.id, counter_id=c1.id, text="7", counted_at=T0, now=T0
+        )
         assert r.recount_task is not None and r.variance is not None
         other = users["WH1-E02"]
         r2 = await wf.record_count(s, SETTINGS, task_id=r.recount_task.id, counter_id=other.id, text="7",
-                                   counted_at=T0 + timedelta(minutes=5))  # fmt: skip
+                                   counted_at=T0 + timedelta(minutes=5), now=T0 + timedelta(minutes=5))  # fmt: skip
         assert r2.variance is not None and r2.variance.state == "in_review"
         return r.variance.id, users
 

@@ -21,8 +21,10 @@ from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
 from core.models import CountEntry
+from tests.clock import running
 from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
 from tests.integration.cardflow import (
+    DAY,
     assert_adjusted,
     one_decision,
     server_settings,
@@ -78,8 +80,14 @@ async def test_count_to_adjustment_through_dingtalk_cards(
     sm = make_sessionmaker(engine)
     task_id = await set_up_company(sm, settings, "dingtalk_userid")
 
-    client = await aiohttp_client(build_app(settings))
-    sim = DingTalkSimulator(state.app_secret, robot_code=state.robot_code, session_base=base)
+    clock = running(DAY)  # the company's day (cardflow.DAY), at the wall clock's pace
+    client = await aiohttp_client(build_app(settings, clock=clock))
+    sim = DingTalkSimulator(
+        state.app_secret,
+        robot_code=state.robot_code,
+        session_base=base,
+        clock=lambda: clock.now().timestamp(),
+    )
 
     async def post(path: str, payload: dict[str, Any]) -> bytes:
         headers, body = sim.signed(payload)

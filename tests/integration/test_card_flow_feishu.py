@@ -22,8 +22,10 @@ from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
 from core.models import CountEntry
+from tests.clock import running
 from tests.fakes.feishu import FeishuFake, FeishuSimulator, build_feishu_fake_app
 from tests.integration.cardflow import (
+    DAY,
     assert_adjusted,
     one_decision,
     server_settings,
@@ -103,8 +105,14 @@ async def test_count_to_adjustment_through_feishu_cards(
     sm = make_sessionmaker(engine)
     task_id = await set_up_company(sm, settings, "feishu_open_id", prefix="ou_")
 
-    client = await aiohttp_client(build_app(settings))
-    sim = FeishuSimulator(encrypt_key=ENCRYPT_KEY, verification_token=VERIFICATION_TOKEN, app_id=fake.app_id)
+    clock = running(DAY)  # the company's day (cardflow.DAY), at the wall clock's pace
+    client = await aiohttp_client(build_app(settings, clock=clock))
+    sim = FeishuSimulator(
+        encrypt_key=ENCRYPT_KEY,
+        verification_token=VERIFICATION_TOKEN,
+        app_id=fake.app_id,
+        clock=lambda: clock.now().timestamp(),
+    )
     tokens = itertools.count(1)
 
     async def post(doc: dict[str, Any]) -> dict[str, Any]:

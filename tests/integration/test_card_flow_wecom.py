@@ -6,14 +6,15 @@ adjustment. Cards a person may not act on are refused with a reason, and nothing
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from bot.app import build_app
 from core.config import Settings
 from core.db import make_sessionmaker
+from tests.clock import running
 from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
 from tests.integration.cardflow import (
+    DAY,
     assert_adjusted,
     server_settings,
     set_up_company,
@@ -60,7 +61,8 @@ async def test_count_to_adjustment_through_cards(
     sm = make_sessionmaker(engine)
     task_id = await set_up_company(sm, settings, "wecom_userid")
 
-    client = await aiohttp_client(build_app(settings))
+    clock = running(DAY)  # the company's day (cardflow.DAY), at the wall clock's pace
+    client = await aiohttp_client(build_app(settings, clock=clock))
     sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
     msg_ids = iter(range(1000, 2000))
 
@@ -69,14 +71,17 @@ async def test_count_to_adjustment_through_cards(
             return resp.status
 
     async def say(user: str, text: str) -> None:
-        assert await post(sim.text(user, text, msg_id=next(msg_ids), timestamp=int(time.time()))) == 200
+        assert (
+            await post(sim.text(user, text, msg_id=next(msg_ids), timestamp=int(clock.now().timestamp())))
+            == 200
+        )
 
     async def press(
         user: str, card: dict[str, Any], key: str, selected: dict[str, list[str]] | None = None
     ) -> str:
         code = state.issue_response_code(user, card["task_id"])
         req = sim.card_event(user, event_key=key, task_id=card["task_id"], response_code=code,
-                             timestamp=int(time.time()) + next(msg_ids) % 60, selected=selected)  # fmt: skip
+                             timestamp=int(clock.now().timestamp()) + next(msg_ids) % 60, selected=selected)  # fmt: skip
         assert await post(req) == 200
         return code
 

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.models import CountEntry, CountTask, Item, Location, OutboxMessage, User
 from core.scheduling.service import plan_day
 from core.variance.service import counter_tasks
+from tests.clock import FixedClock, morning
 from tests.integration.builders import build_company
 from tests.integration.chat import ChatBot
 
@@ -62,7 +63,7 @@ async def company(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, i
         one = await build_company(s, items=40, counters=2)
         for u, wid, locale in zip(one.users, ["en", "zh", "sup"], ["en-US", None, "en"], strict=True):
             u.wecom_userid, u.locale = wid, locale
-        await plan_day(s, SETTINGS, DAY)
+        await plan_day(s, SETTINGS, DAY, now=morning(DAY))
         await s.commit()
         return {u.wecom_userid: u.id for u in one.users if u.wecom_userid}
 
@@ -295,19 +296,19 @@ async def test_card_buttons_answer_in_english(sessionmaker: async_sessionmaker[A
         await s.flush()
         for u in (await s.execute(select(User))).scalars():
             u.wecom_userid, u.locale = u.employee_no.lower(), "en"
-        await plan_day(s, CARD_SETTINGS, DAY)
+        await plan_day(s, CARD_SETTINGS, DAY, now=morning(DAY))
         c1, c2 = co.users[0], co.users[1]
         task = (await wf.counter_tasks(s, c1.id, DAY))[0][0]
         r = await wf.record_count(
-            s, CARD_SETTINGS, task_id=task.id, counter_id=c1.id, text="7", counted_at=NOW
+            s, CARD_SETTINGS, task_id=task.id, counter_id=c1.id, text="7", counted_at=NOW, now=NOW
         )
         assert r.recount_task is not None and r.variance is not None
         r2 = await wf.record_count(s, CARD_SETTINGS, task_id=r.recount_task.id, counter_id=c2.id, text="7",
-                                   counted_at=NOW)  # fmt: skip
+                                   counted_at=NOW, now=NOW)  # fmt: skip
         assert r2.variance is not None and r2.variance.state == "in_review"
         vid = r.variance.id
     router = Router().include(commands.router, counting.router, actions.router, commands.fallback_router)
-    d = Dispatcher(sessionmaker, CARD_SETTINGS, MemoryStore(), router)
+    d = Dispatcher(sessionmaker, CARD_SETTINGS, MemoryStore(), router, clock=FixedClock(NOW))
     n = iter(range(1, 100))
 
     async def press(user: str, payload: object, form: dict[str, str] | None = None, age_days: int = 0) -> str:

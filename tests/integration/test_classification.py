@@ -12,6 +12,7 @@ from core.classification_service import classify
 from core.config import ClassificationSettings, Settings
 from core.enums import MovementType
 from core.models import ClassChange, Item, ItemLocation, ItemWarehouseClass, Movement
+from tests.clock import local, morning
 from tests.integration.builders import Company, build_company
 
 AS_OF = date(2026, 11, 27)
@@ -52,7 +53,7 @@ async def test_consumption_fallback_pins_and_history(session: AsyncSession) -> N
     await issue(session, co, 4, 3, 5, MovementType.RECEIPT)  # receipts are not consumption
     co.items[5].pinned_class = "A"
     await session.flush()
-    summary = await classify(session, Settings(), as_of=AS_OF)
+    summary = await classify(session, Settings(), as_of=AS_OF, now=local(AS_OF, 20))
     got = await classes(session)
     skus = [i.sku for i in co.items]
     assert got[skus[0]] == "A" and got[skus[1]] == "B" and got[skus[5]] == "A"
@@ -65,7 +66,7 @@ async def test_consumption_fallback_pins_and_history(session: AsyncSession) -> N
     il_classes = dict((await session.execute(select(ItemLocation.item_id, ItemLocation.abc_class))).all())
     assert il_classes[co.items[0].id] == "A" and il_classes[co.items[5].id] == "A"
     # a second run changes nothing and records nothing
-    again = await classify(session, Settings(), as_of=AS_OF)
+    again = await classify(session, Settings(), as_of=AS_OF, now=local(AS_OF, 20))
     assert again.changed == 0
     assert len((await session.execute(select(ClassChange))).scalars().all()) == 6
 
@@ -74,10 +75,10 @@ async def test_history_records_a_change(session: AsyncSession) -> None:
     co = await build_company(session, items=3, classes="C")
     await issue(session, co, 0, 50, 3)
     await session.flush()
-    await classify(session, Settings(), as_of=AS_OF)
+    await classify(session, Settings(), as_of=AS_OF, now=local(AS_OF, 20))
     await issue(session, co, 2, 5000, 1)
     await session.flush()
-    await classify(session, Settings(), as_of=AS_OF)
+    await classify(session, Settings(), as_of=AS_OF, now=local(AS_OF, 20))
     hist = (
         (
             await session.execute(
@@ -103,7 +104,7 @@ async def test_per_warehouse_scope_and_cutoffs(session: AsyncSession) -> None:
             scope="warehouse", warehouse_cutoffs={"SZ01": {"a_cutoff": 0.5}}
         )
     )
-    summary = await classify(session, settings, as_of=AS_OF)
+    summary = await classify(session, settings, as_of=AS_OF, now=local(AS_OF, 20))
     assert [s.warehouse for s in summary.scopes] == ["SH01", "SZ01"]
     rows = (await session.execute(select(ItemWarehouseClass))).scalars().all()
     by = {(r.warehouse_id, r.item_id): r.abc_class for r in rows}
@@ -118,13 +119,15 @@ async def test_a_new_pin_takes_effect_at_the_next_plan(session: AsyncSession) ->
     from core.scheduling.service import plan_day
 
     co = await build_company(session, items=5, classes="C")
-    await classify(session, Settings(), as_of=AS_OF)  # equal stock values: items 0-3 are A, item 4 is B
+    await classify(
+        session, Settings(), as_of=AS_OF, now=local(AS_OF, 20)
+    )  # equal stock values: items 0-3 are A, item 4 is B
     target = co.items[4]
     before = (await session.execute(select(Item.abc_class).where(Item.id == target.id))).scalar_one()
     assert before == "B"
     target.pinned_class = "C"  # e.g. from an items import with 固定分类 = C
     await session.flush()
-    await plan_day(session, Settings(), date(2026, 11, 30))
+    await plan_day(session, Settings(), date(2026, 11, 30), now=morning(date(2026, 11, 30)))
     il = (
         await session.execute(select(ItemLocation.abc_class).where(ItemLocation.item_id == target.id))
     ).scalar_one()

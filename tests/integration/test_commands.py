@@ -17,6 +17,7 @@ from core.enums import TaskReason, TaskStatus
 from core.models import CountRequest, CountTask, ItemBarcode, OutboxMessage, User
 from core.scheduling.service import plan_day
 from core.variance.service import review_variance
+from tests.clock import morning
 from tests.integration.builders import build_company
 from tests.integration.chat import ChatBot
 
@@ -63,7 +64,7 @@ async def company(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, i
         s.add_all(extra)
         for u, wid in zip([*one.users, *two.users], ["c1", "c2", "sup", "w2c1", "w2sup"], strict=True):
             u.wecom_userid = wid
-        await plan_day(s, SETTINGS, DAY)
+        await plan_day(s, SETTINGS, DAY, now=morning(DAY))
         await s.commit()
         return {u.wecom_userid: u.id for u in [*one.users, *two.users, *extra] if u.wecom_userid}
 
@@ -179,7 +180,7 @@ async def test_variances_wait_for_the_reviewer_then_the_approver(
     vid = int(waiting.split("#")[1].split()[0])
     async with sessionmaker() as s, s.begin():
         await review_variance(
-            s, NO_RECOUNTS, variance_id=vid, reviewer_id=company["sup"], reason_code="misplaced"
+            s, NO_RECOUNTS, variance_id=vid, reviewer_id=company["sup"], reason_code="misplaced", now=NOW
         )
     # step 1 of a minor variance is a supervisor's, but not the one who reviewed it
     assert "没有等您处理的差异" in await bot.text("sup", "/差异")

@@ -38,6 +38,7 @@ from core.config import Settings
 from core.db import make_sessionmaker
 from core.models import CountEntry, CountTask, InboundSeen, OutboxMessage
 from core.scheduling.service import plan_day
+from tests.clock import morning
 from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
 from tests.integration.builders import build_company
 
@@ -51,9 +52,10 @@ SERVER = """
 import json, logging, sys
 from aiohttp import web
 from bot.app import build_app
+from core.clock import SystemClock
 from core.config import Settings
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-web.run_app(build_app(Settings(**json.loads(sys.argv[2]))), host="127.0.0.1", port=int(sys.argv[1]), print=None)
+web.run_app(build_app(Settings(**json.loads(sys.argv[2])), clock=SystemClock()), host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
 
@@ -167,7 +169,9 @@ async def test_killed_server_loses_no_acknowledged_count_and_no_queued_notificat
         co = await build_company(s, items=40, counters=2)
         for u in co.users:
             u.wecom_userid = IDS[u.employee_no]
-        await plan_day(s, Settings(database_url=database_url), date(2026, 11, 30))  # a working Monday
+        await plan_day(
+            s, Settings(database_url=database_url), date(2026, 11, 30), now=morning(date(2026, 11, 30))
+        )  # a working Monday
         await s.commit()
         lina = next(u for u in co.users if u.employee_no == "WH1-E01")
         tasks = list(

@@ -16,6 +16,7 @@ from bot.handlers import commands, counting
 from core.config import Settings
 from core.models import CountEntry, InboundSeen, OutboxMessage, User
 from core.scheduling.service import plan_day
+from tests.clock import FixedClock, morning
 from tests.integration.builders import build_company
 
 NOW = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -37,7 +38,7 @@ async def test_commands_identity_and_retries(sessionmaker: async_sessionmaker[As
         await build_company(s, items=10)
         u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
         u.wecom_userid = "zhangwei"
-        await plan_day(s, SETTINGS, date(2026, 11, 30))
+        await plan_day(s, SETTINGS, date(2026, 11, 30), now=morning(date(2026, 11, 30)))
         await s.commit()
         user_id = u.id
     d = Dispatcher(
@@ -45,6 +46,7 @@ async def test_commands_identity_and_retries(sessionmaker: async_sessionmaker[As
         SETTINGS,
         MemoryStore(),
         Router().include(commands.router, counting.router, commands.fallback_router),
+        clock=FixedClock(NOW),
     )
 
     assert await d.submit(text("stranger", "/tasks", "1"))
@@ -81,10 +83,11 @@ async def test_counting_conversation(sessionmaker: async_sessionmaker[AsyncSessi
         await build_company(s, items=10, counters=1)
         u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
         u.wecom_userid = "lina"
-        await plan_day(s, SETTINGS, date(2026, 11, 30))
+        await plan_day(s, SETTINGS, date(2026, 11, 30), now=morning(date(2026, 11, 30)))
         await s.commit()
     d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
-                   Router().include(commands.router, counting.router, commands.fallback_router))  # fmt: skip
+                   Router().include(commands.router, counting.router, commands.fallback_router),
+                   clock=FixedClock(NOW))  # fmt: skip
     said = iter(range(100, 200))
 
     async def chat(body: str) -> str:
@@ -140,7 +143,7 @@ async def test_photo_confirms_the_item_and_questions_other_codes(
         await build_company(s, items=5, counters=1)
         u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
         u.wecom_userid = "lina"
-        await plan_day(s, SETTINGS, date(2026, 11, 30))
+        await plan_day(s, SETTINGS, date(2026, 11, 30), now=morning(date(2026, 11, 30)))
         task = (await s.execute(select(CountTask))).scalars().first()
         assert task is not None
         s.add(ItemBarcode(barcode="6901234567892", item_id=task.item_id))
@@ -151,7 +154,7 @@ async def test_photo_confirms_the_item_and_questions_other_codes(
     services = {"channels": {"wecom": channel}, "barcode_reader": reader, "photos": PhotoStore(tmp_path)}
     d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
                    Router().include(commands.router, counting.router, commands.fallback_router),
-                   services=services)  # fmt: skip
+                   services=services, clock=FixedClock(NOW))  # fmt: skip
     n = iter(range(300, 400))
 
     async def send(event: Any) -> str:
@@ -207,7 +210,7 @@ async def test_a_slow_photo_download_holds_no_lock(
     }
     d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
                    Router().include(commands.router, counting.router, commands.fallback_router),
-                   services=services)  # fmt: skip
+                   services=services, clock=FixedClock(NOW))  # fmt: skip
     photo = ImageMessage(Platform.WECOM, "wecom:msg:slow", Sender(Platform.WECOM, "lina"), NOW, media_ref="m")
     assert await d.submit(photo)
     await started.wait()
@@ -226,7 +229,14 @@ async def test_a_burst_is_recorded_in_batches_and_processed_once(
     async with sessionmaker() as s:
         await build_company(s, items=3)
         await s.commit()
-    d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), Router().include(commands.router), workers=2)
+    d = Dispatcher(
+        sessionmaker,
+        SETTINGS,
+        MemoryStore(),
+        Router().include(commands.router),
+        workers=2,
+        clock=FixedClock(NOW),
+    )
     events = [text(f"nobody{i}", "/帮助", f"b{i}") for i in range(40)]
     events += [text("nobody3", "/帮助", "b3"), text("nobody7", "/帮助", "b7")]  # the retries
     accepted = await asyncio.gather(*(d.submit(e) for e in events))
@@ -240,7 +250,15 @@ async def test_a_burst_is_recorded_in_batches_and_processed_once(
 
 async def _burst(sm: async_sessionmaker[AsyncSession], tag: str) -> Dispatcher:
     """30 events at once into a queue of 4 with one worker: 26 do not fit."""
-    d = Dispatcher(sm, SETTINGS, MemoryStore(), Router().include(commands.router), workers=1, queue_limit=4)
+    d = Dispatcher(
+        sm,
+        SETTINGS,
+        MemoryStore(),
+        Router().include(commands.router),
+        workers=1,
+        queue_limit=4,
+        clock=FixedClock(NOW),
+    )
     events = [text(f"nobody{i}", "/帮助", f"{tag}{i}") for i in range(30)]
     assert all(await asyncio.gather(*(d.submit(e) for e in events)))
     assert d.stats["overflow"] == 26 and d.busy == 30
@@ -315,8 +333,8 @@ async def test_an_event_is_acted_on_once_even_if_replayed_meanwhile(
 
     old = TextMessage(Platform.WECOM, "wecom:msg:r1", Sender(Platform.WECOM, "nobody"), NOW - timedelta(hours=1),
                       text="hi")  # fmt: skip
-    mine = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router, workers=1)
-    peer = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router)
+    mine = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router, workers=1, clock=FixedClock(NOW))
+    peer = Dispatcher(sessionmaker, SETTINGS, MemoryStore(), router, clock=FixedClock(NOW))
     blocker = text("zhangwei", "first", "r0")
     assert await mine.submit(blocker)  # occupies mine's only worker (its handler waits)
     assert await mine.submit(old)  # queued behind it

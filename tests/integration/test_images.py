@@ -24,6 +24,7 @@ from bot.events import Platform, Sender, TextMessage
 from bot.handlers import commands, counting
 from bot.outbox import deliver_due, enqueue
 from bot.photos import PhotoStore
+from core.clock import FixedClock
 from core.config import Settings
 from core.models import OutboxMessage, User
 from core.scheduling.service import plan_day
@@ -33,6 +34,7 @@ from integrations.feishu.client import FeishuChannel
 from integrations.feishu.settings import FeishuSettings
 from integrations.wecom.client import WeComChannel
 from integrations.wecom.settings import WeComSettings
+from tests.clock import morning
 from tests.fakes.dingtalk import DingTalkFakeState, build_dingtalk_fake_app
 from tests.fakes.feishu import IMAGE_TOO_BIG, RATE_LIMITED, Fault, FeishuFake, build_feishu_fake_app
 from tests.fakes.wecom import WeComFakeState, build_wecom_fake_app
@@ -268,7 +270,9 @@ async def test_outbox_sends_an_image_row_by_reference(
     to = Address(Platform.WECOM, "lina")
     async with sessionmaker() as s, s.begin():
         with pytest.raises(ValueError, match="reference"):
-            await enqueue(s, idempotency_key="bad", to=to, kind="image", body={"image": picture.hex()})
+            await enqueue(
+                s, idempotency_key="bad", to=to, kind="image", body={"image": picture.hex()}, now=NOW
+            )
         await enqueue(s, idempotency_key="img", to=to, kind="image", now=NOW,
                       body={"image": ref, "path": str(store.path(ref))})  # fmt: skip
         await enqueue(s, idempotency_key="gone", to=to, kind="image", now=NOW,
@@ -295,12 +299,12 @@ async def test_accuracy_chart_travels_from_the_command_to_feishu(
         counter.feishu_open_id = "ou_counter"
         s.add(User(employee_no="M01", name="经理", roles=["manager"], feishu_open_id="ou_mgr"))
         s.add(User(employee_no="M02", name="Manager", roles=["manager"], feishu_open_id="ou_en", locale="en"))
-        await plan_day(s, settings, date(2026, 11, 30))
+        await plan_day(s, settings, date(2026, 11, 30), now=morning(date(2026, 11, 30)))
         await s.commit()
     store = PhotoStore(tmp_path / "photos")
     d = Dispatcher(sessionmaker, settings, MemoryStore(),
                    Router().include(commands.router, counting.router, commands.fallback_router),
-                   services={"photos": store})  # fmt: skip
+                   services={"photos": store}, clock=FixedClock(NOW))  # fmt: skip
     said_ = [("ou_counter", "开始"), ("ou_counter", "10"), ("ou_mgr", "/准确率"), ("ou_en", "/accuracy")]
     for n, (who, said) in enumerate(said_):
         assert await d.submit(TextMessage(Platform.FEISHU, f"feishu:msg:{n}", Sender(Platform.FEISHU, who),

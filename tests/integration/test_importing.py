@@ -432,7 +432,7 @@ async def test_a_bad_last_row_changes_nothing(
     path = write_csv(tmp_path / "bad.csv", rows)
     async with sessionmaker() as s:
         with pytest.raises(ImportFailed) as e:
-            await import_file(s, path, tz=TZ)
+            await import_file(s, path, tz=TZ, now=NOW)
         await s.commit()  # even a caller that forgets to roll back changes nothing
     assert "bad.csv 第 3004 行 “单价” 列" in str(e.value)
     async with sessionmaker() as s:
@@ -444,7 +444,7 @@ async def test_a_bad_last_row_changes_nothing(
 
 async def expect_failure(session: AsyncSession, path: Path, kind: str | None, *parts: str) -> ImportFailed:
     with pytest.raises(ImportFailed) as e:
-        await import_file(session, path, kind, tz=TZ)
+        await import_file(session, path, kind, tz=TZ, now=NOW)
     msg = str(e.value)
     for p in parts:
         assert p in msg, f"{p!r} not in:\n{msg}"
@@ -678,7 +678,7 @@ async def test_100k_rows_with_bounded_memory(session: AsyncSession, tmp_path: Pa
     calls: list[int] = []
     tracemalloc.start()
     started = time.perf_counter()
-    report = await import_file(session, path, tz=TZ, progress=calls.append)
+    report = await import_file(session, path, tz=TZ, progress=calls.append, now=NOW)
     elapsed = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

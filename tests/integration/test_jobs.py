@@ -21,6 +21,7 @@ from bot import jobs
 from bot.cards.payload import CannotFind, StartCounting, unpack
 from bot.cli import main
 from bot.scheduler import build_scheduler, shutdown, start
+from core.clock import SystemClock
 from core.config import ScheduleSettings, ServerSettings, Settings
 from core.db import make_engine, make_sessionmaker
 from core.enums import ApprovalDecision, Role
@@ -560,7 +561,7 @@ async def test_calendar_refresh_reschedules_and_start_shutdown(
     """A Saturday made a working day in the database (by the CLI, in another process) is picked up by the
     running scheduler's refresh."""
     friday_night = at(date(2026, 12, 4), 20, 30)
-    scheduler = build_scheduler(sessionmaker, SETTINGS, now=friday_night)
+    scheduler = build_scheduler(sessionmaker, SETTINGS, clock=lambda: friday_night)
     morning = scheduler.get_job("morning")
     assert morning is not None and morning.next_run_time == at(date(2026, 12, 7), 7, 30)
     async with sessionmaker() as s:
@@ -598,14 +599,15 @@ async def test_scheduler_runs_a_missed_morning_at_start(
     async with sessionmaker() as s:  # whatever today is, make it a working day
         s.add(CalendarOverride(day=today, working=True))
         await s.commit()
-    scheduler = build_scheduler(sessionmaker, settings)
+    # the real scheduler on the wall clock, as the server runs it: APScheduler decides "missed" by real time
+    scheduler = build_scheduler(sessionmaker, settings, clock=SystemClock().now)
     done = asyncio.Event()
     scheduler.add_listener(
         lambda event: done.set() if event.job_id == "morning" else None, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
     )
     start(scheduler)
     try:
-        await done.wait()
+        await asyncio.wait_for(done.wait(), 60)  # a job that never fires fails the test instead of hanging it
     finally:
         await shutdown(scheduler)
     assert len(await outbox(sessionmaker, "tasks:")) == 2

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import pytest
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.conversation import MemoryStore
 from bot.dispatcher import Dispatcher, Router
 from bot.events import CardAction, ImageMessage, InboundEvent, Platform, TextMessage
+from core.clock import FixedClock
 from core.config import Settings
 from integrations.dingtalk.settings import DingTalkSettings
 from integrations.dingtalk.stream import DingTalkStreamConnection
@@ -90,7 +92,13 @@ async def running(conn: Connection) -> AsyncIterator[asyncio.Task[None]]:
 
 @pytest.fixture
 def dispatcher(sessionmaker: async_sessionmaker[AsyncSession], database_url: str) -> Dispatcher:
-    return Dispatcher(sessionmaker, Settings(database_url=database_url), MemoryStore(), Router())
+    return Dispatcher(
+        sessionmaker,
+        Settings(database_url=database_url),
+        MemoryStore(),
+        Router(),
+        clock=FixedClock(datetime(2026, 11, 30, 2, 0, tzinfo=UTC)),
+    )
 
 
 # ---- Feishu ---------------------------------------------------------------------------------------------
@@ -393,8 +401,8 @@ def _modules_after(code: str) -> list[str]:
 def test_webhook_and_http_modes_never_import_the_sdks() -> None:
     """In a fresh interpreter: the server with both platforms in their HTTP modes loads neither SDK."""
     code = (
-        "from bot.app import build_app; from core.config import Settings; "
-        "build_app(Settings(database_url='sqlite+aiosqlite:///:memory:', "
+        "from bot.app import build_app; from core.clock import SystemClock; from core.config import Settings; "
+        "build_app(clock=SystemClock(), settings=Settings(database_url='sqlite+aiosqlite:///:memory:', "
         "feishu={'app_id': 'a', 'app_secret': 's', 'verification_token': 't', 'mode': 'webhook'}, "
         "dingtalk={'app_key': 'k', 'app_secret': 's', 'robot_code': 'r', 'card_template_id': 'c', 'mode': 'http'}))"
     )

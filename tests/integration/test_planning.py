@@ -15,6 +15,7 @@ from core.config import Settings
 from core.enums import TaskReason, TaskStatus
 from core.models import CalendarOverride, CountTask, ItemLocation, UserUnavailability
 from core.scheduling.service import PlanningError, plan_day, request_count
+from tests.clock import morning
 from tests.integration.builders import build_company
 
 MONDAY = date(2026, 11, 30)
@@ -32,11 +33,11 @@ async def count_tasks(session: AsyncSession) -> int:
 
 async def test_plan_twice_changes_nothing(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=50)
-    first = await plan_day(session, settings, MONDAY)
+    first = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     await session.commit()
     assert first.created == 10  # 50 A items over 5 working days
     snapshot = [(t.task_id, t.assignee) for t in first.tasks]
-    second = await plan_day(session, settings, MONDAY)
+    second = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     await session.commit()
     assert second.created == 0 and await count_tasks(session) == 10
     assert [(t.task_id, t.assignee) for t in second.tasks] == snapshot  # nothing reshuffled
@@ -45,7 +46,7 @@ async def test_plan_twice_changes_nothing(session: AsyncSession, settings: Setti
 async def test_week_counts_every_a_item_once_evenly(session: AsyncSession, settings: Settings) -> None:
     co = await build_company(session, items=53)
     for d in WEEK:
-        await plan_day(session, settings, d)
+        await plan_day(session, settings, d, now=morning(d))
         await session.execute(
             update(CountTask).where(CountTask.plan_date == d).values(status=TaskStatus.DONE)
         )
@@ -66,7 +67,7 @@ async def test_negative_stock_first_and_trigger_recorded(session: AsyncSession, 
     neg = co.item_locations[-1]
     neg.qty = Decimal(-4)
     await session.flush()
-    result = await plan_day(session, settings, MONDAY)
+    result = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     negatives = [t for t in result.tasks if t.reason is TaskReason.NEGATIVE]
     assert len(negatives) == 1 and negatives[0].priority == 0
     assert result.by_reason["negative"] == 1
@@ -77,11 +78,13 @@ async def test_negative_stock_first_and_trigger_recorded(session: AsyncSession, 
 
 async def test_missed_tasks_carry_over_and_become_overdue(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=50)
-    await plan_day(session, settings, WEEK[0])
+    await plan_day(session, settings, WEEK[0], now=morning(WEEK[0]))
     await session.commit()
-    r1 = await plan_day(session, settings, WEEK[1])
+    r1 = await plan_day(session, settings, WEEK[1], now=morning(WEEK[1]))
     assert r1.carried_over == 10 and r1.overdue == 0 and len(r1.tasks) == 20
-    r3 = await plan_day(session, settings, WEEK[3])  # Thursday: Monday's tasks are 3 working days late
+    r3 = await plan_day(
+        session, settings, WEEK[3], now=morning(WEEK[3])
+    )  # Thursday: Monday's tasks are 3 working days late
     assert r3.overdue == 10
     overdue = [t for t in r3.tasks if t.overdue]
     assert {t.plan_date for t in overdue} == {WEEK[0]}
@@ -92,25 +95,25 @@ async def test_unavailable_counter_gets_nothing(session: AsyncSession, settings:
     away = co.users[0]
     session.add(UserUnavailability(user_id=away.id, day=MONDAY))
     await session.flush()
-    result = await plan_day(session, settings, MONDAY)
+    result = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     assert away.employee_no not in {t.assignee for t in result.tasks}
     assert all(t.assignee for t in result.tasks)
 
 
 async def test_capacity_limits_and_warns(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=50, counters=1, capacity=20)  # 20 minutes: five 4-minute A counts
-    result = await plan_day(session, settings, MONDAY)
+    result = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     assert sum(1 for t in result.tasks if t.assignee) == 5 and result.unassigned == 5
     assert any("产能" in w for w in result.warnings)
 
 
 async def test_holiday_and_company_override(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=10)
-    holiday = await plan_day(session, settings, date(2026, 10, 1))
+    holiday = await plan_day(session, settings, date(2026, 10, 1), now=morning(date(2026, 10, 1)))
     assert not holiday.working_day and holiday.created == 0 and holiday.warnings
     session.add(CalendarOverride(day=date(2026, 11, 28), working=True, note="周六盘点日"))
     await session.flush()
-    saturday = await plan_day(session, settings, date(2026, 11, 28))
+    saturday = await plan_day(session, settings, date(2026, 11, 28), now=morning(date(2026, 11, 28)))
     assert saturday.working_day and saturday.created > 0
 
 
@@ -118,17 +121,17 @@ async def test_adhoc_request_planned_once(session: AsyncSession, settings: Setti
     co = await build_company(session, items=50)
     target = co.item_locations[-1]
     await request_count(session, target.id, note="拣货员说没货")
-    r = await plan_day(session, settings, MONDAY)
+    r = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     adhoc = [t for t in r.tasks if t.reason is TaskReason.ADHOC]
     assert len(adhoc) == 1 and adhoc[0].priority == 1
-    again = await plan_day(session, settings, WEEK[1])
+    again = await plan_day(session, settings, WEEK[1], now=morning(WEEK[1]))
     assert sum(1 for t in again.tasks if t.reason is TaskReason.ADHOC) == 1  # carried, not duplicated
 
 
 async def test_unknown_warehouse_is_a_clear_error(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=5)
     with pytest.raises(PlanningError, match="NOPE"):
-        await plan_day(session, settings, MONDAY, warehouse_code="NOPE")
+        await plan_day(session, settings, MONDAY, now=morning(MONDAY), warehouse_code="NOPE")
 
 
 async def test_concurrent_planners_do_not_double_plan(
@@ -144,7 +147,7 @@ async def test_concurrent_planners_do_not_double_plan(
         async with sessionmaker() as s:
             for _ in range(5):  # SQLite: a writer may find the file busy; PostgreSQL: advisory lock
                 try:
-                    await plan_day(s, settings, MONDAY)
+                    await plan_day(s, settings, MONDAY, now=morning(MONDAY))
                     await s.commit()
                     return
                 except Exception as exc:  # pragma: no cover - depends on timing
@@ -177,20 +180,20 @@ async def test_discretionary_cap_holds_across_replans(session: AsyncSession) -> 
     for il in co.item_locations:  # all dormant: last moved a year ago
         il.last_movement_at = datetime(2025, 11, 1, tzinfo=UTC)
     await session.flush()
-    first = await plan_day(session, settings, MONDAY)
+    first = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     assert first.by_reason.get("dormant") == 3
-    again = await plan_day(session, settings, MONDAY)
+    again = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     assert again.created == 0 and again.by_reason.get("dormant") == 3
-    tuesday = await plan_day(session, settings, WEEK[1])
+    tuesday = await plan_day(session, settings, WEEK[1], now=morning(WEEK[1]))
     assert tuesday.by_reason.get("dormant") == 6  # three more, and Monday's three carried over
 
 
 async def test_two_warehouses_in_one_plan(session: AsyncSession, settings: Settings) -> None:
     await build_company(session, items=10, code="SH01")
     await build_company(session, items=15, code="SZ01")
-    result = await plan_day(session, settings, MONDAY)
+    result = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     by_wh = Tally(t.warehouse for t in result.tasks)
     assert by_wh == {"SH01": 2, "SZ01": 3}
-    assert (await plan_day(session, settings, MONDAY)).created == 0
-    one = await plan_day(session, settings, MONDAY, warehouse_code="SZ01")
+    assert (await plan_day(session, settings, MONDAY, now=morning(MONDAY))).created == 0
+    one = await plan_day(session, settings, MONDAY, now=morning(MONDAY), warehouse_code="SZ01")
     assert {t.warehouse for t in one.tasks} == {"SZ01"}

@@ -40,6 +40,7 @@ from core.enums import TaskReason, TaskStatus
 from core.models import CountTask, ItemLocation, OutboxMessage, User
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.clock import morning
 from tests.fakes.recording import RecordingChannel
 from tests.golden_files import assert_golden, golden_name
 from tests.integration.builders import build_company
@@ -70,9 +71,13 @@ class Flow:
             await sync_cards(s, SETTINGS, self.at, trace)
 
         router = Router().include(commands.router, counting.router, actions.router, commands.fallback_router)
-        self.d = Dispatcher(sm, SETTINGS, MemoryStore(), router, after_handle=after)
+        self.d = Dispatcher(sm, SETTINGS, MemoryStore(), router, after_handle=after, clock=self)
         self.ids: dict[str, str] = {}
         self.task_id = 0
+
+    def now(self) -> datetime:
+        """The dispatcher's clock: the flow's time (``at``)."""
+        return self.at
 
     async def set_up(self, *, recounter_locale: str | None = None) -> None:
         async with self.sm() as s, s.begin():
@@ -82,7 +87,7 @@ class Flow:
                 self.ids[u.employee_no] = u.employee_no.lower()
                 if u.employee_no == "WH1-E02":
                     u.locale = recounter_locale
-            await plan_day(s, SETTINGS, MONDAY)
+            await plan_day(s, SETTINGS, MONDAY, now=morning(MONDAY))
             first = next(u for u in co.users if u.employee_no == "WH1-E01")
             task = (await wf.counter_tasks(s, first.id, MONDAY))[0][0]
             il = await s.get(ItemLocation, task.item_location_id)
@@ -284,7 +289,7 @@ async def test_recount_from_the_cli_updates_the_card_in_the_counters_language(
     async with sessionmaker() as s, s.begin():
         assert rc.assignee_id is not None
         await wf.record_count(s, SETTINGS, task_id=rc.id, counter_id=rc.assignee_id, text=RECOUNT,
-                              counted_at=T0 + timedelta(minutes=5))  # fmt: skip
+                              counted_at=T0 + timedelta(minutes=5), now=T0 + timedelta(minutes=5))  # fmt: skip
     await flow.deliver()
     assert flow.channel.updates() == []  # nothing happens until cards are synced
     flow.at = T0 + timedelta(minutes=6)
@@ -313,7 +318,7 @@ async def test_a_card_older_than_card_max_age_is_left_alone(
     async with sessionmaker() as s, s.begin():
         assert rc.assignee_id is not None
         await wf.record_count(s, SETTINGS, task_id=rc.id, counter_id=rc.assignee_id, text=RECOUNT,
-                              counted_at=T0 + timedelta(days=8))  # fmt: skip
+                              counted_at=T0 + timedelta(days=8), now=T0 + timedelta(days=8))  # fmt: skip
     async with sessionmaker() as s, s.begin():
         done = await sync_cards(
             s, SETTINGS, T0 + timedelta(days=SETTINGS.server.card_max_age_days, minutes=1)

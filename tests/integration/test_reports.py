@@ -25,6 +25,7 @@ from core.enums import ApprovalDecision, TaskStatus
 from core.models import CountTask, Item, ItemLocation, User
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.clock import morning
 from tests.integration.builders import build_company
 
 SETTINGS = Settings(database_url="sqlite://")
@@ -71,8 +72,8 @@ async def build(s: AsyncSession) -> Scenario:
         User(employee_no="F01", name="财务", roles=["finance"], team_id=team),
     ])  # fmt: skip
     await s.flush()
-    await plan_day(s, SETTINGS, MON)
-    await plan_day(s, SETTINGS, TUE)
+    await plan_day(s, SETTINGS, MON, now=morning(MON))
+    await plan_day(s, SETTINGS, TUE, now=morning(TUE))
     users = {u.employee_no: u for u in (await s.execute(select(User))).scalars()}
     c1, c2, c3, sup, sup2, fin = (
         users[k] for k in ("WH1-E01", "WH1-E02", "WH1-E03", "WH1-S01", "S02", "F01")
@@ -140,7 +141,7 @@ async def build(s: AsyncSession) -> Scenario:
     done = await wf.finish_partial_count(s, SETTINGS, task_id=t2.id, actor_id=c3.id, now=T7 + 3 * M)
     assert done.variance is not None and done.variance.hit
     # the next Monday's plan flags what is still open and late
-    await plan_day(s, SETTINGS, NEXT_MON)
+    await plan_day(s, SETTINGS, NEXT_MON, now=morning(NEXT_MON))
     await s.commit()
     return Scenario(label(c1), r4.variance.id, v5, label(waiting))
 

@@ -18,6 +18,7 @@ from bot.dispatcher import Dispatcher, Router
 from bot.events import Platform, Sender, TextMessage
 from bot.handlers import commands, counting
 from core.audit import trail
+from core.clock import FixedClock
 from core.config import Settings
 from core.enums import EntryMethod, MovementType, TaskReason, TaskStatus
 from core.models import (
@@ -33,6 +34,7 @@ from core.models import (
 from core.scheduling.service import plan_day
 from core.variance.service import WorkflowError, record_count, review_variance
 from core.variance.undo import UndoBlocked, is_voided, undo_last_count
+from tests.clock import morning
 from tests.integration.builders import build_company
 
 DAY = date(2026, 11, 30)
@@ -75,10 +77,11 @@ async def setup(
         for n, u in enumerate(company.users):
             u.wecom_userid = f"u{n + 1}" if "counter" in u.roles else "boss"
             ids[u.wecom_userid] = u.id
-        await plan_day(s, SETTINGS, DAY)
+        await plan_day(s, SETTINGS, DAY, now=morning(DAY))
         await s.commit()
     d = Dispatcher(sessionmaker, SETTINGS, MemoryStore(),
-                   Router().include(commands.router, counting.router, commands.fallback_router))  # fmt: skip
+                   Router().include(commands.router, counting.router, commands.fallback_router),
+                   clock=FixedClock(NOW))  # fmt: skip
     return d, ids
 
 
@@ -164,7 +167,7 @@ async def test_undo_cancels_an_unstarted_recount_and_tells_its_counter(
     with pytest.raises(WorkflowError, match="cancelled"):
         async with sessionmaker() as s:
             await record_count(
-                s, SETTINGS, task_id=recount.id, counter_id=ids["u2"], text="10", counted_at=NOW
+                s, SETTINGS, task_id=recount.id, counter_id=ids["u2"], text="10", counted_at=NOW, now=NOW
             )
 
 
@@ -201,7 +204,7 @@ async def test_a_review_blocks_the_undo(sessionmaker: async_sessionmaker[AsyncSe
         assert v.state == "in_review"
     async with sessionmaker() as s, s.begin():
         await review_variance(s, settings, variance_id=v.id, reviewer_id=ids["boss"], reason_code="misplaced",
-                              note="放错库位")  # fmt: skip
+                              note="放错库位", now=NOW)  # fmt: skip
     blocked = await lina.say("撤销")
     assert f"差异 #{v.id}" in blocked and "不能撤销" in blocked
 
@@ -252,7 +255,7 @@ async def test_service_partial_counts_and_a_book_reimported_after_the_adjustment
 ) -> None:
     async with sessionmaker() as s:
         company = await build_company(s, items=10, counters=1)
-        await plan_day(s, SETTINGS, DAY)
+        await plan_day(s, SETTINGS, DAY, now=morning(DAY))
         counter = next(u for u in company.users if "counter" in u.roles)
         task, other = (await s.execute(select(CountTask).order_by(CountTask.id).limit(2))).scalars().all()
         il = await s.get(ItemLocation, task.item_location_id)
@@ -263,7 +266,7 @@ async def test_service_partial_counts_and_a_book_reimported_after_the_adjustment
     async def count(task_id: int, text: str, *, partial: bool = False, key: str) -> Any:
         async with sessionmaker() as s, s.begin():
             return await record_count(s, SETTINGS, task_id=task_id, counter_id=counter.id, text=text,
-                                      partial=partial, counted_at=NOW, method=EntryMethod.CLI, dedup_key=key)  # fmt: skip
+                                      partial=partial, counted_at=NOW, method=EntryMethod.CLI, dedup_key=key, now=NOW)  # fmt: skip
 
     # a partial count of a task still being counted: voided, the task handed back (in progress -> open)
     await count(other.id, "3", partial=True, key="p1")
@@ -278,7 +281,7 @@ async def test_service_partial_counts_and_a_book_reimported_after_the_adjustment
     async with sessionmaker() as s, s.begin():
         il = await s.get(ItemLocation, task.item_location_id)
         assert il is not None
-        il.book_as_of = datetime.now(UTC) + timedelta(minutes=1)
+        il.book_as_of = NOW + timedelta(minutes=1)
     with pytest.raises(UndoBlocked, match="重新导入"):
         async with sessionmaker() as s, s.begin():
             await undo_last_count(s, counter_id=counter.id, now=NOW)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -15,8 +14,10 @@ from core.config import Settings
 from core.db import make_engine, make_sessionmaker
 from core.models import User
 from core.scheduling.service import plan_day
+from tests.clock import morning, running
 from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
 from tests.integration.builders import build_company
+from tests.integration.cardflow import DAY
 
 TOKEN, AES_KEY = "tok3n", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
@@ -39,7 +40,7 @@ async def test_text_command_round_trip(
         await build_company(s, items=10)
         u = (await s.execute(select(User).where(User.employee_no == "WH1-E01"))).scalar_one()
         u.wecom_userid = "zhangwei"
-        await plan_day(s, Settings(database_url=database_url), date.today())
+        await plan_day(s, Settings(database_url=database_url), DAY, now=morning(DAY))
         await s.commit()
     await eng.dispose()
 
@@ -48,14 +49,15 @@ async def test_text_command_round_trip(
         wecom={"corp_id": state.corp_id, "agent_id": state.agent_id, "secret": state.secret, "token": TOKEN,
                "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
     )  # fmt: skip
-    client = await aiohttp_client(build_app(settings))
+    clock = running(DAY)
+    client = await aiohttp_client(build_app(settings, clock=clock))
     sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
 
     async def send(req: Any) -> int:
         async with client.request(req.method, "/wecom/callback", params=req.query, data=req.body) as resp:
             return resp.status
 
-    now = int(time.time())
+    now = int(clock.now().timestamp())
     assert await send(sim.text("zhangwei", "/帮助", msg_id=1, timestamp=now)) == 200
     assert await send(sim.text("zhangwei", "/帮助", msg_id=1, timestamp=now)) == 200  # a platform retry
     assert await send(sim.text("nobody", "/任务", msg_id=2, timestamp=now)) == 200
@@ -96,10 +98,11 @@ async def test_one_trace_id_from_callback_to_send(
                "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
         server={"outbox_interval_s": 0.05},
     )  # fmt: skip
-    client = await aiohttp_client(build_app(settings))
+    clock = running(DAY)
+    client = await aiohttp_client(build_app(settings, clock=clock))
     sim = WeComSimulator(TOKEN, AES_KEY, state.corp_id, state.agent_id)
     caplog.set_level(logging.DEBUG, logger="pandian")  # the acceptance is logged at DEBUG
-    req = sim.text("zhangwei", "/帮助", msg_id=77, timestamp=int(time.time()))
+    req = sim.text("zhangwei", "/帮助", msg_id=77, timestamp=int(clock.now().timestamp()))
     async with client.request(req.method, "/wecom/callback", params=req.query, data=req.body) as resp:
         assert resp.status == 200
     await wait_for(lambda: any(r.getMessage().startswith("sent text wecom:msg:77") for r in caplog.records))

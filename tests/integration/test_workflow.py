@@ -27,6 +27,7 @@ from core.models import (
 )
 from core.scheduling.service import plan_day
 from core.variance import service as wf
+from tests.clock import morning
 from tests.integration.builders import build_company
 
 MONDAY = date(2026, 11, 30)
@@ -44,7 +45,7 @@ async def setup(session: AsyncSession, items: int = 25) -> dict[str, User]:
     ]
     session.add_all(extra)
     await session.flush()
-    await plan_day(session, SETTINGS, MONDAY)
+    await plan_day(session, SETTINGS, MONDAY, now=morning(MONDAY))
     await session.commit()
     users = {u.employee_no: u for u in (await session.execute(select(User))).scalars()}
     return users
@@ -63,19 +64,30 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
 
         # 1. a count equal to the book is a hit: accepted, nothing to adjust
         t1 = await task_of(s, c1)
-        r1 = await wf.record_count(s, SETTINGS, task_id=t1.id, counter_id=c1.id, text="10", counted_at=T0)
+        r1 = await wf.record_count(
+            s, SETTINGS, task_id=t1.id, counter_id=c1.id, text="10", counted_at=T0, now=T0
+        )
         assert r1.variance is not None and r1.variance.state == "auto_accepted" and r1.variance.hit
 
         # 2. bad input changes nothing
         t2 = await task_of(s, c1)
         with pytest.raises(wf.WorkflowError) as bad:
-            await wf.record_count(s, SETTINGS, task_id=t2.id, counter_id=c1.id, text="abc", counted_at=T0)
+            await wf.record_count(
+                s, SETTINGS, task_id=t2.id, counter_id=c1.id, text="abc", counted_at=T0, now=T0
+            )
         assert "abc" in bad.value.zh
         assert (await s.execute(select(func.count()).where(CountEntry.task_id == t2.id))).scalar_one() == 0
 
         # 3. a loss of 3 (30 %): out of tolerance -> blind recount by someone else
         r2 = await wf.record_count(
-            s, SETTINGS, task_id=t2.id, counter_id=c1.id, text="7", counted_at=T0, dedup_key="wecom:msg-1"
+            s,
+            SETTINGS,
+            task_id=t2.id,
+            counter_id=c1.id,
+            text="7",
+            counted_at=T0,
+            dedup_key="wecom:msg-1",
+            now=T0,
         )
         v = r2.variance
         assert v is not None and v.state == "recount_pending" and r2.recount_task is not None
@@ -83,7 +95,14 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
         assert recount.reason == TaskReason.RECOUNT and recount.assignee_id not in (None, c1.id)
         # a platform retry of the same message records nothing new
         again = await wf.record_count(
-            s, SETTINGS, task_id=t2.id, counter_id=c1.id, text="7", counted_at=T0, dedup_key="wecom:msg-1"
+            s,
+            SETTINGS,
+            task_id=t2.id,
+            counter_id=c1.id,
+            text="7",
+            counted_at=T0,
+            dedup_key="wecom:msg-1",
+            now=T0,
         )
         assert again.duplicate and again.entry.id == r2.entry.id
         # the first counter may not recount their own count
@@ -95,6 +114,7 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
                 counter_id=c1.id,
                 text="7",
                 counted_at=T0 + timedelta(minutes=20),
+                now=T0 + timedelta(minutes=20),
             )
         other = c2 if recount.assignee_id == c2.id else c3
         r3 = await wf.record_count(
@@ -104,17 +124,28 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
             counter_id=other.id,
             text="7",
             counted_at=T0 + timedelta(minutes=30),
+            now=T0 + timedelta(minutes=30),
         )
         assert r3.variance is not None and r3.variance.state == "in_review"
         await s.commit()
 
         # 4. review: a standard reason is required; an unknown one is refused
         with pytest.raises(wf.WorkflowError):
-            await wf.review_variance(s, SETTINGS, variance_id=v.id, reviewer_id=sup1.id, reason_code="nope")
+            await wf.review_variance(
+                s, SETTINGS, variance_id=v.id, reviewer_id=sup1.id, reason_code="nope", now=T0
+            )
         with pytest.raises(wf.WorkflowError):  # 其他 needs a note
-            await wf.review_variance(s, SETTINGS, variance_id=v.id, reviewer_id=sup1.id, reason_code="other")
+            await wf.review_variance(
+                s, SETTINGS, variance_id=v.id, reviewer_id=sup1.id, reason_code="other", now=T0
+            )
         await wf.review_variance(
-            s, SETTINGS, variance_id=v.id, reviewer_id=sup1.id, reason_code="shipping", note="发货多拣"
+            s,
+            SETTINGS,
+            variance_id=v.id,
+            reviewer_id=sup1.id,
+            reason_code="shipping",
+            note="发货多拣",
+            now=T0,
         )
         assert v.state == "pending_approval"
         await s.commit()
@@ -126,7 +157,12 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
         for actor_id in [u.id for u in (sup1, c1, other, fin)]:
             with pytest.raises(wf.WorkflowError):
                 await wf.decide(
-                    s, SETTINGS, variance_id=vid, actor_id=actor_id, decision=ApprovalDecision.APPROVED
+                    s,
+                    SETTINGS,
+                    variance_id=vid,
+                    actor_id=actor_id,
+                    decision=ApprovalDecision.APPROVED,
+                    now=T0,
                 )
             await s.rollback()
 
@@ -141,6 +177,7 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
                     actor_id=user_id,
                     decision=ApprovalDecision.APPROVED,
                     step_seq=shown_seq,
+                    now=T0,
                 )
                 await s2.commit()
                 return f"ok:{d.outcome}:{d.final}"
@@ -170,7 +207,7 @@ async def test_end_to_end(sessionmaker: async_sessionmaker[AsyncSession]) -> Non
         severity_steps = v.severity
         if v.state == "pending_approval":  # major: finance decides next
             d = await wf.decide(
-                s, SETTINGS, variance_id=vid, actor_id=fin_id, decision=ApprovalDecision.APPROVED
+                s, SETTINGS, variance_id=vid, actor_id=fin_id, decision=ApprovalDecision.APPROVED, now=T0
             )
             assert d.final
             await s.commit()
@@ -217,7 +254,9 @@ async def test_moved_during_count_and_overturned_first_count(session: AsyncSessi
     assert il is not None
     il.qty = Decimal(8)
     await session.flush()
-    r = await wf.record_count(session, SETTINGS, task_id=t.id, counter_id=c1.id, text="８", counted_at=T0)
+    r = await wf.record_count(
+        session, SETTINGS, task_id=t.id, counter_id=c1.id, text="８", counted_at=T0, now=T0
+    )
     v = r.variance
     assert (
         v is not None and v.book_qty == Decimal(8) and v.moved_during_count and v.state == "recount_pending"
@@ -228,7 +267,9 @@ async def test_moved_during_count_and_overturned_first_count(session: AsyncSessi
     # the recount agrees with the book -> closed, no adjustment; the first count was right too here,
     # so try a wrong first count instead on another task
     t2 = await task_of(session, c1)
-    r2 = await wf.record_count(session, SETTINGS, task_id=t2.id, counter_id=c1.id, text="3", counted_at=T0)
+    r2 = await wf.record_count(
+        session, SETTINGS, task_id=t2.id, counter_id=c1.id, text="3", counted_at=T0, now=T0
+    )
     assert r2.variance is not None
     assert r2.recount_task is not None
     helper = await session.get(User, r2.recount_task.assignee_id)
@@ -240,6 +281,7 @@ async def test_moved_during_count_and_overturned_first_count(session: AsyncSessi
         counter_id=helper.id,
         text="10",
         counted_at=T0 + timedelta(minutes=10),
+        now=T0 + timedelta(minutes=10),
     )
     assert r3.variance is not None and r3.variance.state == "closed_count_error"
     first = (await session.execute(select(CountEntry).where(CountEntry.task_id == t2.id))).scalar_one()
@@ -254,13 +296,13 @@ async def test_partial_counts_are_summed_and_a_second_full_count_replaces_the_fi
     c1, c2 = users["WH1-E01"], users["WH1-E02"]
     t = await task_of(session, c1)
     await wf.record_count(
-        session, SETTINGS, task_id=t.id, counter_id=c1.id, text="4", partial=True, counted_at=T0
+        session, SETTINGS, task_id=t.id, counter_id=c1.id, text="4", partial=True, counted_at=T0, now=T0
     )
     await wf.record_count(
-        session, SETTINGS, task_id=t.id, counter_id=c2.id, text="6", partial=True, counted_at=T0
+        session, SETTINGS, task_id=t.id, counter_id=c2.id, text="6", partial=True, counted_at=T0, now=T0
     )
     assert t.status == TaskStatus.IN_PROGRESS
-    r = await wf.finish_partial_count(session, SETTINGS, task_id=t.id, actor_id=c1.id)
+    r = await wf.finish_partial_count(session, SETTINGS, task_id=t.id, actor_id=c1.id, now=T0)
     assert (
         r.variance is not None
         and r.variance.counted_qty == Decimal(10)
@@ -268,19 +310,23 @@ async def test_partial_counts_are_summed_and_a_second_full_count_replaces_the_fi
     )
     # a finished task takes no more counts
     with pytest.raises(wf.WorkflowError):
-        await wf.record_count(session, SETTINGS, task_id=t.id, counter_id=c1.id, text="3", counted_at=T0)
+        await wf.record_count(
+            session, SETTINGS, task_id=t.id, counter_id=c1.id, text="3", counted_at=T0, now=T0
+        )
 
 
 async def test_illegal_transition_changes_nothing(session: AsyncSession) -> None:
     users = await setup(session)
     c1, sup = users["WH1-E01"], users["WH1-S01"]
     t = await task_of(session, c1)
-    r = await wf.record_count(session, SETTINGS, task_id=t.id, counter_id=c1.id, text="10", counted_at=T0)
+    r = await wf.record_count(
+        session, SETTINGS, task_id=t.id, counter_id=c1.id, text="10", counted_at=T0, now=T0
+    )
     assert r.variance is not None
     before = (r.variance.state, r.variance.version)
     with pytest.raises(wf.WorkflowError) as err:
         await wf.review_variance(
-            session, SETTINGS, variance_id=r.variance.id, reviewer_id=sup.id, reason_code="shipping"
+            session, SETTINGS, variance_id=r.variance.id, reviewer_id=sup.id, reason_code="shipping", now=T0
         )
     assert "auto_accepted" in err.value.en
     assert (r.variance.state, r.variance.version) == before
@@ -304,6 +350,7 @@ async def test_unlisted_find_escalation_recurrence_and_late_movement(session: As
         location_id=other_loc.id,
         text="5",
         counted_at=T0,
+        now=T0,
     )
     assert r.variance is not None and r.variance.book_qty == 0 and r.variance.pct is None
     unscheduled = await session.get(CountTask, r.entry.task_id)
@@ -311,7 +358,9 @@ async def test_unlisted_find_escalation_recurrence_and_late_movement(session: As
 
     # a late movement that happened before a count changes that count's book and variance
     t2 = await task_of(session, c1)
-    r2 = await wf.record_count(session, SETTINGS, task_id=t2.id, counter_id=c1.id, text="6", counted_at=T0)
+    r2 = await wf.record_count(
+        session, SETTINGS, task_id=t2.id, counter_id=c1.id, text="6", counted_at=T0, now=T0
+    )
     assert r2.variance is not None and r2.variance.qty == Decimal(-4)
     session.add(
         Movement(item_id=t2.item_id, location_id=t2.location_id, item_location_id=t2.item_location_id,
@@ -321,7 +370,7 @@ async def test_unlisted_find_escalation_recurrence_and_late_movement(session: As
     assert il is not None
     il.qty = Decimal(il.qty) - 4
     await session.flush()
-    assert await wf.reevaluate_open_variances(session, SETTINGS) >= 1
+    assert await wf.reevaluate_open_variances(session, SETTINGS, now=T0) >= 1
     assert r2.variance.book_qty == Decimal(6) and r2.variance.qty == 0
 
     # an approval step past its deadline moves up to the manager
@@ -349,7 +398,7 @@ async def test_unlisted_find_escalation_recurrence_and_late_movement(session: As
     assert len(open_tasks) >= 5
     for i, task in enumerate(open_tasks[:5]):
         res = await wf.record_count(
-            session, SETTINGS, task_id=task.id, counter_id=c1.id, text="1", counted_at=T0
+            session, SETTINGS, task_id=task.id, counter_id=c1.id, text="1", counted_at=T0, now=T0
         )
         assert res.variance is not None
         res.variance.reason_code, res.variance.reviewed_at = (
@@ -374,7 +423,7 @@ async def test_audit_trail_is_append_only(session: AsyncSession) -> None:
     users = await setup(session)
     t = await task_of(session, users["WH1-E01"])
     await wf.record_count(
-        session, SETTINGS, task_id=t.id, counter_id=users["WH1-E01"].id, text="9", counted_at=T0
+        session, SETTINGS, task_id=t.id, counter_id=users["WH1-E01"].id, text="9", counted_at=T0, now=T0
     )
     await session.commit()
     with pytest.raises(DBAPIError, match="append-only"):

@@ -29,7 +29,7 @@ def runs(scheduler: AsyncIOScheduler) -> dict[str, datetime]:
 
 def test_next_runs_skip_the_weekend_in_the_company_time_zone() -> None:
     friday_night = local(date(2026, 12, 4), 20, 30)
-    got = runs(build_scheduler(SESSIONMAKER, Settings(), now=friday_night))
+    got = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: friday_night))
     assert got == {
         "morning": local(date(2026, 12, 7), 7, 30),  # Monday, not Saturday
         "afternoon": local(date(2026, 12, 7), 15),
@@ -55,16 +55,18 @@ def test_next_runs_skip_the_weekend_in_the_company_time_zone() -> None:
     ids=["make-up-saturday", "national-day", "make-up-sunday"],
 )
 def test_holidays_and_make_up_days(now: datetime, expected: datetime) -> None:
-    assert runs(build_scheduler(SESSIONMAKER, Settings(), now=now))["morning"] == expected
+    assert runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: now))["morning"] == expected
 
 
 def test_company_overrides_from_configuration() -> None:
     settings = Settings(
         calendar=CalendarSettings(extra_working_days=[date(2026, 12, 5)], extra_days_off=[date(2026, 12, 7)])
     )
-    got = runs(build_scheduler(SESSIONMAKER, settings, now=local(date(2026, 12, 4), 20, 30)))
+    got = runs(build_scheduler(SESSIONMAKER, settings, clock=lambda: local(date(2026, 12, 4), 20, 30)))
     assert got["morning"] == local(date(2026, 12, 5), 7, 30)
-    trigger = build_scheduler(SESSIONMAKER, settings, now=local(date(2026, 12, 4), 20, 30)).get_job("morning")
+    trigger = build_scheduler(SESSIONMAKER, settings, clock=lambda: local(date(2026, 12, 4), 20, 30)).get_job(
+        "morning"
+    )
     assert trigger is not None
     after_saturday = trigger.trigger.get_next_fire_time(got["morning"], got["morning"] + timedelta(minutes=1))
     assert after_saturday == local(date(2026, 12, 8), 7, 30)  # Sunday off, Monday the company's day off
@@ -80,7 +82,7 @@ def test_configured_times_and_another_time_zone_across_a_dst_change() -> None:
         ),
     )
     friday = local(date(2026, 10, 23), 20, 30, berlin)  # clocks go back on Sunday the 25th
-    got = runs(build_scheduler(SESSIONMAKER, settings, now=friday))
+    got = runs(build_scheduler(SESSIONMAKER, settings, clock=lambda: friday))
     assert got["morning"] == local(date(2026, 10, 26), 6, 45, berlin)
     assert got["afternoon"] == local(date(2026, 10, 26), 14, 10, berlin)
     assert got["summary"] == local(date(2026, 10, 26), 17, 5, berlin)
@@ -90,21 +92,21 @@ def test_configured_times_and_another_time_zone_across_a_dst_change() -> None:
 
 def test_a_missed_daily_run_is_caught_up_within_the_grace() -> None:
     monday = date(2026, 11, 30)
-    started_late = runs(build_scheduler(SESSIONMAKER, Settings(), now=local(monday, 8, 10)))
+    started_late = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(monday, 8, 10)))
     assert started_late["morning"] == local(monday, 7, 30)  # runs at once when the scheduler starts
-    too_late = runs(build_scheduler(SESSIONMAKER, Settings(), now=local(monday, 9, 31)))
+    too_late = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(monday, 9, 31)))
     assert too_late["morning"] == local(date(2026, 12, 1), 7, 30)  # more than 2 h: tomorrow
     settings = Settings(schedule=ScheduleSettings(misfire_grace_minutes=180))
-    assert runs(build_scheduler(SESSIONMAKER, settings, now=local(monday, 9, 31)))["morning"] == local(
-        monday, 7, 30
-    )
+    assert runs(build_scheduler(SESSIONMAKER, settings, clock=lambda: local(monday, 9, 31)))[
+        "morning"
+    ] == local(monday, 7, 30)
     # a missed run on a day off is not caught up
-    sunday = runs(build_scheduler(SESSIONMAKER, Settings(), now=local(date(2026, 12, 6), 8, 10)))
+    sunday = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(date(2026, 12, 6), 8, 10)))
     assert sunday["morning"] == local(date(2026, 12, 7), 7, 30)
 
 
 def test_jobs_coalesce_and_never_overlap() -> None:
-    scheduler = build_scheduler(SESSIONMAKER, Settings(), now=local(date(2026, 11, 30), 12))
+    scheduler = build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(date(2026, 11, 30), 12))
     for job in scheduler.get_jobs():
         assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time
     morning = scheduler.get_job("morning")
@@ -114,14 +116,14 @@ def test_jobs_coalesce_and_never_overlap() -> None:
 def test_switches() -> None:
     now = local(date(2026, 11, 30), 12)
     off = Settings(schedule=ScheduleSettings(morning_push_enabled=False, erp_sync_enabled=False))
-    assert set(runs(build_scheduler(SESSIONMAKER, off, now=now))) == {
+    assert set(runs(build_scheduler(SESSIONMAKER, off, clock=lambda: now))) == {
         "afternoon",
         "summary",
         "escalation",
         "calendar",
     }
     none = Settings(schedule=ScheduleSettings(enabled=False))
-    assert build_scheduler(SESSIONMAKER, none, now=now).get_jobs() == []
+    assert build_scheduler(SESSIONMAKER, none, clock=lambda: now).get_jobs() == []
 
 
 def test_config_refuses_a_time_with_a_zone_and_a_bad_time() -> None:
