@@ -186,10 +186,9 @@ async def record_count(
     note: str | None = None,
     lot: str | None = None,
     dedup_key: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> CountResult:
     """Record one count. A repeated ``dedup_key`` (a platform retry) returns the first result unchanged."""
-    now = now or datetime.now(UTC)
     if dedup_key is not None and (earlier := await _already_recorded(session, dedup_key)) is not None:
         return earlier
     task = (
@@ -284,10 +283,9 @@ async def _entries_of(session: AsyncSession, task_id: int) -> set[int]:
 
 
 async def finish_partial_count(
-    session: AsyncSession, settings: Settings, *, task_id: int, actor_id: int, now: datetime | None = None
+    session: AsyncSession, settings: Settings, *, task_id: int, actor_id: int, now: datetime
 ) -> CountResult:
     """Close a task counted in parts: the current partial counts are summed."""
-    now = now or datetime.now(UTC)
     task = await session.get(CountTask, task_id)
     if task is None or task.status not in OPEN_STATUSES:
         raise WorkflowError(f"任务 #{task_id} 不能完成", f"task #{task_id} cannot be finished")
@@ -477,6 +475,13 @@ async def _evaluate_recount(
         result.message_en = (
             "The recount matches the book, so the first count was off; closed with no adjustment"
         )
+    elif vs_first.hit and Decimal(v.qty) == 0:
+        # the first count matched the book as of counting (it went to a recount because stock moved, or a late
+        # movement explained its difference since) and the recount agrees: there is nothing to review, approve
+        # or adjust
+        _close_no_difference(v, actor_id, now, why="recount_agreed", recount=counted, book=book)
+        result.message_zh = "谢谢，这一项已完成"
+        result.message_en = "Thank you, this one is done"
     elif vs_first.hit:
         _move_variance(v, VarianceEvent.RECOUNT_CONFIRMED_COUNT, actor_id, now, recount=counted)
         _move_variance(v, VarianceEvent.REVIEW_STARTED, None, now)
@@ -511,10 +516,9 @@ async def _suggest(session: AsyncSession, settings: Settings, v: Variance) -> No
 
 async def resolve_dispute(
     session: AsyncSession, settings: Settings, *, variance_id: int, supervisor_id: int, count_is_right: bool,
-    now: datetime | None = None,
+    now: datetime,
 ) -> Variance:  # fmt: skip
     """The supervisor decides a disputed variance: the count stands (to review) or the book stands (closed)."""
-    now = now or datetime.now(UTC)
     v = await _variance(session, variance_id)
     sup = await _user(session, supervisor_id)
     if "supervisor" not in (sup.roles or []):
@@ -549,10 +553,9 @@ def _guard(v: Variance, event: VarianceEvent) -> None:
 
 async def review_variance(
     session: AsyncSession, settings: Settings, *, variance_id: int, reviewer_id: int, reason_code: str | None,
-    note: str | None = None, now: datetime | None = None,
+    note: str | None = None, now: datetime,
 ) -> Variance:  # fmt: skip
     """The supervisor's review: a standard reason (and a note when it needs one); opens the approval steps."""
-    now = now or datetime.now(UTC)
     v = await _variance(session, variance_id)
     _guard(v, VarianceEvent.REVIEW_SUBMITTED)
     reviewer = await _user(session, reviewer_id)
@@ -590,14 +593,13 @@ class Decision:
 
 async def decide(
     session: AsyncSession, settings: Settings, *, variance_id: int, actor_id: int, decision: ApprovalDecision,
-    comment: str | None = None, now: datetime | None = None, step_seq: int | None = None,
+    comment: str | None = None, now: datetime, step_seq: int | None = None,
 ) -> Decision:  # fmt: skip
     """Approve, reject or send back the current approval step. Two people deciding the same step at the same
     moment get exactly one outcome: the second is told who decided first.
 
     ``step_seq`` is the step the decider was shown (an approval card carries it): when that step has been
     decided meanwhile, the answer is who decided it, never a decision on the step that followed."""
-    now = now or datetime.now(UTC)
     if decision not in (ApprovalDecision.APPROVED, ApprovalDecision.REJECTED, ApprovalDecision.RECOUNT):
         raise WorkflowError("无效的决定", f"invalid decision {decision}")
     v = await _variance(session, variance_id, lock=False)
@@ -698,15 +700,26 @@ async def _already(session: AsyncSession, step: ApprovalStep) -> WorkflowError:
 # ---------------------------------------------------------------------------------------------- adjustment
 
 
+def _close_no_difference(v: Variance, actor_id: int | None, now: datetime, why: str, **data: Any) -> None:
+    """Close a variance whose quantity is zero: no adjustment, no further step (``closed_no_difference``)."""
+    _move_variance(v, VarianceEvent.NO_DIFFERENCE, actor_id, now, why=why, **data)
+    v.closed_at = now
+
+
 async def _adjust(
     session: AsyncSession, settings: Settings, v: Variance, actor_id: int | None, now: datetime
-) -> Adjustment:
-    """Turn an accepted variance into an adjustment and apply it to the book and the ledger.
+) -> Adjustment | None:
+    """Turn an accepted variance into an adjustment and apply it to the book and the ledger. A variance whose
+    quantity is zero (a late movement explained it after the review) is closed with nothing to adjust (None).
 
     A gain here and a loss of the same item at another location of the warehouse, recently adjusted and not
     yet exported, become one transfer document instead of a gain plus a loss.
     """
     qty = Decimal(v.qty)
+    if qty == 0 and VarianceState(v.state) is VarianceState.APPROVED:
+        _close_no_difference(v, actor_id, now, why="approved_with_zero_quantity")
+        await session.flush()
+        return None
     partner = None
     if qty != 0:
         since = now - settings.reasons.misslot_window
@@ -781,7 +794,6 @@ async def _adjust(
     )
     v.closed_at = now
     await session.flush()
-    assert adjustment is not None
     return adjustment
 
 
@@ -827,12 +839,11 @@ async def record_unlisted(
     photos: list[str] | None = None,
     note: str | None = None,
     dedup_key: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> CountResult:
     """ "Found an item that was not on my list": accepted, as an unscheduled task counted on the spot."""
     from core.stock import ensure_item_locations
 
-    now = now or datetime.now(UTC)
     if dedup_key is not None and (earlier := await _already_recorded(session, dedup_key)) is not None:
         return earlier
     item, loc = await session.get(Item, item_id), await session.get(Location, location_id)
@@ -943,12 +954,9 @@ async def open_improvement_items(session: AsyncSession, settings: Settings, now:
     return touched
 
 
-async def reevaluate_open_variances(
-    session: AsyncSession, settings: Settings, now: datetime | None = None
-) -> int:
+async def reevaluate_open_variances(session: AsyncSession, settings: Settings, now: datetime) -> int:
     """Movements that arrive late but happened before a count change the book at that count: recompute the
     open variances (their book, quantity, value, severity). Returns how many changed."""
-    now = now or datetime.now(UTC)
     open_states = [s.value for s in VarianceState if s not in workflow.VARIANCE.finals()]
     rows = (
         await session.execute(
@@ -971,8 +979,27 @@ async def reevaluate_open_variances(
         if VarianceState(v.state) in (VarianceState.OPEN, VarianceState.RECOUNT_PENDING, VarianceState.DISPUTED,
                                       VarianceState.CONFIRMED, VarianceState.IN_REVIEW):  # fmt: skip
             v.severity = a.severity.value if not a.within_tolerance else v.severity
+        if var.qty == 0 and VarianceState(v.state) in NO_COUNT_PENDING:
+            # the late movement explains the whole difference: nothing is left to review, approve or adjust
+            # (a variance still waiting for a count is closed by that count: see _evaluate_recount)
+            await _cancel_open_steps(session, v, now)
+            _close_no_difference(v, None, now, why="late_movement", book=book)
         changed += 1
     return changed
+
+
+# where a variance waits for a person's review or decision, never for a count
+NO_COUNT_PENDING = frozenset({VarianceState.CONFIRMED, VarianceState.IN_REVIEW, VarianceState.PENDING_APPROVAL})
+
+
+async def _cancel_open_steps(session: AsyncSession, v: Variance, now: datetime) -> None:
+    """The approval steps still waiting for a decision end as cancelled (their cards then say so)."""
+    await session.execute(
+        update(ApprovalStep)
+        .where(ApprovalStep.variance_id == v.id, ApprovalStep.decision == ApprovalDecision.PENDING)
+        .values(decision=ApprovalDecision.CANCELLED, decided_at=now, comment="no difference left")
+        .execution_options(synchronize_session=False)
+    )
 
 
 @dataclass
@@ -1024,11 +1051,8 @@ async def dossier(session: AsyncSession, variance_id: int) -> VarianceDossier:
     return VarianceDossier(v, item, loc, entries, movements, steps)
 
 
-async def housekeeping(
-    session: AsyncSession, settings: Settings, now: datetime | None = None
-) -> dict[str, int]:
+async def housekeeping(session: AsyncSession, settings: Settings, now: datetime) -> dict[str, int]:
     """The periodic jobs of the workflow (the bot's scheduler runs them; the CLI can too)."""
-    now = now or datetime.now(UTC)
     return {
         "escalated": await escalate_overdue_approvals(session, settings, now),
         "improvement_items": len(await open_improvement_items(session, settings, now)),

@@ -13,6 +13,9 @@ The variance life cycle::
         recount agrees with the book        -> closed_count_error (the first count was wrong)
         recount agrees with neither         -> disputed -> third count, or a supervisor decides
         pending_approval -> approved -> adjusted | rejected | recount_requested (sent back) -> recount_pending
+    no difference left (the count matched the book as of counting and a recount agreed, or a late movement
+    explains the whole difference) -> closed_no_difference, from any step before the adjustment: nothing to
+    review, approve or adjust
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class VarianceState(StrEnum):
     REJECTED = "rejected"
     RECOUNT_REQUESTED = "recount_requested"
     ADJUSTED = "adjusted"
+    CLOSED_NO_DIFFERENCE = "closed_no_difference"
 
 
 class VarianceEvent(StrEnum):
@@ -54,6 +58,7 @@ class VarianceEvent(StrEnum):
     REJECTED = "rejected"
     SENT_BACK = "sent_back"
     ADJUSTMENT_RECORDED = "adjustment_recorded"
+    NO_DIFFERENCE = "no_difference"  # the quantity to adjust is zero: closed with nothing to adjust
 
 
 class TaskEvent(StrEnum):
@@ -164,6 +169,11 @@ VARIANCE = StateTable[VarianceState, VarianceEvent](
         (V.PENDING_APPROVAL, VE.SENT_BACK): V.RECOUNT_REQUESTED,
         (V.RECOUNT_REQUESTED, VE.RECOUNT_ASSIGNED): V.RECOUNT_PENDING,
         (V.APPROVED, VE.ADJUSTMENT_RECORDED): V.ADJUSTED,
+        (V.RECOUNT_PENDING, VE.NO_DIFFERENCE): V.CLOSED_NO_DIFFERENCE,
+        (V.CONFIRMED, VE.NO_DIFFERENCE): V.CLOSED_NO_DIFFERENCE,
+        (V.IN_REVIEW, VE.NO_DIFFERENCE): V.CLOSED_NO_DIFFERENCE,
+        (V.PENDING_APPROVAL, VE.NO_DIFFERENCE): V.CLOSED_NO_DIFFERENCE,
+        (V.APPROVED, VE.NO_DIFFERENCE): V.CLOSED_NO_DIFFERENCE,
     },
     state_zh={
         V.AUTO_ACCEPTED: "容差内自动接受",
@@ -178,6 +188,7 @@ VARIANCE = StateTable[VarianceState, VarianceEvent](
         V.REJECTED: "已驳回",
         V.RECOUNT_REQUESTED: "退回重盘",
         V.ADJUSTED: "已调整库存",
+        V.CLOSED_NO_DIFFERENCE: "无差异已关闭",
     },
     event_zh={
         VE.RECOUNT_ASSIGNED: "派发复盘",
@@ -193,6 +204,7 @@ VARIANCE = StateTable[VarianceState, VarianceEvent](
         VE.REJECTED: "审批驳回",
         VE.SENT_BACK: "退回重盘",
         VE.ADJUSTMENT_RECORDED: "生成库存调整",
+        VE.NO_DIFFERENCE: "核实无差异",
     },
 )
 
