@@ -74,14 +74,14 @@ def test_illegal_transition_names_state_event_and_allowed() -> None:
         transition(V.RECOUNT_PENDING, E.APPROVED)
     err = e.value
     assert err.state is V.RECOUNT_PENDING and err.event is E.APPROVED
-    assert err.allowed == [E.RECOUNT_CONFIRMED_COUNT, E.RECOUNT_MATCHED_BOOK, E.RECOUNT_DISAGREED]
+    assert err.allowed == [E.RECOUNT_CONFIRMED_COUNT, E.RECOUNT_MATCHED_BOOK, E.RECOUNT_DISAGREED, E.NO_DIFFERENCE]
     assert err.zh == (
         "差异处于「复盘中」(recount_pending)，不能执行「审批通过」(approved)；"
-        "可执行：「复盘与初盘一致」、「复盘与账面一致」、「复盘与初盘、账面均不一致」"
+        "可执行：「复盘与初盘一致」、「复盘与账面一致」、「复盘与初盘、账面均不一致」、「核实无差异」"
     )
     assert err.en == (
         "variance: event 'approved' is not allowed in state 'recount_pending'; "
-        "allowed: recount_confirmed_count, recount_matched_book, recount_disagreed"
+        "allowed: recount_confirmed_count, recount_matched_book, recount_disagreed, no_difference"
     )
 
 
@@ -95,11 +95,13 @@ def test_final_state_says_so() -> None:
     ("state", "events"),
     [
         (V.OPEN, {E.RECOUNT_ASSIGNED, E.RECOUNT_WAIVED}),
-        (V.PENDING_APPROVAL, {E.APPROVED, E.REJECTED, E.SENT_BACK}),
+        (V.PENDING_APPROVAL, {E.APPROVED, E.REJECTED, E.SENT_BACK, E.NO_DIFFERENCE}),
+        (V.APPROVED, {E.ADJUSTMENT_RECORDED, E.NO_DIFFERENCE}),
         (V.DISPUTED, {E.RECOUNT_ASSIGNED, E.SUPERVISOR_CONFIRMED_COUNT, E.SUPERVISOR_CONFIRMED_BOOK}),
         (V.ADJUSTED, set()),
         (V.REJECTED, set()),
         (V.CLOSED_COUNT_ERROR, set()),
+        (V.CLOSED_NO_DIFFERENCE, set()),
     ],
 )
 def test_allowed(state: VarianceState, events: set[VarianceEvent]) -> None:
