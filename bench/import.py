@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         if db == "sqlite":
             urls[db] = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
         elif db == "postgresql":
+            from bench.plan import ensure_pg_database  # one place creates a missing benchmark database
+
+            ensure_pg_database(args.pg_url)
             urls[db] = args.pg_url
         else:
             raise SystemExit(f"unknown database {db}")

@@ -121,6 +121,9 @@ async def _child_setup(url: str, size: int, day: date, seed: int, mpi: float) ->
             async with engine.begin() as conn:
                 await conn.exec_driver_sql("ANALYZE")
             async with engine.connect() as conn:
+                # outside a transaction: core.db begins every SQLite transaction (BEGIN IMMEDIATE), and a
+                # checkpoint inside one fails with "database table is locked" (SQLAlchemy 2.1, aiosqlite 0.22)
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         out["analyze_s"] = time.perf_counter() - t0
     finally:
@@ -280,6 +283,9 @@ async def _child_reset(url: str) -> dict[str, Any]:
                 await conn.exec_driver_sql("VACUUM ANALYZE item_location")
         else:
             async with engine.connect() as conn:
+                # outside a transaction: core.db begins every SQLite transaction (BEGIN IMMEDIATE), and a
+                # checkpoint inside one fails with "database table is locked" (SQLAlchemy 2.1, aiosqlite 0.22)
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await engine.dispose()
@@ -329,7 +335,7 @@ def _run(kind: str, **spec: Any) -> dict[str, Any]:
     raise RuntimeError(f"{kind} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def _ensure_pg_database(url: str) -> None:
+def ensure_pg_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     from core.db import make_engine, normalise_url
@@ -477,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Measure] = []
     for db in dbs:
         if db == "postgresql":
-            _ensure_pg_database(args.pg_url)
+            ensure_pg_database(args.pg_url)
         for size in sizes:
             if db == "sqlite":
                 path = tmp / f"bench-{size}.db"

@@ -1040,6 +1040,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="short runs, once: a smoke test, not figures to quote"
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="exit 0 when every event was answered, whatever the figures (CI's smoke run; implies --quick)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs per figure, median quoted (default 3)")
     p.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default 16)")
     p.add_argument(
@@ -1064,6 +1069,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    args.quick = args.quick or args.smoke
     if args.quick:
         args.seconds, args.repeat, args.throughput_seconds = (
             min(args.seconds, 5.0),
@@ -1116,6 +1122,15 @@ async def amain(args: argparse.Namespace) -> int:
             print("memory", flush=True)
             mem = await bench.memory()
         ok = report(args, db, platforms, lat, tp, mem)
+        if args.smoke:  # CI: the bench must run and every event be answered; the figures are not judged
+            broken = [x.platform for x in lat if x.failed or x.res.errors]
+            broken += [x.platform for x in tp if x.failed or x.server.errors]
+            broken += [m.config for m in mem if m.lark or (m.load is not None and m.load.errors)]
+            print(
+                f"smoke run: {'failures in ' + ', '.join(broken) if broken else 'no failed events'}",
+                flush=True,
+            )
+            ok = not broken
         if args.profile:
             _print_profile(Path(args.profile))
     except asyncio.CancelledError:

@@ -76,8 +76,11 @@ def _sqlite_begin(conn: Any) -> None:
 
     A deferred transaction that reads and then writes fails at once (SQLITE_BUSY) when another connection
     committed in between; taking the lock up front makes it wait (``busy_timeout``) instead. SQLite has one
-    writer at a time anyway; several processes are what PostgreSQL is for.
+    writer at a time anyway; several processes are what PostgreSQL is for. A connection asked for AUTOCOMMIT
+    (``PRAGMA wal_checkpoint``, ``VACUUM``: statements that cannot run inside a transaction) gets none.
     """
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
