@@ -398,7 +398,7 @@ async def _fail(
         _release(s, row, at, FAILED, t, progress, error=error)
         adj, before = await _transition(s, at, AdjustmentEvent.FAILED, f"its posting failed: {error}")
         adj.error = error[:4000]
-        notified = await notify_finance(s, settings, connector, at.doc, error, at.number)
+        notified = await notify_finance(s, settings, connector, at.doc, error, at.number, t)
         audit.record(s, "adjustment", adj.id, AdjustmentEvent.FAILED.value, at=t, from_state=before,
                      to_state=adj.state, erp=connector.system, key=at.doc.key, error=error[:1000],
                      attempt=at.number, notified=notified)  # fmt: skip
@@ -422,7 +422,8 @@ def failure_text(connector_label: str, doc: PostingDoc, error: str, lang: str) -
 
 
 async def notify_finance(
-    s: AsyncSession, settings: Settings, connector: ApiConnector, doc: PostingDoc, error: str, attempt: int
+    s: AsyncSession, settings: Settings, connector: ApiConnector, doc: PostingDoc, error: str, attempt: int,
+    now: datetime,
 ) -> int:
     """Tell every active finance user, through the outbox, in this transaction. Returns how many were queued."""
     from bot.notify import notify
@@ -437,7 +438,8 @@ async def notify_finance(
         lang = "en" if locale.lower().startswith("en") else "zh"
         body = {"text": failure_text(connector.label, doc, error, lang)}
         key = f"erp-failed:{doc.key}:{attempt}:{user.id}"
-        if await notify(s, settings, user, key=key, kind="text", body=body, subject=f"erp:{doc.key}"):
+        if await notify(s, settings, user, key=key, kind="text", body=body, subject=f"erp:{doc.key}",
+                        now=now):
             n += 1
     return n
 
