@@ -24,8 +24,9 @@ Wiring into aiohttp (the cleanup context runs ``start`` at startup and ``shutdow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
@@ -168,19 +169,26 @@ class JobRunner:
         self.scheduler: AsyncIOScheduler | None = None
         self.running: set[asyncio.Task[Any]] = set()
 
-    async def run(self, name: str, attempt: int = 1) -> None:
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """The current task is a running job until the block ends (``shutdown`` waits for it, then cancels it)."""
         task = asyncio.current_task()
         if task is not None:
             self.running.add(task)
         try:
-            report = await JOBS[name].run(self.sessionmaker, self.settings, self.clock())
-            log.info("job %s", report.line())
-        except Exception:
-            log.exception("job %s failed (attempt %s)", name, attempt)
-            self._retry(name, attempt)
+            yield
         finally:
             if task is not None:
                 self.running.discard(task)
+
+    async def run(self, name: str, attempt: int = 1) -> None:
+        with self._tracked():
+            try:
+                report = await JOBS[name].run(self.sessionmaker, self.settings, self.clock())
+                log.info("job %s", report.line())
+            except Exception:
+                log.exception("job %s failed (attempt %s)", name, attempt)
+                self._retry(name, attempt)
 
     def _retry(self, name: str, attempt: int) -> None:
         if name not in DAILY or attempt >= RETRIES or self.scheduler is None or not self.scheduler.running:
@@ -199,8 +207,9 @@ class JobRunner:
 
     async def refresh_calendar(self, calendar: CalendarRef) -> bool:
         """Reload the calendar with the database's overrides; reschedule the daily jobs when it changed."""
-        async with self.sessionmaker() as s:
-            fresh = await load_calendar(s, self.settings)
+        with self._tracked():
+            async with self.sessionmaker() as s:
+                fresh = await load_calendar(s, self.settings)
         old = calendar.key()
         calendar.calendar = fresh
         if calendar.key() == old:
@@ -281,6 +290,13 @@ async def shutdown(scheduler: AsyncIOScheduler, grace: float = 30.0) -> None:
     runner = getattr(scheduler, "runner", None)
     if isinstance(runner, JobRunner) and runner.running:
         await asyncio.wait(set(runner.running), timeout=grace)
+        # what is still running is cancelled and awaited here, while the database is still open: a job task
+        # left to the event loop's close ran its rollback after the engine was gone and hung the process
+        left = set(runner.running)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
     scheduler.shutdown(wait=False)
     await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the loop's next turn
 

@@ -578,6 +578,28 @@ async def test_calendar_refresh_reschedules_and_start_shutdown(
     assert not scheduler.running
 
 
+async def test_shutdown_cancels_a_job_still_running_and_leaves_no_task_behind(
+    sessionmaker: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job still at the database when the server stops (here the calendar refresh, stuck) is cancelled and
+    awaited inside ``shutdown``, while the engine is open. Left to the event loop's close, its rollback ran
+    after the engine was gone and the process hung there (CI's 90-minute timeout)."""
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def stuck(session: AsyncSession, settings: Settings) -> Any:
+        entered.set()
+        await never.wait()
+
+    monkeypatch.setattr("bot.scheduler.load_calendar", stuck)
+    scheduler = build_scheduler(sessionmaker, SETTINGS, clock=SystemClock().now)  # the refresh runs at start
+    start(scheduler)
+    await asyncio.wait_for(entered.wait(), 30)
+    await shutdown(scheduler, grace=0.05)
+    assert not scheduler.running
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert left == []
+
+
 async def test_scheduler_runs_a_missed_morning_at_start(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
