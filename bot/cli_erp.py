@@ -168,12 +168,26 @@ def sync(full: bool, only: tuple[str, ...], reset: bool) -> None:
               help="Put this failed adjustment back in the queue first (repeatable).")  # fmt: skip
 @click.option("--retry-failed", is_flag=True, help="Put every failed adjustment back in the queue first.")
 @click.option("--list", "show", is_flag=True, help="Only show the queue: waiting, failed, recently posted.")
-def post(retry_ids: tuple[int, ...], retry_failed: bool, show: bool) -> None:
-    """Write approved adjustments back: post them (exactly once) or, for the spreadsheet, export them."""
+@click.option("--confirm-absent", "absent_ids", multiple=True, type=int, metavar="ADJUSTMENT_ID",
+              help="A held adjustment whose bill you looked for in the ERP and did not find: post it once "
+                   "(repeatable; needs --as).")  # fmt: skip
+@click.option("--as", "as_", metavar="EMPLOYEE_NO", help="Who confirms (recorded in the audit trail).")
+def post(
+    retry_ids: tuple[int, ...], retry_failed: bool, show: bool, absent_ids: tuple[int, ...], as_: str | None
+) -> None:
+    """Write approved adjustments back: post them (exactly once) or, for the spreadsheet, export them.
+
+    A posting whose outcome cannot be proven is held (state held): look for our number in the ERP's bill
+    note, then --retry ID when one bill carries it (pandian carries on with that one), or --confirm-absent ID
+    --as EMPLOYEE_NO when none does (pandian posts it once)."""
     from bot.cli import console, run
+    from core.variance.service import WorkflowError, user_by_employee_no
     from integrations.erp import make_connector
     from integrations.erp.base import ErpError
-    from integrations.erp.posting import held, retry
+    from integrations.erp.posting import confirm_absent, held, retry
+
+    if absent_ids and not as_:
+        raise click.UsageError("--confirm-absent 需要 --as 工号 / --confirm-absent needs --as EMPLOYEE_NO")
 
     async def go(settings: Settings) -> Any:
         connector = make_connector(settings)
@@ -181,9 +195,13 @@ def post(retry_ids: tuple[int, ...], retry_failed: bool, show: bool) -> None:
 
         async def work(sm: async_sessionmaker[AsyncSession]) -> Any:
             retried: list[int] = []
+            if absent_ids:
+                async with sm() as s, s.begin():
+                    who = await user_by_employee_no(s, str(as_))
+                    retried += await confirm_absent(s, settings, list(absent_ids), now=now, actor_id=who.id)
             if retry_ids or retry_failed:
                 async with sm() as s, s.begin():
-                    retried = await retry(s, settings, list(retry_ids) if retry_ids else None, now=now)
+                    retried += await retry(s, settings, list(retry_ids) if retry_ids else None, now=now)
             counts = {} if show else await connector.write_back(sm, settings, now=now)
             async with sm() as s:
                 waiting = await held(s, settings, now)
@@ -199,12 +217,16 @@ def post(retry_ids: tuple[int, ...], retry_failed: bool, show: bool) -> None:
         settings, connector, (retried, counts, (n_held, first_due), rows) = run(go)
     except ErpError as exc:
         raise _erp_failure(exc) from None
+    except WorkflowError as exc:
+        raise click.ClickException(str(exc)) from None
     if retried:
         console.print(f"重新排队 / re-queued: {', '.join(map(str, retried))}")
     if retry_ids and set(retry_ids) - set(retried):
         console.print(
-            f"[yellow]![/] 这些不是回写失败的调整单 / not failed: {sorted(set(retry_ids) - set(retried))}"
+            f"[yellow]![/] 这些不是回写失败或暂停的调整单 / not failed or held: {sorted(set(retry_ids) - set(retried))}"
         )
+    if absent_ids and set(absent_ids) - set(retried):
+        console.print(f"[yellow]![/] 这些不是暂停回写的调整单 / not held: {sorted(set(absent_ids) - set(retried))}")
     if counts:
         console.print(f"{connector.label}：" + "，".join(f"{k} {v}" for k, v in counts.items()))
     if n_held:
@@ -234,6 +256,13 @@ def post(retry_ids: tuple[int, ...], retry_failed: bool, show: bool) -> None:
         console.print(
             "[yellow]![/] 处理后用 --retry ID 重新回写 / fix, then re-post with --retry ID", markup=True
         )
+    if any(r["state"] == "held" for r in rows):
+        console.print(
+            "[yellow]![/] 暂停（held）：请在 ERP 里按单号（单据备注）查找；只有一张时 --retry ID，没有时 --confirm-absent ID "
+            "--as 工号 / held: look for our number in the ERP's bill note; one bill: --retry ID; none: "
+            "--confirm-absent ID --as EMPLOYEE_NO",
+            markup=True,
+        )
 
 
 async def _queue_rows(s: AsyncSession, limit: int = 50) -> list[dict[str, Any]]:
@@ -241,7 +270,7 @@ async def _queue_rows(s: AsyncSession, limit: int = 50) -> list[dict[str, Any]]:
 
     from core.models import ErpPosting
 
-    order = case((ErpPosting.state == "failed", 0), (ErpPosting.state == "pending", 1), else_=2)
+    order = case((ErpPosting.state.in_(["held", "failed"]), 0), (ErpPosting.state == "pending", 1), else_=2)
     rows = (await s.execute(select(ErpPosting).order_by(order, ErpPosting.id.desc()).limit(limit))).scalars()
     return [{"adjustment": p.adjustment_id, "key": p.doc_key, "state": p.state, "attempts": p.attempts,
              "doc_no": p.erp_doc_no, "next": p.next_attempt_at, "error": p.last_error} for p in rows]  # fmt: skip

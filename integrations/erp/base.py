@@ -8,27 +8,42 @@ A connector is the ERP seen from pandian: it can
   existing import and movement code: ``core.importing`` and ``core.stock``);
 - ``write_back`` approved adjustments. The spreadsheet connector exports them to a file (``core.variance.export``);
   the ERP connectors (``ApiConnector``) post them one by one through the durable queue of
-  ``integrations.erp.posting``, and implement ``post`` (exactly once: look the document up by our bill number
-  first, resume from the ERP's own state) and ``find_posted``.
+  ``integrations.erp.posting``, and implement ``post`` and ``find_posted``.
+
+Exactly once, whatever the ERP does to our bill number (a numbering rule may replace it): ``post`` works on the
+ERP's own document id once it has one. The ``Journal`` it is given is the posting's memory across attempts
+(``erp_posting.progress``): before a write whose answer may be lost, the connector marks it sent
+(``Journal.sending``); when the answer comes, it stores the ERP's id and number (``Journal.answered``, in the same
+transaction as the mark is cleared, before the next step). A write whose outcome stayed unknown (timeout, lost
+answer, 5xx, an unreadable answer) is resolved on the ERP's side: by a lookup on our bill number in a field the
+ERP keeps (a header note, a reference, a custom field) and, where the ERP has one, by its idempotency key
+(YonBIP ``resubmitCheckKey``, U8 ``tradeid``). Not finding it proves absence only once the ERP has finished
+whatever it may still be doing (``erp.settle_s`` after the write was sent: ``ErpInDoubt`` until then) and only
+when the same lookup finds a document we posted before (``Journal.witness``): a field the ERP does not keep finds
+nothing either way (the first document of a kind has no witness: the configured field is trusted; one seen
+not to keep our number proves the field useless). When absence cannot be proven, or several documents carry our
+number, ``ErpHeld``: a person looks. Nothing is written again on a guess.
 
 Errors say whether trying again later can help: ``ErpUnavailable`` (timeouts, 5xx, dropped connections: for a
-write, the ERP may or may not have done it, so the next attempt looks it up first), ``ErpSessionExpired``
-(log in again, then repeat: the ERP did nothing), ``ErpBadResponse`` (an answer we cannot read), and
-``ErpRejected`` (the ERP said no: a validation error, a closed period, wrong credentials; trying again changes
-nothing until a person acts).
+write, the ERP may or may not have done it, so the next attempt looks it up first), ``ErpInDoubt`` (a write's
+outcome is still unknown: look again later), ``ErpSessionExpired`` (log in again, then repeat: the ERP did
+nothing), ``ErpBadResponse`` (an answer we cannot read), ``ErpRejected`` (the ERP said no: a validation error, a
+closed period, wrong credentials; trying again changes nothing until a person acts) and ``ErpHeld`` (whether the
+ERP holds the document cannot be proven: a person has to look before anything is written).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -116,6 +131,8 @@ Record = ItemRecord | LocationRecord | StockRecord | MovementRecord | FileSource
 class Page:
     records: Sequence[Record]
     cursor: str | None  # store this once the records are written; None keeps the stored cursor
+    warnings: list[str] = field(default_factory=list)  # what the connector left out, and why (for people)
+    skipped: int = 0  # records the connector left out
 
 
 # ------------------------------------------------------------------------------------------------ posting
@@ -216,7 +233,76 @@ class Posted:
     refs: tuple[str, ...] = field(default=())
 
 
-SaveProgress = Callable[[dict[str, Any]], Awaitable[None]]
+class SaveProgress(Protocol):
+    async def __call__(
+        self, facts: dict[str, Any], *, doc_id: str | None = None, doc_no: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """A document we posted before, of the same kind: a lookup that cannot find it cannot prove anything."""
+
+    key: str  # our bill number
+    doc_id: str  # the ERP's id of it
+    doc_no: str | None = None
+    kept: bool | None = None  # whether its document was seen to keep our bill number (None: not checked)
+
+
+class Journal:
+    """One posting's memory across attempts (``erp_posting.progress``) and the way to make it durable.
+
+    ``progress`` is what earlier attempts learnt (the ERP's ``id`` and ``number``, its state, a write sent whose
+    answer did not come: ``pending``). ``save`` writes changes before the next step (a key set to None is
+    dropped); ``doc_id``/``doc_no`` also go on the posting row, in the same transaction, for people to see."""
+
+    def __init__(
+        self, progress: dict[str, Any], save: SaveProgress, clock: Callable[[], datetime], settle: timedelta,
+        witness: Witness | None = None,
+    ) -> None:  # fmt: skip
+        self.progress, self._save, self.clock, self.settle, self.witness = (
+            progress, save, clock, settle, witness,
+        )  # fmt: skip
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.progress.get(key, default)
+
+    async def save(
+        self, update: dict[str, Any], *, doc_id: str | None = None, doc_no: str | None = None
+    ) -> None:
+        await self._save(update, doc_id=doc_id, doc_no=doc_no)
+
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """The write sent whose answer did not come (``step``, ``sent_at`` and what the connector noted)."""
+        p = self.progress.get("pending")
+        return p if isinstance(p, dict) else None
+
+    async def sending(self, step: str, **facts: Any) -> None:
+        """Before a write whose answer may be lost: durably, what is sent, and when."""
+        await self.save({"pending": {"step": step, "sent_at": self.clock().isoformat(), **facts}})
+
+    async def answered(
+        self, facts: dict[str, Any] | None = None, *, doc_id: str | None = None, doc_no: str | None = None
+    ) -> None:
+        """The write's answer came (done, or refused): what was learnt, and the mark cleared, at once."""
+        await self.save({**(facts or {}), "pending": None}, doc_id=doc_id, doc_no=doc_no)
+
+    def settles_at(self) -> datetime | None:
+        p = self.pending
+        if p is None:
+            return None
+        return datetime.fromisoformat(str(p["sent_at"])) + self.settle
+
+    def settled(self) -> bool:
+        """The pending write was sent long enough ago that the ERP has finished with it, whatever it did."""
+        at = self.settles_at()
+        return at is None or self.clock() >= at
+
+    def in_doubt(self, zh: str, en: str) -> ErpInDoubt:
+        at = self.settles_at() or self.clock()
+        local = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return ErpInDoubt(f"{zh}；{local} 之后再查", f"{en}; looking again after {local}", retry_at=at)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -253,6 +339,22 @@ class ErpBadResponse(ErpError):
 
 class ErpRejected(ErpError):
     """The ERP refused: validation error, closed period, wrong credentials. A person has to act."""
+
+    retryable = False
+
+
+class ErpInDoubt(ErpUnavailable):
+    """A write was sent, its answer did not come, and the ERP does not show its document (yet). Until
+    ``retry_at`` (``erp.settle_s`` after it was sent) not finding it proves nothing: look again then."""
+
+    def __init__(self, zh: str, en: str, *, retry_at: datetime, code: str | None = "in_doubt") -> None:
+        super().__init__(zh, en, code=code)
+        self.retry_at = retry_at
+
+
+class ErpHeld(ErpError):
+    """Whether the ERP holds the document cannot be proven, or several documents carry our number: held for a
+    person, never written again on a guess. ``pandian erp post --retry`` looks again once they have looked."""
 
     retryable = False
 
@@ -376,13 +478,15 @@ class ApiConnector(Connector):
 
     @abstractmethod
     async def find_posted(self, doc: PostingDoc) -> Posted | None:
-        """The document the ERP holds under ``doc.key`` when it is complete, else None."""
+        """The document the ERP holds for our bill number ``doc.key`` (found where the ERP keeps it) when it is
+        complete, else None."""
 
     @abstractmethod
-    async def post(self, doc: PostingDoc, progress: dict[str, Any], save: SaveProgress) -> Posted:
-        """Post ``doc`` exactly once: look it up by ``doc.key`` first and resume from where the ERP stands
-        (``progress`` holds what earlier attempts learnt; ``save`` makes new facts durable before the next
-        step). Returns the ERP's document when it is complete (audited / posted)."""
+    async def post(self, doc: PostingDoc, journal: Journal) -> Posted:
+        """Post ``doc`` exactly once (see the module docstring): resume from what ``journal`` knows (the ERP's
+        id) and where the ERP stands, resolve a write whose answer was lost on the ERP's side, and mark every
+        write before sending it. Returns the ERP's document (its own number) when it is complete; raises
+        ``ErpHeld`` when whether the ERP holds it cannot be proven."""
 
     async def write_back(
         self, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, *, now: datetime
@@ -423,6 +527,17 @@ def latest(mark: str | None, seen: str) -> str | None:
     """A cursor mark moved on to ``seen`` when that is later (marks are ISO texts: they compare as text); an
     empty ``seen`` leaves it."""
     return seen if seen and (mark is None or seen > mark) else mark
+
+
+def carries(value: Any, key: str) -> bool:
+    """Whether a field the ERP kept holds our bill number ``key`` as a word of its own (``PD00000012`` is not in
+    ``PD000000123``, nor in ``PD00000012-O``)."""
+    return key in re.findall(r"[A-Za-z0-9_-]+", str(value or ""))
+
+
+def keyed_note(key: str, note: str, limit: int = 255) -> str:
+    """A header note that starts with our bill number (the word ``carries`` finds), then what the note says."""
+    return f"{key} {note}".strip()[:limit]
 
 
 def decimal(value: Any, what: str, label: str) -> Decimal:

@@ -149,7 +149,9 @@ async def _compare(
     failed = [
         FailedPosting(p.adjustment_id, p.doc_key, p.state, p.attempts, p.last_error)
         for p in (
-            await s.execute(select(ErpPosting).where(ErpPosting.state == "failed").order_by(ErpPosting.id))
+            await s.execute(
+                select(ErpPosting).where(ErpPosting.state.in_(["failed", "held"])).order_by(ErpPosting.id)
+            )
         ).scalars()
     ]
     last = (

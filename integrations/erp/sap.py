@@ -13,15 +13,19 @@ location.
   ``API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod`` (unrestricted, type 01, summed over batches); movements
   ``API_MATERIAL_DOCUMENT_SRV/A_MaterialDocumentHeader`` since ``CreationDate`` with their items (debit S +,
   credit H −; count postings ``skip_movement_types`` reach the book through stock snapshots instead).
-- Gains and losses: ``API_PHYSICAL_INVENTORY_DOC_SRV``. The document is looked up by
-  ``PhysInventoryReferenceNumber`` = our bill number (and plant) before anything is created; created with a
-  frozen book (``PhysInvtryDocHasQtySnapshot``); each item's count is **SAP's frozen book plus our approved
-  difference** (so the posted difference is exactly what was approved here), entered by ``PATCH`` with the
-  item's ``ETag`` in ``If-Match`` (a 412 re-reads it); then ``PostDifferences``. Each step is skipped when the
-  document shows it done (counted with that quantity, difference posted), so a lost answer is never repeated
-  blindly. A closed period refuses ``PostDifferences``: permanent, retried by hand after the period opens.
+- Gains and losses: ``API_PHYSICAL_INVENTORY_DOC_SRV``. SAP numbers the document; our bill number is its
+  ``PhysInventoryReferenceNumber``. Created with a frozen book (``PhysInvtryDocHasQtySnapshot``), the create
+  marked sent before it goes out; once it answers, SAP's number and year are stored and the document is read by
+  them from then on. Each item's count is **SAP's frozen book plus our approved difference** (so the posted
+  difference is exactly what was approved here), entered by ``PATCH`` with the item's ``ETag`` in ``If-Match``
+  (a 412 re-reads it); then ``PostDifferences``. Each step is skipped when the document shows it done (counted
+  with that quantity, difference posted), so a lost PATCH or PostDifferences answer is never repeated blindly.
+  A create whose answer was lost is looked for by reference and plant: one document is that create's; several
+  hold the posting; none creates again only once ``erp.settle_s`` has passed and the same lookup finds the last
+  document of ours (else held). A closed period refuses ``PostDifferences``: permanent, retried by hand after
+  the period opens. SAP's ``year/number`` is what pandian records.
 - Mis-slot transfers: a material document with movement type 311 between the two storage locations
-  (``GoodsMovementCode`` 04), our bill number as ``MaterialDocumentHeaderText``, looked up by it first.
+  (``GoodsMovementCode`` 04), our bill number as ``MaterialDocumentHeaderText``, resolved the same way.
 """
 
 from __future__ import annotations
@@ -45,16 +49,17 @@ from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
     ErpBadResponse,
+    ErpHeld,
     ErpRejected,
     ErpSessionExpired,
     ErpUnavailable,
     ItemRecord,
+    Journal,
     LocationRecord,
     MovementRecord,
     Page,
     Posted,
     PostingDoc,
-    SaveProgress,
     StockRecord,
     configured,
     decimal,
@@ -341,17 +346,17 @@ class SapConnector(ApiConnector):
 
     # -- write back: physical inventory documents ----------------------------------------------------------
 
-    async def _find_pi(self, doc: PostingDoc) -> dict[str, Any] | None:
-        flt = f"PhysInventoryReferenceNumber eq {lit(doc.key)} and Plant eq {lit(doc.warehouse)}"
+    async def _pi_headers(self, flt: str) -> list[dict[str, Any]]:
         d = await self._get(PI, "/A_PhysInventoryDocHeader", {"$filter": flt, "$expand": "to_PhysicalInventoryDocumentItem"},
                             "A_PhysInventoryDocHeader")  # fmt: skip
-        rows = [
+        return [
             r for r in (d or {}).get("results", []) if r.get("PhysInvtryDeletionStatus") not in ("X", True)
         ]
-        if len(rows) > 1:
-            raise ErpRejected(f"SAP 里有 {len(rows)} 张参考号为 {doc.key} 的盘点凭证，请人工处理",
-                              f"SAP holds {len(rows)} physical inventory documents referenced {doc.key}")  # fmt: skip
-        return rows[0] if rows else None
+
+    async def _find_pi(self, key: str, plant: str | None = None) -> list[dict[str, Any]]:
+        """The (not deleted) physical inventory documents referenced with our bill number ``key``."""
+        flt = f"PhysInventoryReferenceNumber eq {lit(key)}" + (f" and Plant eq {lit(plant)}" if plant else "")
+        return await self._pi_headers(flt)
 
     @staticmethod
     def _items_of(header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -370,14 +375,17 @@ class SapConnector(ApiConnector):
 
     async def find_posted(self, doc: PostingDoc) -> Posted | None:
         if doc.kind is AdjustmentKind.TRANSFER:
-            found = await self._find_transfer(doc)
-            return Posted(f"{found[1]}/{found[0]}", found[0], (doc.key, found[0])) if found else None
-        header = await self._find_pi(doc)
-        if header is None:
+            found = await self._find_transfer(doc.key)
+            if len(found) != 1:
+                return None
+            number, year = found[0]
+            return Posted(f"{year}/{number}", number, (doc.key, number))
+        headers = await self._find_pi(doc.key, doc.warehouse)
+        if len(headers) != 1:
             return None
-        items = self._items_of(header)
+        items = self._items_of(headers[0])
         if items and all(_true(i.get("PhysInvtryDifferenceIsPosted")) for i in items):
-            return self._posted(doc, header, items)
+            return self._posted(doc, headers[0], items)
         return None
 
     def _posted(self, doc: PostingDoc, header: dict[str, Any], items: list[dict[str, Any]]) -> Posted:
@@ -385,28 +393,18 @@ class SapConnector(ApiConnector):
         matdocs = sorted({str(i["MaterialDocument"]) for i in items if i.get("MaterialDocument")})
         return Posted(f"{year}/{number}", number, (doc.key, *matdocs))
 
-    async def post(self, doc: PostingDoc, progress: dict[str, Any], save: SaveProgress) -> Posted:
+    async def post(self, doc: PostingDoc, journal: Journal) -> Posted:
         if doc.kind is AdjustmentKind.TRANSFER:
-            return await self._transfer(doc, save)
+            return await self._transfer(doc, journal)
         sloc, deltas = self._deltas(doc)
-        header = await self._find_pi(doc)
+        header = await self._resume_pi(doc, journal)
         if header is None:
-            day = doc.created_at.astimezone(self.tz).date()
-            body = {"Plant": doc.warehouse, "StorageLocation": sloc, "DocumentDate": odata_date(day),
-                    "PhysInventoryPlannedCountDate": odata_date(day), "PhysInventoryReferenceNumber": doc.key,
-                    "PhysicalInventoryDocumentDesc": doc.note[:16], "PhysInvtryDocHasQtySnapshot": True,
-                    "PostingIsBlockedForPhysInvtry": False,
-                    "to_PhysicalInventoryDocumentItem": {"results": [{"Material": m} for m in deltas]}}  # fmt: skip
-            header = self._json(await self._send("POST", PI, "/A_PhysInventoryDocHeader", body=body),
-                                "创建盘点凭证 create A_PhysInventoryDocHeader")  # fmt: skip
-            if not isinstance(header, dict) or not header.get("PhysicalInventoryDocument"):
-                raise ErpBadResponse(
-                    "SAP 创建盘点凭证后没有返回凭证号", "SAP created a PI document without a number"
-                )
+            await self._create_pi(doc, journal, sloc, deltas)
+            header = await self._resume_pi(doc, journal)  # read back, by SAP's number
+            assert header is not None
         number, year = str(header["PhysicalInventoryDocument"]), str(header.get("FiscalYear"))
-        await save({"document": number, "year": year})
         items = self._items_of(header)
-        if not items:  # the create answer may omit them
+        if not items:  # the answer may omit them
             items = await self._pi_items(number, year)
         for item in items:
             if _true(item.get("PhysInvtryDifferenceIsPosted")):
@@ -424,8 +422,98 @@ class SapConnector(ApiConnector):
                                         params={"PhysicalInventoryDocument": lit(number), "FiscalYear": lit(year)}),
                        f"过账差异 PostDifferences {year}/{number}")  # fmt: skip
             items = await self._pi_items(number, year)
-        await save({"posted": True})
+        await journal.save({"posted": True})
         return self._posted(doc, {"PhysicalInventoryDocument": number, "FiscalYear": year}, items)
+
+    async def _resume_pi(self, doc: PostingDoc, journal: Journal) -> dict[str, Any] | None:
+        """The physical inventory document this posting made, as SAP has it: by SAP's number once known; else
+        found by our reference after a create whose answer was lost; None when a create is due."""
+        number, year = journal.get("document"), journal.get("year")
+        if number:
+            found = await self._pi_headers(
+                f"PhysicalInventoryDocument eq {lit(str(number))} and FiscalYear eq {lit(str(year))}"
+            )
+            if not found:
+                raise ErpHeld(f"pandian 创建的 SAP 盘点凭证 {year}/{number} 已不在（被删除？），请确认后处理",
+                              f"the SAP physical inventory document pandian created, {year}/{number}, is gone "
+                              "(deleted?); a person has to decide")  # fmt: skip
+            kept = found[0].get("PhysInventoryReferenceNumber") == doc.key
+            if journal.get("key_kept") != kept:
+                await journal.save({"key_kept": kept})
+            return found[0]
+        found = await self._find_pi(doc.key, doc.warehouse)
+        if len(found) > 1:
+            nos = ", ".join(f"{h.get('FiscalYear')}/{h.get('PhysicalInventoryDocument')}" for h in found)
+            raise ErpHeld(f"SAP 里有 {len(found)} 张参考号为 {doc.key} 的盘点凭证：{nos}，请删除多余的后重试",
+                          f"SAP holds {len(found)} physical inventory documents referenced {doc.key}: {nos}; "
+                          "delete the extra ones, then retry")  # fmt: skip
+        if found:  # created before, its answer lost
+            h = found[0]
+            number, year = str(h["PhysicalInventoryDocument"]), str(h.get("FiscalYear"))
+            await journal.answered({"document": number, "year": year, "key_kept": True}, doc_id=number,
+                                   doc_no=f"{year}/{number}")  # fmt: skip
+            return h
+        await self._absent(
+            doc, journal, "PhysInventoryReferenceNumber", self._find_pi, "创建盘点凭证", "create"
+        )
+        return None
+
+    async def _absent(
+        self, doc: PostingDoc, journal: Journal, field: str, lookup: Any, zh: str, en: str
+    ) -> None:
+        """Nothing found by our number: a first write, or (after a write whose answer was lost) proven absent
+        once ``erp.settle_s`` has passed and the same lookup finds the last document of ours of this kind."""
+        if journal.pending is None:
+            return
+        if not journal.settled():
+            raise journal.in_doubt(f"SAP {zh} {doc.key} 的回答丢失，暂时查不到",
+                                   f"the answer to SAP's {en} of {doc.key} was lost and it is not to be seen yet")  # fmt: skip
+        w = journal.witness
+        if w is not None:
+            seen = await lookup(w.key)
+            ids = {
+                str(r[0]) if isinstance(r, tuple) else str(r.get("PhysicalInventoryDocument")) for r in seen
+            }
+            if w.kept is False or w.doc_id not in ids:
+                raise ErpHeld(f"SAP {zh} {doc.key} 的回答丢失，按 {field} 查不到；但连已过账的 {w.key}（{w.doc_no}）也查不到，"
+                              "无法确认它不在",
+                              f"the answer to SAP's {en} of {doc.key} was lost and nothing carries it in {field}; "
+                              f"but the posted {w.key} ({w.doc_no}) is not found that way either, so its absence "
+                              "cannot be proven")  # fmt: skip
+        await journal.answered()  # not there: written now, once
+
+    async def _create_pi(self, doc: PostingDoc, journal: Journal, sloc: str, deltas: dict[str, Any]) -> None:
+        day = doc.created_at.astimezone(self.tz).date()
+        body = {"Plant": doc.warehouse, "StorageLocation": sloc, "DocumentDate": odata_date(day),
+                "PhysInventoryPlannedCountDate": odata_date(day), "PhysInventoryReferenceNumber": doc.key,
+                "PhysicalInventoryDocumentDesc": doc.note[:16], "PhysInvtryDocHasQtySnapshot": True,
+                "PostingIsBlockedForPhysInvtry": False,
+                "to_PhysicalInventoryDocumentItem": {"results": [{"Material": m} for m in deltas]}}  # fmt: skip
+        await journal.sending("create")
+        header = await self._write(journal, "POST", PI, "/A_PhysInventoryDocHeader", body,
+                                   "创建盘点凭证 create A_PhysInventoryDocHeader")  # fmt: skip
+        if not isinstance(header, dict) or not header.get("PhysicalInventoryDocument"):
+            raise ErpBadResponse(
+                "SAP 创建盘点凭证后没有返回凭证号", "SAP created a PI document without a number"
+            )
+        number, year = str(header["PhysicalInventoryDocument"]), str(header.get("FiscalYear"))
+        await journal.answered({"document": number, "year": year}, doc_id=number, doc_no=f"{year}/{number}")
+
+    async def _write(
+        self, journal: Journal, method: str, service: str, path: str, body: Any, what: str
+    ) -> Any:
+        """A create whose mark was set: refused (a 4xx, an expired token twice) clears the mark; no answer keeps
+        it (the outcome is unknown)."""
+        try:
+            resp = await self._send(method, service, path, body=body)
+        except ErpSessionExpired:
+            await journal.answered()
+            raise
+        try:
+            return self._json(resp, what)
+        except ErpRejected:
+            await journal.answered()
+            raise
 
     def _item_path(self, number: str, year: str, item: str) -> str:
         return (f"/A_PhysInventoryDocItem(FiscalYear={lit(year)},PhysicalInventoryDocument={lit(number)},"
@@ -473,17 +561,19 @@ class SapConnector(ApiConnector):
 
     # -- write back: transfers -----------------------------------------------------------------------------
 
-    async def _find_transfer(self, doc: PostingDoc) -> tuple[str, str] | None:
-        d = await self._get(MATDOC, "/A_MaterialDocumentHeader", {"$filter": f"MaterialDocumentHeaderText eq {lit(doc.key)}"},
-                            "A_MaterialDocumentHeader")  # fmt: skip
-        rows = (d or {}).get("results") or []
-        if len(rows) > 1:
-            raise ErpRejected(f"SAP 里有多张抬头文本为 {doc.key} 的物料凭证，请人工处理",
-                              f"SAP holds several material documents with header text {doc.key}")  # fmt: skip
-        return (str(rows[0]["MaterialDocument"]), str(rows[0]["MaterialDocumentYear"])) if rows else None
+    async def _find_transfer(self, key: str) -> list[tuple[str, str]]:
+        """The material documents (number, year) with our bill number ``key`` as header text."""
+        return await self._matdocs(f"MaterialDocumentHeaderText eq {lit(key)}")
 
-    async def _transfer(self, doc: PostingDoc, save: SaveProgress) -> Posted:
-        found = await self._find_transfer(doc)
+    async def _matdocs(self, flt: str) -> list[tuple[str, str]]:
+        d = await self._get(MATDOC, "/A_MaterialDocumentHeader", {"$filter": flt}, "A_MaterialDocumentHeader")
+        return [
+            (str(r["MaterialDocument"]), str(r.get("MaterialDocumentYear")))
+            for r in (d or {}).get("results") or []
+        ]
+
+    async def _transfer(self, doc: PostingDoc, journal: Journal) -> Posted:
+        found = await self._resume_transfer(doc, journal)
         if found is None:
             day = odata_date(doc.created_at.astimezone(self.tz).date())
             body = {"GoodsMovementCode": "04", "PostingDate": day, "DocumentDate": day,
@@ -493,15 +583,41 @@ class SapConnector(ApiConnector):
                          "GoodsMovementType": "311", "IssuingOrReceivingPlant": doc.warehouse,
                          "IssuingOrReceivingStorageLoc": ln.to_location, "QuantityInEntryUnit": f"{abs(ln.qty):f}",
                          "EntryUnit": ln.unit} for ln in doc.lines]}}  # fmt: skip
-            d = self._json(await self._send("POST", MATDOC, "/A_MaterialDocumentHeader", body=body),
-                           "移库 create A_MaterialDocumentHeader (311)")  # fmt: skip
+            await journal.sending("transfer")
+            d = await self._write(journal, "POST", MATDOC, "/A_MaterialDocumentHeader", body,
+                                  "移库 create A_MaterialDocumentHeader (311)")  # fmt: skip
             if not isinstance(d, dict) or not d.get("MaterialDocument"):
                 raise ErpBadResponse(
                     "SAP 移库后没有返回物料凭证号", "SAP posted the transfer without a document number"
                 )
             found = (str(d["MaterialDocument"]), str(d.get("MaterialDocumentYear")))
-            await save({"material_document": found[0], "year": found[1]})
+            await journal.answered({"material_document": found[0], "year": found[1], "key_kept": True},
+                                   doc_id=found[0], doc_no=f"{found[1]}/{found[0]}")  # fmt: skip
         return Posted(f"{found[1]}/{found[0]}", found[0], (doc.key, found[0]))
+
+    async def _resume_transfer(self, doc: PostingDoc, journal: Journal) -> tuple[str, str] | None:
+        number = journal.get("material_document")
+        if number:
+            found = await self._matdocs(f"MaterialDocument eq {lit(str(number))}")
+            if not found:
+                raise ErpHeld(f"pandian 过账的 SAP 物料凭证 {number} 查不到了，请确认后处理",
+                              f"the SAP material document pandian posted, {number}, cannot be found; a person has "
+                              "to decide")  # fmt: skip
+            return found[0]
+        found = await self._find_transfer(doc.key)
+        if len(found) > 1:
+            raise ErpHeld(f"SAP 里有 {len(found)} 张抬头文本为 {doc.key} 的物料凭证：{', '.join(n for n, _ in found)}，请人工处理",
+                          f"SAP holds {len(found)} material documents with header text {doc.key}: "
+                          f"{', '.join(n for n, _ in found)}; resolve by hand")  # fmt: skip
+        if found:  # posted before, its answer lost
+            number, year = found[0]
+            await journal.answered({"material_document": number, "year": year, "key_kept": True},
+                                   doc_id=number, doc_no=f"{year}/{number}")  # fmt: skip
+            return found[0]
+        await self._absent(
+            doc, journal, "MaterialDocumentHeaderText", self._find_transfer, "移库", "transfer"
+        )
+        return None
 
 
 def _true(v: Any) -> bool:

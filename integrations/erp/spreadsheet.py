@@ -7,6 +7,11 @@
 - ``write_back`` is the adjustment export of ``pandian export`` (``core.variance.export``) into
   ``erp.spreadsheet.outbox``: every pending adjustment claimed into one file, published after the commit.
 - ``stock_snapshot`` (for reconciliation) reads the newest stock file of the inbox.
+
+Every file goes through ``core.importing.Sheet``, the reader of ``pandian import``: an .xlsx is checked against
+the import limits (``limits``, ``[importing]``; decompression bombs are refused before parsing) and a CSV's
+encoding is checked, with the same messages. The outbox file is the adjustment export, whose text cells are
+written as text (``core.cells.safe_cell``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.config import Settings
+from core.config import ImportSettings, Settings
 from core.importing import _IMPORTERS, ImportFailed, Sheet, guess_kind, map_headers
 from core.variance.export import export_adjustments
 from integrations.erp.base import Connector, Entity, ErpRejected, FileSource, Page, StockRecord
@@ -34,6 +39,7 @@ class SpreadsheetConnector(Connector):
     system = "spreadsheet"
     label = "表格 spreadsheet"
     snapshots = False
+    limits: ImportSettings | None = None  # the import limits (settings.importing); None: their defaults
 
     @property
     def inbox(self) -> Path | None:
@@ -70,10 +76,11 @@ class SpreadsheetConnector(Connector):
         seen: list[str] = json.loads(cursor) if cursor else []
         done = set(seen)
         for path in self._files():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()  # in chunks: a file may be large
             if digest in done:
                 continue
-            sheet = Sheet(path)
+            sheet = Sheet(path, self.limits)
             kind = guess_kind(sheet.headers, file=sheet.name)
             if kind != entity.value:
                 continue
@@ -83,14 +90,16 @@ class SpreadsheetConnector(Connector):
 
     async def stock_snapshot(self) -> list[StockRecord]:
         """The newest stock file in the inbox, parsed by the import's own rules."""
-        files = [p for p in self._files() if guess_kind(Sheet(p).headers, file=p.name) == "stock"]
+        files = [
+            p for p in self._files() if guess_kind(Sheet(p, self.limits).headers, file=p.name) == "stock"
+        ]
         if not files:
             raise ErpRejected(
                 "收件目录里没有库存表，无法对账（把 ERP 导出的库存表放进 erp.spreadsheet.inbox）",
                 "no stock spreadsheet in the inbox to reconcile against (put the ERP's stock export there)",
             )
         newest = max(files, key=lambda p: p.stat().st_mtime)
-        sheet = Sheet(newest)
+        sheet = Sheet(newest, self.limits)
         cmap, issues = map_headers("stock", sheet.headers, sheet.name)
         if issues:
             raise ImportFailed(issues)

@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ async def sync(
     entities: Iterable[Entity] | None = None,
     full: bool = False,
     now: datetime | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] | None = None,
     progress: Progress | None = None,
 ) -> SyncReport:
     """Pull ``entities`` (all, in dependency order) and write them; the run is recorded in ``erp_sync_run``.
@@ -207,6 +207,10 @@ async def sync(
     and takes a stock snapshot whatever its age. Errors are reported (``report.error``), not raised, after the
     pages already written have been kept.
     """
+    if clock is None:  # the one wall clock, for callers that bring none (the CLI)
+        from core.clock import SystemClock
+
+        clock = SystemClock().now
     now = now or clock()
     wanted = [e for e in ENTITIES if entities is None or e in set(entities)]
     report = SyncReport(connector.system, now)
@@ -281,7 +285,9 @@ async def _sync_pages(
     ours = await _our_documents(sm, settings) if entity is Entity.MOVEMENTS else set()
     async for page in connector.pull(entity, cursor):
         st.pages += 1
-        st.pulled += len(page.records)
+        st.pulled += len(page.records) + page.skipped
+        st.skipped += page.skipped
+        st.warnings.extend(page.warnings)
         async with sm() as s, s.begin():
             await _write_page(s, settings, connector, entity, page, st, now, ours)
             if page.cursor is not None:

@@ -15,9 +15,13 @@
 - Writes: U8's public OpenAPI has no 盘点单 endpoint (research §d2), so gains are 其他入库单
   ``/api/otherin/add`` with the 收发类别 ``gain_rd_code`` (盘盈入库), losses 其他出库单 ``/api/otherout/add``
   with ``loss_rd_code`` (盘亏出库), and a mis-slot transfer an other-out from one position plus an other-in to
-  the other (``<bill>-O``, ``<bill>-I``). Our bill number is the voucher ``code``; U8 keeps voucher codes
-  unique, and before every add the code is looked up (``batch_get?code=``), so a voucher whose answer was lost
-  is found and never added twice, whatever became of its trade id.
+  the other (``<bill>-O``, ``<bill>-I``). Our bill number is the voucher ``code`` (a coding rule may replace
+  it) and starts the ``memory`` (or goes in ``key_field``). Each add spends a trade id, noted before it is sent;
+  once it answers, the voucher's id is stored and its U8 code read back (``/api/{resource}/get?id=``): that code
+  is what pandian records. An add whose answer was lost is looked for by our number among the vouchers of its
+  date and warehouse: one is that add's; several hold the posting; none sends the same add again with the same
+  trade id, which U8 spends once: it is added now, or U8 says the trade id was spent (``30010``: then it is
+  looked for again until ``erp.settle_s`` has passed, and held if it still does not show).
 
 Field names beyond the research (``iinvrcost``, ``barcode``, ``modifydate``, ``invcode``/``whcode``/
 ``position``/``qty`` of current stock, ``maketime``, ``receivecode``) follow the fake in tests/fakes/erp_u8.py:
@@ -38,16 +42,19 @@ from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
     ErpBadResponse,
+    ErpHeld,
     ErpRejected,
     ErpSessionExpired,
+    Journal,
     MovementRecord,
     Page,
     Posted,
     PostingDoc,
-    SaveProgress,
     SourceMarks,
+    carries,
     configured,
     decimal,
+    keyed_note,
     latest,
     local_time,
     text,
@@ -55,6 +62,7 @@ from integrations.erp.base import (
 from integrations.erp.http import Http, Login
 
 DUPLICATE_HINTS = ("重复", "已存在", "duplicate")
+TRADE_SPENT = "30010"  # errcode: this trade id was used before (U8 carried out that write)
 
 
 class U8Connector(ApiConnector):
@@ -108,15 +116,13 @@ class U8Connector(ApiConnector):
         return p
 
     async def _call(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
-                    trade: bool = False) -> dict[str, Any]:  # fmt: skip
-        """A call; expired token: renewed and repeated once. ``trade``: a write with a fresh trade id."""
+                    tradeid: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """A call; expired token: renewed and repeated once. ``tradeid``: a write, spending that trade id."""
 
         async def once(token: str) -> dict[str, Any]:
-            extra = dict(params or {})
-            if trade:
-                extra["tradeid"] = await self._tradeid(token)
+            extra = {**(params or {}), **({"tradeid": tradeid} if tradeid else {})}
             resp = await self.http.send(method, self._url(path), params=self._params(token, **extra), body=body,
-                                        write=trade)  # fmt: skip
+                                        write=tradeid is not None)  # fmt: skip
             return self._ok(self.http.parse(resp, path), path)
 
         return await self.login.renewing(once)
@@ -231,54 +237,139 @@ class U8Connector(ApiConnector):
         resource = "otherin" if doc.kind is AdjustmentKind.GAIN else "otherout"
         return [(resource, doc.key, [(ln.sku, ln.location, abs(ln.qty)) for ln in doc.lines])]
 
-    async def _lookup(self, resource: str, code: str) -> str | None:
-        data = await self._call("GET", f"/api/{resource}/batch_get", params={"code": code, "page_index": 1,
-                                                                               "rows_per_page": 10})  # fmt: skip
-        rows = [r for r in data.get(resource) or [] if isinstance(r, dict) and r.get("code") == code]
-        if len(rows) > 1:
-            raise ErpRejected(f"U8 里有多张单号为 {code} 的 {resource}，请人工处理",
-                              f"U8 holds several {resource} vouchers coded {code}; resolve by hand")  # fmt: skip
-        return str(rows[0].get("id")) if rows else None
+    async def _voucher_by_id(self, resource: str, voucher_id: str) -> dict[str, Any] | None:
+        data = await self._call("GET", f"/api/{resource}/get", params={"id": voucher_id})
+        v = data.get(resource)
+        return v if isinstance(v, dict) and v.get("id") is not None else None
+
+    async def _by_key(self, resource: str, doc: PostingDoc, part: str) -> list[dict[str, Any]]:
+        """The vouchers of that date and warehouse whose key field holds our number ``part``."""
+        day = doc.created_at.astimezone(self.tz).date().isoformat()
+        out = []
+        async for rows in self._batches(resource, date_begin=day, date_end=day, warehousecode=doc.warehouse):
+            out += [r for r in rows if carries(r.get(self.cfg.key_field), part)]
+        return out
 
     async def find_posted(self, doc: PostingDoc) -> Posted | None:
-        ids = [await self._lookup(res, code) for res, code, _ in self._parts(doc)]
-        if all(ids):
-            return Posted(
-                doc.key, ",".join(i for i in ids if i), tuple(code for _, code, _ in self._parts(doc))
-            )
+        found = []
+        for resource, part, _ in self._parts(doc):
+            rows = await self._by_key(resource, doc, part)
+            if len(rows) != 1:
+                return None
+            found.append(rows[0])
+        codes = tuple(str(r.get("code")) for r in found)
+        return Posted(",".join(codes), ",".join(str(r.get("id")) for r in found), (doc.key, *codes))
+
+    async def post(self, doc: PostingDoc, journal: Journal) -> Posted:
+        ids, codes = [], []
+        for resource, part, lines in self._parts(doc):
+            known = await self._resume(resource, part, doc, journal)
+            if known is None:
+                await self._add(resource, part, lines, doc, journal)
+                known = await self._resume(resource, part, doc, journal)  # read back: U8's code for it
+                assert known is not None
+            ids.append(known["id"])
+            codes.append(known["code"])
+        return Posted(",".join(codes), ",".join(ids), (doc.key, *codes))
+
+    async def _resume(
+        self, resource: str, part: str, doc: PostingDoc, journal: Journal
+    ) -> dict[str, str] | None:
+        """The voucher this posting added for ``part`` (``{"id", "code"}``), as U8 has it: by its id once known;
+        else found by our number after an add whose answer was lost; None when an add is due."""
+        parts: dict[str, Any] = dict(journal.get("parts") or {})
+        known = parts.get(part)
+        if known and known.get("id"):
+            v = await self._voucher_by_id(resource, str(known["id"]))
+            if v is None:
+                raise ErpHeld(f"pandian 新增过的 U8 单据 {known.get('code')}（id {known['id']}）已不在 U8 里（被删除？），请确认后处理",
+                              f"the U8 voucher pandian added, {known.get('code')} (id {known['id']}), is no longer "
+                              "there (deleted?); a person has to decide")  # fmt: skip
+            now = {"id": str(v["id"]), "code": str(v.get("code") or known.get("code") or "")}
+            if now != {k: known.get(k) for k in now}:
+                parts[part] = {**known, **now}
+                await journal.save({"parts": parts}, **self._columns(parts))
+            return now
+        found = await self._by_key(resource, doc, part)
+        if len(found) > 1:
+            raise ErpHeld(f"U8 里有 {len(found)} 张{self.cfg.key_field}带我方单号 {part} 的 {resource}："
+                          f"{'、'.join(str(r.get('code')) for r in found)}，请删除多余的后重试",
+                          f"U8 holds {len(found)} {resource} vouchers carrying our {part}: "
+                          f"{', '.join(str(r.get('code')) for r in found)}; delete the extra ones, then retry")  # fmt: skip
+        if found:  # added before, its answer lost
+            parts[part] = {"id": str(found[0]["id"]), "code": str(found[0].get("code") or "")}
+            pending = journal.pending
+            facts: dict[str, Any] = {"parts": parts}
+            if pending is not None and pending.get("part") == part:
+                facts["pending"] = None
+            await journal.save(facts, **self._columns(parts))
+            return parts[part]
         return None
 
-    async def post(self, doc: PostingDoc, progress: dict[str, Any], save: SaveProgress) -> Posted:
-        ids = []
-        for resource, code, lines in self._parts(doc):
-            found = await self._lookup(resource, code)
-            if found is None:
-                body = {resource: self._voucher(doc, resource, code, lines)}
-                try:
-                    data = await self._call("POST", f"/api/{resource}/add", body=body, trade=True)
-                except ErpRejected as exc:
-                    if not any(h in str(exc) for h in DUPLICATE_HINTS):
-                        raise
-                    found = await self._lookup(resource, code)  # added meanwhile
-                    if found is None:
-                        raise
-                else:
-                    found = str(data.get("id") or "")
-                    if not found:
-                        raise ErpBadResponse(
-                            f"U8 新增 {code} 后没有返回 id", f"U8 added {code} without an id"
-                        )
-                    await save({code: {"id": found, "tradeid": data.get("tradeid")}})
-            ids.append(found)
-        return Posted(doc.key, ",".join(ids), tuple(code for _, code, _ in self._parts(doc)))
+    async def _add(self, resource: str, part: str, lines: list[tuple[str, str, Any]], doc: PostingDoc,
+                   journal: Journal) -> None:  # fmt: skip
+        pending = journal.pending
+        if pending is not None and pending.get("part") == part and pending.get("tradeid"):
+            tradeid = str(pending["tradeid"])  # the same add again, same trade id: U8 spends a trade id once
+            again = True
+        else:
+            tradeid, again = await self.login.renewing(self._tradeid), False
+            await journal.sending("add", part=part, resource=resource, tradeid=tradeid)
+        body = {resource: self._voucher(doc, resource, part, lines)}
+        try:
+            data = await self._call("POST", f"/api/{resource}/add", body=body, tradeid=tradeid)
+        except ErpSessionExpired:
+            if not again:
+                await journal.answered()  # refused for its token, twice: U8 did nothing
+            raise
+        except ErpRejected as exc:
+            if exc.code == TRADE_SPENT:  # U8 carried out the add of that trade id, but does not show it
+                if journal.settled():
+                    raise ErpHeld(f"U8 说 {part} 的交易号 {tradeid} 已用过（单据已新增），但按{self.cfg.key_field}查不到这张单据",
+                                  f"U8 says the trade id {tradeid} of {part} was spent (the voucher was added) but no "
+                                  f"voucher carries {part} in {self.cfg.key_field}") from None  # fmt: skip
+                raise journal.in_doubt(f"U8 说 {part} 已新增过，但还查不到",
+                                       f"U8 says {part} was added but does not show it yet") from None  # fmt: skip
+            if any(h in str(exc) for h in DUPLICATE_HINTS):  # our code is there (no numbering rule): ours
+                rows = [r for r in await self._by_code(resource, part)]
+                if len(rows) == 1:
+                    parts = {
+                        **dict(journal.get("parts") or {}),
+                        part: {"id": str(rows[0]["id"]), "code": part},
+                    }
+                    await journal.answered({"parts": parts}, **self._columns(parts))
+                    return
+            await journal.answered()  # refused (an unknown trade id included): nothing was added
+            raise
+        voucher_id = str(data.get("id") or "")
+        if not voucher_id:
+            raise ErpBadResponse(f"U8 新增 {part} 后没有返回 id", f"U8 added {part} without an id")
+        parts = {**dict(journal.get("parts") or {}), part: {"id": voucher_id, "tradeid": tradeid}}
+        await journal.answered({"parts": parts}, **self._columns(parts))
+
+    async def _by_code(self, resource: str, code: str) -> list[dict[str, Any]]:
+        data = await self._call("GET", f"/api/{resource}/batch_get", params={"code": code, "page_index": 1,
+                                                                               "rows_per_page": 10})  # fmt: skip
+        return [r for r in data.get(resource) or [] if isinstance(r, dict) and r.get("code") == code]
+
+    @staticmethod
+    def _columns(parts: dict[str, Any]) -> dict[str, str | None]:
+        """The vouchers' ids and U8 codes so far, for the posting row."""
+        ids = [str(p["id"]) for p in parts.values() if p.get("id")]
+        codes = [str(p["code"]) for p in parts.values() if p.get("code")]
+        return {"doc_id": ",".join(ids) or None, "doc_no": ",".join(codes) or None}
 
     def _voucher(
         self, doc: PostingDoc, resource: str, code: str, lines: list[tuple[str, str, Any]]
     ) -> dict[str, Any]:
         rd = self.cfg.gain_rd_code if resource == "otherin" else self.cfg.loss_rd_code
+        field = self.cfg.key_field
+        keyed = (
+            {"memory": keyed_note(code, doc.note)} if field == "memory" else {"memory": doc.note, field: code}
+        )
         return {
             "code": code, "date": doc.created_at.astimezone(self.tz).date().isoformat(),
-            "warehousecode": doc.warehouse, "receivecode": rd, "memory": doc.note,
+            "warehousecode": doc.warehouse, "receivecode": rd, **keyed,
             "entry": [{"inventorycode": sku, "quantity": qty,
                        **({"position": pos} if pos and pos != self.erp.default_location else {})}
                       for sku, pos, qty in lines],

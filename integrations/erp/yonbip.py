@@ -13,11 +13,15 @@
   ``…/goodsposition/list``, stock ``/yonbip/scm/stock/QueryCurrentStocksByCondition`` (``currentqty``), and
   the stock documents of ``erp.yonbip.movement_sources`` (line level, ``isSum: false``).
 - Writes: a count difference document (盘点差异单) ``/yonbip/scm/storecheckdifference/single/save`` with our
-  bill number as ``code`` and ``resubmitCheckKey`` derived from it: the ERP refuses to save the same key twice,
-  so a save whose answer was lost cannot be repeated; the document is then found by ``code`` through
-  ``/storecheckdifference/list`` and audited (``/storecheckdifference/batchaudit``; status 0 开立 → 1 已审核).
-  A mis-slot transfer is one difference document with a loss line at one goods position and a gain line at the
-  other. A refused audit (closed period) is permanent.
+  bill number as ``code`` (a coding rule may replace it) and at the start of the memo (or in ``key_field``), and
+  ``resubmitCheckKey`` derived from it: YonBIP refuses to save the same key twice. Once the save answers, its
+  ``id`` and code are stored; from then on the document is read by id (``/storecheckdifference/detail?id=``,
+  not the list, which may lag) and audited (``/storecheckdifference/batchaudit``; status 0 开立 → 1 已审核). A save
+  whose answer was lost is looked for by our number in the key field (``/list``, ``like``): one document is
+  that save's; several hold the posting; none sends the same save again, same key: it is saved now, or YonBIP
+  says it was (then it is looked for again until ``erp.settle_s`` has passed, and held if it still does not
+  show). The code YonBIP gave is what pandian records. A mis-slot transfer is one difference document with a
+  loss line at one goods position and a gain line at the other. A refused audit (closed period) is permanent.
 - A movement's time is its ``pubts`` (when the ERP saved it), not its business date (``vouchdate``, often
   midnight): it has to fall after the stock snapshot that does not contain it.
 
@@ -34,6 +38,8 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,16 +48,19 @@ from core.enums import AdjustmentKind, MovementType
 from integrations.erp.base import (
     ApiConnector,
     ErpBadResponse,
+    ErpHeld,
     ErpRejected,
     ErpSessionExpired,
+    Journal,
     MovementRecord,
     Page,
     Posted,
     PostingDoc,
-    SaveProgress,
     SourceMarks,
+    carries,
     configured,
     decimal,
+    keyed_note,
     latest,
     local_time,
     text,
@@ -72,10 +81,13 @@ class YonBipConnector(ApiConnector):
     label = "用友 YonBIP"
 
     def __init__(
-        self, erp: ErpSettings, tz: ZoneInfo, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        self, erp: ErpSettings, tz: ZoneInfo, *, stamp: Callable[[], datetime],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
+        """``stamp``: the time of day, for the token request YonBIP checks; ``clock``: a duration clock, for the
+        token's lifetime."""
         super().__init__(erp, tz)
+        self.stamp = stamp
         self.cfg: YonBipSettings = configured(erp.yonbip, self.system)
         self._gateway, self._token_url = self.cfg.gateway_url, self.cfg.token_url
         self.login = Login(self._new_token, clock=clock)
@@ -110,7 +122,7 @@ class YonBipConnector(ApiConnector):
 
     async def _new_token(self) -> tuple[str, float]:
         await self._discover()
-        ts = str(int(time.time() * 1000))
+        ts = str(int(self.stamp().timestamp() * 1000))
         sig = signature(self.cfg.app_key, self.cfg.app_secret.get_secret_value(), ts)
         resp = await self.http.send(
             "GET", f"{(self._token_url or '').rstrip('/')}/open-auth/selfAppAuth/base/v1/getAccessToken",
@@ -126,12 +138,16 @@ class YonBipConnector(ApiConnector):
             raise ErpBadResponse("用友没有返回 access_token", "YonBIP sent no access_token")
         return str(token), float(body.get("expire") or 7200)
 
-    async def call(self, path: str, body: Any, *, write: bool = False) -> Any:
-        """A business call; ``data`` of a ``code == "200"`` answer. Expired token: renewed, repeated once."""
+    async def call(
+        self, path: str, body: Any = None, *, write: bool = False, params: dict[str, Any] | None = None
+    ) -> Any:
+        """A business call (POST with ``body``; GET with ``params`` when there is none); ``data`` of a
+        ``code == "200"`` answer. Expired token: renewed, repeated once."""
 
         async def once(token: str) -> Any:
-            resp = await self.http.send("POST", f"{(self._gateway or '').rstrip('/')}{path}",
-                                        params={"access_token": token}, body=body, write=write)  # fmt: skip
+            resp = await self.http.send("POST" if body is not None else "GET",
+                                        f"{(self._gateway or '').rstrip('/')}{path}",
+                                        params={**(params or {}), "access_token": token}, body=body, write=write)  # fmt: skip
             data = self.http.parse(resp, path) if resp.status != 401 else {"code": "401"}
             if not isinstance(data, dict):
                 raise ErpBadResponse(
@@ -226,64 +242,120 @@ class YonBipConnector(ApiConnector):
 
     # -- write back ----------------------------------------------------------------------------------------
 
-    def resubmit_key(self, doc: PostingDoc) -> str:
-        return f"pandian-{doc.key}"[:32]
+    def resubmit_key(self, doc: PostingDoc, generation: int = 0) -> str:
+        """The idempotency key of the save: YonBIP saves a key once (a fresh generation after a person said the
+        document is not there)."""
+        return (f"pandian-{doc.key}" + (f"-{generation}" if generation else ""))[:32]
 
-    async def _lookup(self, key: str) -> tuple[str, int] | None:
-        data = await self.call(f"{DIFF}/list", {"pageIndex": 1, "pageSize": 10,
-                                               "simpleVOs": [{"field": "code", "op": "eq", "value1": key}]})  # fmt: skip
-        rows = [
-            r
-            for r in (data.get("recordList") if isinstance(data, dict) else None) or []
-            if r.get("code") == key
-        ]
-        if not rows:
+    async def _detail(self, doc_id: str) -> Record | None:
+        """The difference document with YonBIP's id ``doc_id``, read directly (the list may lag)."""
+        data = await self.call(f"{DIFF}/detail", params={"id": doc_id})
+        if not isinstance(data, dict) or data.get("id") is None:
             return None
-        if len({str(r.get("id")) for r in rows}) > 1:
-            raise ErpRejected(f"用友里有多张编号为 {key} 的盘点差异单，请人工处理",
-                              f"YonBIP holds several difference documents coded {key}; resolve by hand")  # fmt: skip
-        try:
-            return str(rows[0]["id"]), int(rows[0].get("status") or 0)
-        except (KeyError, ValueError):
-            raise ErpBadResponse(
-                f"用友盘点差异单 {key} 缺少 id 或状态", f"YonBIP document {key} lacks id or status"
-            ) from None
+        return _record(data, self.label, self.cfg.key_field)
+
+    async def _by_key(self, key: str) -> list[Record]:
+        """The difference documents whose key field holds our bill number ``key``."""
+        field = self.cfg.key_field
+        data = await self.call(f"{DIFF}/list", {"pageIndex": 1, "pageSize": 10,
+                                               "simpleVOs": [{"field": field, "op": "like", "value1": key}]})  # fmt: skip
+        rows = (data.get("recordList") if isinstance(data, dict) else None) or []
+        return [
+            _record(r, self.label, field) for r in rows if isinstance(r, dict) and carries(r.get(field), key)
+        ]
 
     async def find_posted(self, doc: PostingDoc) -> Posted | None:
-        found = await self._lookup(doc.key)
-        return Posted(doc.key, found[0], (doc.key,)) if found and found[1] == 1 else None
+        found = await self._by_key(doc.key)
+        if len(found) == 1 and found[0].status == 1:
+            return Posted(found[0].code, found[0].id, (doc.key, found[0].code))
+        return None
 
-    async def post(self, doc: PostingDoc, progress: dict[str, Any], save: SaveProgress) -> Posted:
-        found = await self._lookup(doc.key)
-        if found is None:
-            try:
-                data = await self.call(f"{DIFF}/single/save", {"data": self._body(doc)}, write=True)
-            except ErpRejected as exc:
-                if not any(h in str(exc) for h in REPEATED_HINTS):
-                    raise
-                found = await self._lookup(doc.key)  # saved before, its answer lost
-                if found is None:
-                    raise ErpBadResponse(f"用友说 {doc.key} 已提交过，但查不到这张单据（稍后再查）",
-                                         f"YonBIP says {doc.key} was submitted before but cannot find it yet") from None  # fmt: skip
-            else:
-                if not isinstance(data, dict) or data.get("id") is None:
-                    raise ErpBadResponse(
-                        f"用友保存 {doc.key} 后没有返回 id", f"YonBIP saved {doc.key} without an id"
-                    )
-                found = (str(data["id"]), int(data.get("status") or 0))
-                await save({"id": found[0], "status": found[1], "resubmitCheckKey": self.resubmit_key(doc)})
-        doc_id, status = found
-        if status in (0, 3):
-            data = await self.call(f"{DIFF}/batchaudit", {"data": [{"id": doc_id}]}, write=True)
+    async def post(self, doc: PostingDoc, journal: Journal) -> Posted:
+        rec = await self._resume(doc, journal)
+        if rec is None:
+            await self._save(doc, journal)
+            rec = await self._resume(doc, journal)  # read back: its code, its status, our number kept
+            assert rec is not None
+        if rec.status in (0, 3):
+            data = await self.call(f"{DIFF}/batchaudit", {"data": [{"id": rec.id}]}, write=True)
             fails = data.get("failCount") if isinstance(data, dict) else None
             if fails:
                 msgs = "；".join(str(m) for m in data.get("messages") or []) or "审核失败"
-                raise ErpRejected(f"用友审核 {doc.key} 失败：{msgs}", f"YonBIP refused to audit {doc.key}: {msgs}",
-                                  code="audit_failed")  # fmt: skip
-            await save({"status": 1})
-        return Posted(doc.key, doc_id, (doc.key,))
+                raise ErpRejected(f"用友审核 {rec.code}（我方单号 {doc.key}）失败：{msgs}",
+                                  f"YonBIP refused to audit {rec.code} (our {doc.key}): {msgs}", code="audit_failed")  # fmt: skip
+            await journal.save({"status": 1})
+        return Posted(rec.code, rec.id, (doc.key, rec.code))
 
-    def _body(self, doc: PostingDoc) -> dict[str, Any]:
+    async def _resume(self, doc: PostingDoc, journal: Journal) -> Record | None:
+        """The document this posting made, as YonBIP has it now: by its id once one is known; else found by our
+        number in the key field after a save whose answer was lost; None when a save is due (a first one, or
+        the same save again: YonBIP refuses a repeated ``resubmitCheckKey``)."""
+        doc_id = journal.get("id")
+        if doc_id:
+            try:
+                rec = await self._detail(str(doc_id))
+            except ErpRejected as exc:
+                rec, why = None, str(exc)
+            else:
+                why = "查不到 / not found"
+            if rec is None:
+                raise ErpHeld(f"pandian 保存过的用友盘点差异单 {journal.get('number')}（id {doc_id}）读不到了（{why}），请确认后处理",
+                              f"the YonBIP difference document pandian saved, {journal.get('number')} (id {doc_id}), "
+                              f"cannot be read any more ({why}); a person has to decide")  # fmt: skip
+            facts = {"id": rec.id, "number": rec.code, "status": rec.status,
+                     "key_kept": carries(rec.kept, doc.key)}  # fmt: skip
+            if any(journal.get(k) != v for k, v in facts.items()):
+                await journal.save(facts, doc_id=rec.id, doc_no=rec.code)
+            return rec
+        found = await self._by_key(doc.key)
+        if len(found) > 1:
+            raise ErpHeld(f"用友里有 {len(found)} 张{self.cfg.key_field}带我方单号 {doc.key} 的盘点差异单："
+                          f"{'、'.join(r.code for r in found)}，请删除多余的后重试",
+                          f"YonBIP holds {len(found)} difference documents carrying our {doc.key}: "
+                          f"{', '.join(r.code for r in found)}; delete the extra ones, then retry")  # fmt: skip
+        if found:  # saved before, its answer lost
+            r = found[0]
+            await journal.answered({"id": r.id, "number": r.code, "status": r.status, "key_kept": True},
+                                   doc_id=r.id, doc_no=r.code)  # fmt: skip
+            return r
+        return None
+
+    async def _save(self, doc: PostingDoc, journal: Journal) -> None:
+        pending = journal.pending
+        if pending is not None:  # the same save again, with the same key: YonBIP keeps it single
+            key = str(pending.get("resubmitCheckKey") or self.resubmit_key(doc))
+        else:
+            key = self.resubmit_key(doc, int(journal.get("generation") or 0))
+            await journal.sending("save", resubmitCheckKey=key)
+        try:
+            data = await self.call(f"{DIFF}/single/save", {"data": self._body(doc, key)}, write=True)
+        except ErpSessionExpired:
+            if pending is None:
+                await journal.answered()  # refused for its token, twice: YonBIP did nothing
+            raise
+        except ErpRejected as exc:
+            if any(h in str(exc) for h in REPEATED_HINTS):  # YonBIP has that save, but does not show it
+                if journal.settled():
+                    raise ErpHeld(f"用友说 {doc.key} 已保存过（resubmitCheckKey {key}），但按{self.cfg.key_field}查不到这张单据",
+                                  f"YonBIP says {doc.key} was saved before (resubmitCheckKey {key}) but no document "
+                                  f"carries it in {self.cfg.key_field}") from None  # fmt: skip
+                raise journal.in_doubt(f"用友说 {doc.key} 已保存过，但还查不到",
+                                       f"YonBIP says {doc.key} was saved before but does not show it yet") from None  # fmt: skip
+            await journal.answered()  # refused: saved neither now nor before (a repeat is told apart first)
+            raise
+        if not isinstance(data, dict) or data.get("id") is None:
+            raise ErpBadResponse(f"用友保存 {doc.key} 后没有返回 id", f"YonBIP saved {doc.key} without an id")
+        code = str(data.get("code") or "") or None
+        await journal.answered({"id": str(data["id"]), "number": code, "status": int(data.get("status") or 0)},
+                               doc_id=str(data["id"]), doc_no=code)  # fmt: skip
+
+    def _keyed(self, doc: PostingDoc) -> dict[str, Any]:
+        """The memo, and our bill number where YonBIP keeps it (the start of the memo, or the key field)."""
+        if self.cfg.key_field == "memo":
+            return {"memo": keyed_note(doc.key, doc.note)}
+        return {"memo": doc.note, self.cfg.key_field: doc.key}
+
+    def _body(self, doc: PostingDoc, resubmit_key: str) -> dict[str, Any]:
         def pos(code: str | None) -> dict[str, Any]:
             return {} if not code or code == self.erp.default_location else {"goodsposition": code}
 
@@ -300,10 +372,32 @@ class YonBipConnector(ApiConnector):
                                 **({"quantity": ln.counted_qty} if ln.counted_qty is not None else {}),
                                 "_status": "Insert"})  # fmt: skip
         return {
-            "resubmitCheckKey": self.resubmit_key(doc), "code": doc.key, "org": self.cfg.org,
+            "resubmitCheckKey": resubmit_key, "code": doc.key, "org": self.cfg.org,
             "warehouse": doc.warehouse, "vouchdate": doc.created_at.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S"),
-            "memo": doc.note, "_status": "Insert", "details": details,
+            **self._keyed(doc), "_status": "Insert", "details": details,
         }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A difference document as YonBIP reports it."""
+
+    id: str
+    code: str  # YonBIP's number (ours only when no coding rule replaced it)
+    status: int  # 0 开立, 1 已审核, 3 审核中
+    kept: Any  # what the key field holds
+
+
+def _record(row: dict[str, Any], label: str, key_field: str) -> Record:
+    try:
+        return Record(
+            str(row["id"]), str(row.get("code") or ""), int(row.get("status") or 0), row.get(key_field)
+        )
+    except (KeyError, ValueError):
+        raise ErpBadResponse(
+            f"{label} 盘点差异单缺少 id 或状态：{row!r:.80}",
+            f"{label} sent a difference document without id or status",
+        ) from None
 
 
 def _msg(data: Any) -> str:

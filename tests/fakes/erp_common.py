@@ -12,7 +12,14 @@ seeded random share of all requests):
 - ``timeout``: no answer until after the client gave up, nothing done;
 - ``lost``: the request is carried out, then the connection is dropped (the answer never arrives);
 - ``expire``: every session/token is invalidated before the request is handled (it then fails the ERP's way);
-- ``malformed``: HTTP 200 with a body that is not JSON, nothing done.
+- ``malformed``: HTTP 200 with a body that is not JSON, nothing done;
+- ``late`` (never drawn at random): no answer until after the client gave up, and the request is carried out
+  later, when the test calls ``finish_late()`` (an ERP still busy with a request its client abandoned).
+
+Numbering: ``numbering = "PYD"`` makes the ERP number documents itself (its 编码规则 overwrites the number we
+send). ``FakeDoc.key`` is then the ERP's number and ``FakeDoc.ref`` the number we proposed (bookkeeping for the
+tests only: the ERP's API does not show it); ``holds(key)`` counts the documents the ERP holds for one of our
+numbers, whatever their state.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,12 +55,15 @@ class Fault:
 
 class FaultPlan:
     def __init__(self, seed: int = 7) -> None:
-        self.rng = random.Random(seed)
+        self.reseed(seed)
         self.rate = 0.0
         self.kinds: tuple[str, ...] = RANDOM_KINDS
         self.queue: list[Fault] = []
         self.slow_s = 0.5
         self.seen: Counter[str] = Counter()
+
+    def reseed(self, seed: int) -> None:
+        self.rng = random.Random(seed)
 
     def inject(self, kind: str, *, times: int = 1, route: str | None = None) -> None:
         self.queue.append(Fault(kind, times, route))
@@ -82,6 +93,11 @@ def fault_middleware(fake: ErpFake, route_of: Any = None) -> Any:
                 status=int(kind), text="<html>Service Unavailable</html>", content_type="text/html"
             )
         if kind == "timeout":
+            await asyncio.sleep(fake.faults.slow_s)
+            return web.Response(status=504, text="gateway timeout")
+        if kind == "late":
+            await request.read()  # kept for the handling that comes later
+            fake.late.append(lambda: handler(request))
             await asyncio.sleep(fake.faults.slow_s)
             return web.Response(status=504, text="gateway timeout")
         if kind == "malformed":
@@ -141,6 +157,7 @@ class FakeDoc:
         "saved"  # saved | submitted | audited (Kingdee), open | audited (YonBIP), counted/posted (SAP)
     )
     extra: dict[str, Any] = field(default_factory=dict)
+    ref: str | None = None  # the number we proposed (``key`` when the ERP kept it); tests' bookkeeping only
 
 
 class ErpFake:
@@ -161,11 +178,25 @@ class ErpFake:
         self.reject_times = 0
         self.sessions: set[str] = set()  # live session ids, access tokens or CSRF tokens
         self.logins = 0
+        self.numbering: str | None = None  # the ERP numbers documents itself with this prefix
+        self.keeps_notes = True  # off: the notes and references we send are not kept (a plug-in clears them)
+        self.late: list[Callable[[], Awaitable[Any]]] = []  # requests carried out after their client gave up
         self._seq = 1000
 
     def next_id(self) -> int:
         self._seq += 1
         return self._seq
+
+    def number(self, proposed: str) -> str:
+        """The number a new document gets: ours, or the ERP's own under a numbering rule."""
+        return f"{self.numbering}{self.next_id():06d}" if self.numbering else proposed
+
+    async def finish_late(self) -> int:
+        """Carry out the requests whose clients gave up (``late`` faults); how many there were."""
+        calls, self.late = self.late, []
+        for call in calls:
+            await call()
+        return len(calls)
 
     def tick(self, seconds: float = 60) -> datetime:
         self.now += timedelta(seconds=seconds)
@@ -220,7 +251,12 @@ class ErpFake:
     # -- postings ----------------------------------------------------------------------------------------
 
     def find_doc(self, key: str) -> list[FakeDoc]:
-        return [d for d in self.docs.values() if d.key == key]
+        """The documents made for one of our numbers (or numbered ``key`` by the ERP)."""
+        return [d for d in self.docs.values() if key in (d.key, d.ref)]
+
+    def holds(self, key: str) -> int:
+        """How many documents the ERP holds for our number ``key``, whatever their state."""
+        return len(self.find_doc(key))
 
     def apply(self, doc: FakeDoc) -> None:
         """The document changes stock (audit / post): exactly what the ledger checks."""
@@ -236,12 +272,12 @@ class ErpFake:
             else:
                 key = (ln["sku"], doc.warehouse, ln["location"])
                 self.stock[key] = self.stock.get(key, Decimal(0)) + q
-        self.applied.append(doc.key)
+        self.applied.append(doc.ref or doc.key)
         if self.echo_postings:
             self.echo(doc)
 
     def echo(self, doc: FakeDoc) -> None:
-        """The posted document as the ERP's movement feed shows it: numbered with our bill number."""
+        """The posted document as the ERP's movement feed shows it: under its number, with ours as reference."""
         for n, ln in enumerate(doc.lines, start=1):
             q = Decimal(str(ln["qty"]))
             moves = (
@@ -251,9 +287,10 @@ class ErpFake:
             )
             for flow, loc in moves:
                 self.movements.append(FakeMovement(self.next_id(), doc.key, n, flow, ln["sku"], doc.warehouse, loc,
-                                                   abs(q), self.tick(), doc.key))  # fmt: skip
+                                                   abs(q), self.tick(), doc.ref or doc.key))  # fmt: skip
 
     def ledger(self, key: str) -> int:
+        """How many times the document of our number ``key`` changed stock."""
         return self.applied.count(key)
 
     def take_reject(self) -> str | None:

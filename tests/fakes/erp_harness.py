@@ -30,6 +30,7 @@ FAST = {
     "backoff_base_s": 1,
     "backoff_max_s": 1,
     "max_attempts": 1000,
+    "settle_s": 4,  # two drain passes of drain_until_done
     "page_size": 4,
 }
 

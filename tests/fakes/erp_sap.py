@@ -5,13 +5,15 @@
   ``expire_sessions()`` drops every token.
 - ``API_PRODUCT_SRV/A_Product`` (``LastChangeDateTime ge datetimeoffset'…'``, ``to_Description``,
   ``to_Valuation``), ``API_MATERIAL_STOCK_SRV/A_MatlStkInAcctMod``, ``API_MATERIAL_DOCUMENT_SRV/
-  A_MaterialDocumentHeader`` (``CreationDate ge datetime'…'`` or ``MaterialDocumentHeaderText eq '…'``, items
-  expanded; POST creates a 311 transfer). The material documents include the ones SAP made for our postings
+  A_MaterialDocumentHeader`` (``CreationDate ge datetime'…'``, ``MaterialDocumentHeaderText eq '…'`` or
+  ``MaterialDocument eq '…'``, items expanded; POST creates a 311 transfer). The material documents include the ones SAP made for our postings
   (701/702 for count differences, 311 for transfers), as the real feed would.
-- ``API_PHYSICAL_INVENTORY_DOC_SRV``: create a document (deep insert; the book is frozen at creation), read it
-  by ``PhysInventoryReferenceNumber``, read items (collection or by key, with an ``ETag``), ``PATCH`` an item's
+- ``API_PHYSICAL_INVENTORY_DOC_SRV``: create a document (deep insert; the book is frozen at creation; SAP numbers
+  it, our number is only its ``PhysInventoryReferenceNumber``), read it by ``PhysInventoryReferenceNumber`` and
+  ``Plant`` or by ``PhysicalInventoryDocument`` and ``FiscalYear``, read items (collection or by key, with an ``ETag``), ``PATCH`` an item's
   count (``If-Match`` must be the current ETag: 412 otherwise, 428 without), ``PostDifferences`` (every item
-  counted; ``refuse()`` makes it answer 400 like a closed posting period).
+  counted; ``refuse()`` makes it answer 400 like a closed posting period). ``keeps_notes`` off: documents lose
+  the ``PhysInventoryReferenceNumber`` we send.
 - Errors in OData's shape: ``{"error": {"code", "message": {"lang", "value"}}}``. Decimals go as strings,
   dates as ``/Date(ms)/``.
 """
@@ -63,6 +65,13 @@ class SapFake(ErpFake):
     def echo(self, doc: FakeDoc) -> None:  # SAP's material documents are always in the feed (``matdocs``)
         return None
 
+    def holds(self, key: str) -> int:
+        """SAP's documents for our number: physical inventory documents referenced ``key`` (not deleted), and
+        transfers (material documents) with ``key`` as header text."""
+        pis = [h for h in self.pi.values() if h.get("_proposed", h["PhysInventoryReferenceNumber"]) == key
+               and h["PhysInvtryDeletionStatus"] not in ("X", True)]  # fmt: skip
+        return len(pis) + sum(1 for m in self.matdocs if m["MaterialDocumentHeaderText"] == key)
+
     def _matdoc(self, header_text: str, items: list[dict[str, Any]]) -> dict[str, Any]:
         number = str(4900000000 + self.next_id())
         at = self.tick()
@@ -111,7 +120,7 @@ def build_sap_app(fake: SapFake) -> web.Application:
                 **{k: v for k, v in it.items() if k != "etag"}}  # fmt: skip
 
     def header_json(h: dict[str, Any]) -> dict[str, Any]:
-        return {**{k: v for k, v in h.items() if k != "items"},
+        return {**{k: v for k, v in h.items() if k != "items" and not k.startswith("_")},
                 "to_PhysicalInventoryDocumentItem": {"results": [item_json(h, it) for it in h["items"].values()]}}  # fmt: skip
 
     async def body_of(request: web.Request) -> Any:
@@ -162,8 +171,9 @@ def build_sap_app(fake: SapFake) -> web.Application:
                 sap_items += [{**base, "StorageLocation": it["StorageLocation"], "DebitCreditCode": "H"},
                               {**base, "StorageLocation": it["IssuingOrReceivingStorageLoc"], "DebitCreditCode": "S"}]  # fmt: skip
             header = fake._matdoc(b.get("MaterialDocumentHeaderText", ""), sap_items)
-            doc = FakeDoc(fake.next_id(), b.get("MaterialDocumentHeaderText", ""), "transfer", items[0]["Plant"], lines,
-                          "posted", {"material_document": header["MaterialDocument"]})  # fmt: skip
+            doc = FakeDoc(fake.next_id(), header["MaterialDocument"], "transfer", items[0]["Plant"], lines, "posted",
+                          {"material_document": header["MaterialDocument"]},
+                          ref=b.get("MaterialDocumentHeaderText", ""))  # fmt: skip
             fake.docs[doc.id] = doc
             fake.apply(doc)
             return web.json_response(
@@ -174,6 +184,9 @@ def build_sap_app(fake: SapFake) -> web.Application:
         text_ = _filter_value(flt, "MaterialDocumentHeaderText")
         if text_ is not None:
             rows = [r for r in rows if r["MaterialDocumentHeaderText"] == text_]
+        number = _filter_value(flt, "MaterialDocument")
+        if number is not None:
+            rows = [r for r in rows if r["MaterialDocument"] == number]
         since = _filter_value(flt, "CreationDate")
         if since:
             day = datetime.fromisoformat(since).date()
@@ -193,6 +206,7 @@ def build_sap_app(fake: SapFake) -> web.Application:
             if not b:
                 return sap_err(400, "/IWBEP/CM_MGW_RT/004", "Malformed request body")
             number = str(100000000 + fake.next_id())
+            ref = b.get("PhysInventoryReferenceNumber", "")
             items = {}
             for n, it in enumerate(b["to_PhysicalInventoryDocumentItem"]["results"], start=1):
                 if it["Material"] not in fake.items:
@@ -203,14 +217,17 @@ def build_sap_app(fake: SapFake) -> web.Application:
                                  "QuantityInUnitOfEntry": "", "UnitOfEntry": "", "CountedByUser": "",
                                  "PhysInvtryDifferenceIsPosted": False, "MaterialDocument": "", "etag": 1}  # fmt: skip
             h = {"PhysicalInventoryDocument": number, "FiscalYear": "2026", "Plant": b["Plant"],
-                 "StorageLocation": b["StorageLocation"], "PhysInventoryReferenceNumber": b.get("PhysInventoryReferenceNumber", ""),
+                 "StorageLocation": b["StorageLocation"], "PhysInventoryReferenceNumber": ref if fake.keeps_notes else "", "_proposed": ref,
                  "PhysInvtryDeletionStatus": "", "items": items}  # fmt: skip
             fake.pi[number] = h
             return web.json_response({"d": header_json(h)}, status=201)
         flt = request.query.get("$filter", "")
         ref, plant = _filter_value(flt, "PhysInventoryReferenceNumber"), _filter_value(flt, "Plant")
+        number, year = _filter_value(flt, "PhysicalInventoryDocument"), _filter_value(flt, "FiscalYear")
         rows = [header_json(h) for h in fake.pi.values()
-                if (ref is None or h["PhysInventoryReferenceNumber"] == ref) and (plant is None or h["Plant"] == plant)]  # fmt: skip
+                if (ref is None or h["PhysInventoryReferenceNumber"] == ref) and (plant is None or h["Plant"] == plant)
+                and (number is None or h["PhysicalInventoryDocument"] == number)
+                and (year is None or h["FiscalYear"] == year)]  # fmt: skip
         return page(rows, request.query)
 
     async def pi_items(request: web.Request) -> web.Response:
@@ -279,9 +296,8 @@ def build_sap_app(fake: SapFake) -> web.Application:
             it["PhysInvtryDifferenceIsPosted"] = True
             it["MaterialDocument"] = header["MaterialDocument"]
             it["etag"] += 1
-        doc = FakeDoc(
-            fake.next_id(), h["PhysInventoryReferenceNumber"], "difference", h["Plant"], lines, "posted"
-        )
+        doc = FakeDoc(fake.next_id(), h["PhysicalInventoryDocument"], "difference", h["Plant"], lines, "posted",
+                      ref=h.get("_proposed") or h["PhysInventoryReferenceNumber"])  # fmt: skip
         fake.docs[doc.id] = doc
         fake.apply(doc)
         return d({k: v for k, v in h.items() if k != "items"})

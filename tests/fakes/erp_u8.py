@@ -5,10 +5,12 @@
   "30002" ("token 已过期").
 - ``/api/{resource}/batch_get`` with ``page_index``/``rows_per_page`` (``page_count`` in the answer):
   ``inventory`` (``modifydate_begin``), ``warehouse``, ``position``, ``currentstock``, ``purchasein`` /
-  ``saleout`` (``date_begin``; lines in ``entry``), ``otherin`` / ``otherout`` (``code``).
+  ``saleout`` (``date_begin``; lines in ``entry``), ``otherin`` / ``otherout`` (``code``, ``date_begin`` /
+  ``date_end``, ``warehousecode``; with their ``memory``); ``/api/otherin/get?id=`` (and otherout) reads one.
 - ``/api/otherin/add`` and ``/api/otherout/add`` need an unused ``tradeid`` (a used one: "30010"), a unique
-  voucher ``code`` ("单据号重复") and known inventory codes; they change stock at once. ``refuse()`` makes the
-  next adds fail with ``errcode`` "20001" and the message (a closed month).
+  voucher ``code`` ("单据号重复") and known inventory codes; they change stock at once. Under a numbering rule
+  (``numbering``) the voucher gets U8's own code, whatever ``code`` says (``memory`` is kept). ``refuse()``
+  makes the next adds fail with ``errcode`` "20001" and the message (a closed month).
 """
 
 from __future__ import annotations
@@ -41,7 +43,16 @@ class U8Fake(ErpFake):
         return out if out == into else -1
 
     def find_doc(self, key: str) -> list[FakeDoc]:
-        return [d for d in self.docs.values() if d.key in (key, f"{key}-O", f"{key}-I")]
+        return [d for d in self.docs.values() if {d.key, d.ref} & {key, f"{key}-O", f"{key}-I"}]
+
+    def holds(self, key: str) -> int:
+        """Vouchers for our number ``key``: a transfer's -O and -I pair counts once (-1: a half pair)."""
+        refs = [d.ref for d in self.docs.values()]
+        n = refs.count(key)
+        if n:
+            return n
+        out, into = refs.count(f"{key}-O"), refs.count(f"{key}-I")
+        return out if out == into else -1
 
 
 def err(code: str, msg: str) -> web.Response:
@@ -89,9 +100,13 @@ def build_u8_app(fake: U8Fake) -> web.Application:
                      "entry": [{"rowno": m.line, "inventorycode": m.sku, "quantity": str(m.qty), "position": m.location}]}
                     for m in fake.movements if m.flow == FLOWS[resource] and (not since or ts(m.at)[:10] >= since)]  # fmt: skip
         if resource in ("otherin", "otherout"):
-            code = q.get("code")
-            return [{"id": str(d.id), "code": d.key, "warehousecode": d.warehouse} for d in fake.docs.values()
-                    if d.extra.get("resource") == resource and (not code or d.key == code)]  # fmt: skip
+            code, wh = q.get("code"), q.get("warehousecode")
+            begin, end = q.get("date_begin"), q.get("date_end")
+            return [{"id": str(d.id), "code": d.key, "warehousecode": d.warehouse, "date": d.extra.get("date"),
+                     "memory": d.extra.get("memory")} for d in fake.docs.values()
+                    if d.extra.get("resource") == resource and (not code or d.key == code)
+                    and (not wh or d.warehouse == wh) and (not begin or str(d.extra.get("date")) >= begin)
+                    and (not end or str(d.extra.get("date")) <= end)]  # fmt: skip
         if resource in ("materialout", "productin"):
             return []
         return None
@@ -113,6 +128,13 @@ def build_u8_app(fake: U8Fake) -> web.Application:
             return web.json_response({"errcode": "0", "errmsg": "", "page_index": str(index), "rows_per_page": str(size),
                                       "row_count": str(len(rows)), "page_count": str(pages),
                                       resource: rows[(index - 1) * size : index * size]})  # fmt: skip
+        if op == "get" and resource in ("otherin", "otherout"):
+            doc = fake.docs.get(int(q.get("id") or 0))
+            if doc is None or doc.extra.get("resource") != resource:
+                return web.json_response({"errcode": "0", "errmsg": "", resource: None})
+            return web.json_response({"errcode": "0", "errmsg": "", resource: {
+                "id": str(doc.id), "code": doc.key, "warehousecode": doc.warehouse, "date": doc.extra.get("date"),
+                "memory": doc.extra.get("memory")}})  # fmt: skip
         if op == "add" and resource in ("otherin", "otherout"):
             t = q.get("tradeid")
             if t not in fake.tradeids:
@@ -124,8 +146,9 @@ def build_u8_app(fake: U8Fake) -> web.Application:
                 v = json.loads(await request.text())[resource]
             except (ValueError, KeyError):
                 return err("20001", "单据新增失败：数据格式错误")
-            if any(d.key == v["code"] for d in fake.docs.values()):
-                return err("20001", f"单据新增失败：单据号重复 {v['code']}")
+            code = fake.number(v["code"])
+            if any(d.key == code for d in fake.docs.values()):
+                return err("20001", f"单据新增失败：单据号重复 {code}")
             lines = []
             for e in v.get("entry") or []:
                 if e["inventorycode"] not in fake.items:
@@ -136,8 +159,9 @@ def build_u8_app(fake: U8Fake) -> web.Application:
             reason = fake.take_reject()
             if reason:
                 return err("20001", f"单据新增失败：{reason}")
-            doc = FakeDoc(fake.next_id(), v["code"], "difference", v["warehousecode"], lines, "added",
-                          {"resource": resource, "receivecode": v.get("receivecode")})  # fmt: skip
+            doc = FakeDoc(fake.next_id(), code, "difference", v["warehousecode"], lines, "added",
+                          {"resource": resource, "receivecode": v.get("receivecode"), "date": v.get("date"),
+                           "memory": v.get("memory") if fake.keeps_notes else ""}, ref=v["code"])  # fmt: skip
             fake.docs[doc.id] = doc
             fake.apply(doc)
             return web.json_response({"errcode": "0", "errmsg": "", "id": str(doc.id), "tradeid": t})

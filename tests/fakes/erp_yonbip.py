@@ -7,8 +7,11 @@
   ``product/list``, ``warehouse/list``, ``goodsposition/list``, ``QueryCurrentStocksByCondition``, the stock
   documents (``purinrecord/list`` receipts, ``salesout/list`` issues; line level).
 - ``storecheckdifference/single/save``: ``resubmitCheckKey`` may be used once ("请勿重复提交"), ``code`` is
-  unique, products must exist; ``/list`` by code; ``/batchaudit`` (0 → 1, applies the difference; ``refuse()``
-  makes it answer ``failCount`` 1 with the message).
+  unique, products must exist; under a numbering rule (``numbering``) the document gets YonBIP's own code,
+  whatever ``code`` says (``memo`` is kept). ``/list`` by ``code``, ``id`` (``eq``) or ``memo`` (``like``: a
+  substring); ``GET /detail?id=`` reads one document directly (not through the list); ``list_lag`` makes the next lists leave out the documents saved since (a lagging index).
+  ``/batchaudit`` (0 → 1, applies the difference; ``refuse()`` makes it answer ``failCount`` 1 with the
+  message).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def _page(rows: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
             rows = [r for r in rows if str(r.get(f)) >= str(v)]
         elif op == "eq":
             rows = [r for r in rows if str(r.get(f)) == str(v)]
+        elif op == "like":
+            rows = [r for r in rows if str(v) in str(r.get(f) or "")]
         else:
             raise ValueError(f"unsupported op {op}")
     for order in reversed(body.get("queryOrders") or []):
@@ -104,10 +109,17 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
         if path in ("/yonbip/scm/othinrecord/list", "/yonbip/scm/othoutrecord/list"):
             return []
         if path == f"{DIFF}/list":
+            lagging: set[int] = set()
+            if fake.list_lag > 0 and fake._lagging:  # a list that leaves out what was saved lately
+                fake.list_lag -= 1
+                lagging = set(fake._lagging)
+            elif fake.list_lag <= 0:
+                fake._lagging.clear()
             return [
-                {"id": d.id, "code": d.key, "status": 1 if d.status == "audited" else 0}
-                for d in fake.docs.values()
-            ]
+                {"id": d.id, "code": d.key, "status": 1 if d.status == "audited" else 0, "memo": d.extra.get("memo"),
+                 "org": d.extra.get("org"), "warehouse": d.warehouse}
+                for d in fake.docs.values() if d.id not in lagging
+            ]  # fmt: skip
         return None
 
     def save(data: dict[str, Any]) -> web.Response:
@@ -116,8 +128,9 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
             return err("999", "resubmitCheckKey 不能为空且不超过 32 位")
         if rk in fake.resubmit_keys:
             return err("999", "请勿重复提交（resubmitCheckKey 已使用）")
-        if any(d.key == data.get("code") for d in fake.docs.values()):
-            return err("999", f"编码 {data.get('code')} 已存在")
+        code = fake.number(data.get("code"))
+        if any(d.key == code for d in fake.docs.values()):
+            return err("999", f"编码 {code} 已存在")
         lines = []
         for d in data.get("details") or []:
             if d["product"] not in fake.items:
@@ -125,7 +138,8 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
             lines.append({"sku": d["product"], "location": d.get("goodsposition", "-"), "to_location": None,
                           "qty": Decimal(str(d["diffQty"]))})  # fmt: skip
         fake.resubmit_keys.add(rk)
-        doc = FakeDoc(fake.next_id(), data["code"], "difference", data["warehouse"], lines, "open")
+        doc = FakeDoc(fake.next_id(), code, "difference", data["warehouse"], lines, "open",
+                      {"memo": data.get("memo") if fake.keeps_notes else "", "org": data.get("org")}, ref=data.get("code"))  # fmt: skip
         fake.docs[doc.id] = doc
         fake._lagging.add(doc.id)
         return ok({"id": doc.id, "code": doc.key, "status": 0})
@@ -153,6 +167,14 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
         path = "/" + request.match_info["path"]
         if request.query.get("access_token") not in fake.sessions:
             return err("310036", "非法token或token已过期")
+        if request.method == "GET":
+            if path == f"{DIFF}/detail":
+                doc = fake.docs.get(int(request.query.get("id") or 0))
+                if doc is None:
+                    return err("999", f"单据 {request.query.get('id')} 不存在")
+                return ok({"id": doc.id, "code": doc.key, "status": 1 if doc.status == "audited" else 0,
+                           "memo": doc.extra.get("memo"), "org": doc.extra.get("org"), "warehouse": doc.warehouse})  # fmt: skip
+            return err("404", f"接口 {path} 不存在")
         try:
             body = json.loads(await request.text() or "{}")
         except ValueError:
@@ -171,6 +193,7 @@ def build_yonbip_app(fake: YonBipFake) -> web.Application:
     app = web.Application(middlewares=[fault_middleware(fake)])
     app.router.add_get("/iuap-api-auth/open-auth/selfAppAuth/base/v1/getAccessToken", token)
     app.router.add_post("/iuap-api-gateway/{path:.*}", gateway)
+    app.router.add_get("/iuap-api-gateway/{path:.*}", gateway)
     return app
 
 

@@ -134,3 +134,45 @@ def test_a_failed_posting_is_listed_and_retried(
     assert out.exit_code == 0, out.output
     assert "re-queued: 1" in out.output and "posted 1" in out.output
     assert fake.ledger("PD00000001") == 1 and len(fake.bills("PD00000001")) == 1
+
+
+def test_a_held_posting_is_listed_and_a_person_confirming_absence_gets_it_posted_once(
+    engine: AsyncEngine, database_url: str, kingdee: tuple[KingdeeFake, str]
+) -> None:
+    """Two bills in Kingdee carry our number (keyed in by hand): pandian cannot tell which is its own, so it
+    holds the posting and says what to do. Someone deletes both and confirms that the ERP has none; pandian
+    posts it once, and the confirmation is in the audit trail under their name."""
+    from core.enums import Role
+    from core.models import AuditEvent, User
+    from tests.integration.test_erp_held import plant
+
+    fake, base = kingdee
+    cli = CliRunner(env=env(database_url, fake, base))
+    assert cli.invoke(main, ["erp", "sync"]).exit_code == 0
+
+    async def adjust() -> None:
+        eng = make_engine(database_url)
+        sm = make_sessionmaker(eng)
+        await make_adjustments(sm, [("gain", "M000", "WH1", "A-01", "5")])
+        async with sm() as s, s.begin():
+            s.add(User(name="财务小周", employee_no="F900", roles=[Role.FINANCE.value]))
+        await eng.dispose()
+
+    asyncio.run(adjust())
+    plant(fake, "kingdee", "PD00000001")
+    plant(fake, "kingdee", "PD00000001")
+    out = cli.invoke(main, ["erp", "post"])
+    assert out.exit_code == 0, out.output
+    assert "held 1" in out.output and "--confirm-absent" in out.output
+    assert len(fake.bills("PD00000001")) == 2  # nothing written on a guess
+
+    fake.docs.clear()  # a person deleted both in Kingdee
+    refused = cli.invoke(main, ["erp", "post", "--confirm-absent", "1"])
+    assert refused.exit_code == 2 and "--as" in refused.output
+    out = cli.invoke(main, ["erp", "post", "--confirm-absent", "1", "--as", "F900"])
+    assert out.exit_code == 0, out.output
+    assert "re-queued: 1" in out.output and "posted 1" in out.output
+    assert fake.ledger("PD00000001") == 1 and len(fake.bills("PD00000001")) == 1
+    confirmed = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "confirmed_absent",
+                                                                   AuditEvent.actor_id.is_not(None))  # fmt: skip
+    assert count(database_url, confirmed) == 1
