@@ -88,6 +88,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import xlsx
+from core.config import ImportSettings
 from core.db import BulkWriter, analyze, create_staging, drop_staging, staging_table
 from core.models import (
     Base,
@@ -116,6 +118,7 @@ from core.stock import (
     ensure_staged_item_locations,
     natural_key,
 )
+from core.xlsx import Formula
 
 KINDS = ("items", "locations", "stock", "movements", "users")
 KIND_ZH = {"items": "物料", "locations": "库位", "stock": "库存", "movements": "出入库流水", "users": "人员"}
@@ -180,6 +183,7 @@ class ImportReport:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
+    notes: list[ImportIssue] = field(default_factory=list)  # worth knowing, not errors (ignored columns...)
 
 
 def _changed(cur: Any, vals: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,6 +196,12 @@ class _Issues:
         self.file = file
         self.items: list[ImportIssue] = []
         self.truncated = False
+        self.flags: dict[str, list[Any]] = {}
+
+    def flag(self, tag: str, row: int, value: Any) -> None:
+        """Count something worth a note (not an error): the first row and value, and how many."""
+        first = self.flags.setdefault(tag, [0, row, value])
+        first[0] += 1
 
     def add(self, row: int | None, column: str | None, zh: str, en: str) -> None:
         if len(self.items) >= MAX_ISSUES:
@@ -222,29 +232,74 @@ class Col:
     en: str
     extra: tuple[str, ...] = ()
     max_len: int | None = None
+    weak: tuple[str, ...] = ()  # headers that give way to any other header of this column (ERP exports)
+    join: bool = False  # several of its headers are joined with a space instead of being an error
 
     @property
     def aliases(self) -> tuple[str, ...]:
         return (self.zh, self.en, *self.extra)
 
 
-_SKU = Col("sku", "物料编码", "sku", ("物料代码", "料号", "商品编码", "item_code", "item_no"), 64)
-_WH = Col("warehouse", "仓库", "warehouse", ("仓库编码", "仓库代码", "warehouse_code"), 50)
-_LOC = Col("location", "库位", "location", ("库位编码", "库位代码", "货位", "location_code", "bin"), 50)
+# ERP export headers (Kingdee K/3 Cloud 即时库存 and 物料列表, K/3 WISE, KIS/精斗云, Yonyou U8 现存量 and 存货档案,
+# YonSuite/BIP 现存量 and 物料档案) are aliases too: see the README ("Import files").
+_SKU_HEADERS = ("物料代码", "料号", "商品编码", "item_code", "item_no", "存货编码", "物料编号", "商品编号")
+_SKU = Col("sku", "物料编码", "sku", _SKU_HEADERS, 64)
+# in an item master the code column is often just 编码 (Kingdee 物料列表) or 代码 (K/3 WISE)
+_ITEM_SKU = Col("sku", "物料编码", "sku", (*_SKU_HEADERS, "编码", "代码"), 64)
+# a stock export may have both the warehouse's code and its name: the code column wins
+_WH = Col(
+    "warehouse",
+    "仓库",
+    "warehouse",
+    ("仓库编码", "仓库代码", "warehouse_code"),
+    50,
+    weak=("仓库", "warehouse"),
+)
+_LOC = Col(
+    "location", "库位", "location",
+    ("库位编码", "库位代码", "货位", "location_code", "bin", "仓位", "仓位编码", "仓位代码", "货位编码", "货位代码"),
+    50,
+    weak=("库位", "location", "货位", "仓位", "bin"),
+)  # fmt: skip
 _LOT = Col("lot", "批次", "lot", ("批号", "批次号", "batch"), 64)
+_STOCK_QTY_HEADERS = (
+    "库存数量", "账面数量", "结存数量", "quantity", "库存量(基本单位)", "基本单位数量", "现存数量", "现存量", "库存量",
+    "结存数量(基本单位)", "数量(基本单位)",
+)  # fmt: skip
 
 SPECS: dict[str, tuple[Col, ...]] = {
     "items": (
-        _SKU,
-        Col("name", "物料名称", "name", ("名称", "品名", "item_name"), 200),
-        Col("spec", "规格型号", "spec", ("规格", "型号", "specification"), 200),
-        Col("unit", "单位", "unit", ("基本单位", "计量单位", "base_unit", "uom"), 20),
-        Col("unit_cost", "单价", "unit_cost", ("单位成本", "成本单价", "cost", "price")),
+        _ITEM_SKU,
+        Col("name", "物料名称", "name", ("名称", "品名", "item_name", "存货名称", "商品名称"), 200),
+        Col("spec", "规格型号", "spec", ("规格", "型号", "specification", "规格说明"), 200, join=True),
+        Col(
+            "unit",
+            "单位",
+            "unit",
+            (
+                "基本单位",
+                "计量单位",
+                "base_unit",
+                "uom",
+                "主计量单位",
+                "主计量单位名称",
+                "主计量",
+                "基本计量单位",
+            ),
+            20,
+            weak=("单位", "计量单位"),
+        ),
+        Col("unit_cost", "单价", "unit_cost", ("单位成本", "成本单价", "cost", "price", "参考成本")),
         Col("barcode", "条码", "barcode", ("条形码", "barcodes")),
         Col("pack_unit", "包装单位", "pack_unit", (), 20),
         Col("pack_factor", "换算", "pack_factor", ("换算率", "换算系数", "包装数量")),
         Col("owner", "负责人", "owner", ("负责人工号", "owner_employee_no"), 50),
-        Col("lot_tracked", "批次管理", "lot_tracked", ("lot_managed",)),
+        Col(
+            "lot_tracked",
+            "批次管理",
+            "lot_tracked",
+            ("lot_managed", "启用批号管理", "批号管理", "是否批次管理"),
+        ),
         Col("pinned_class", "固定分类", "pinned_class", ("固定abc分类",)),
     ),
     "locations": (
@@ -254,12 +309,20 @@ SPECS: dict[str, tuple[Col, ...]] = {
         Col("zone", "库区", "zone", ("库区编码", "zone_code"), 50),
         Col("warehouse_name", "仓库名称", "warehouse_name", (), 200),
         Col("sequence", "顺序", "sequence", ("拣货顺序", "库位顺序", "seq")),
+        Col(
+            "default_team",
+            "默认班组",
+            "default_team",
+            ("默认团队", "仓库班组", "仓库团队", "warehouse_team"),
+            100,
+        ),
+        Col("zone_team", "库区班组", "zone_team", ("库区团队",), 100),
     ),
     "stock": (
         _SKU,
         _WH,
         _LOC,
-        Col("qty", "数量", "qty", ("库存数量", "账面数量", "结存数量", "quantity")),
+        Col("qty", "数量", "qty", _STOCK_QTY_HEADERS),
         _LOT,
         Col("as_of", "时间", "as_of", ("快照时间", "库存时间", "盘点时间", "snapshot_time")),
     ),
@@ -300,6 +363,31 @@ REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
 
 IGNORED_HEADERS = ("备注", "说明", "note", "notes", "remark", "remarks", "comment", "comments")
 
+# Descriptive columns of ERP exports that no kind reads: ignored with a note (with the columns of the other
+# kinds: 物料名称 in a stock file). Any other unknown header is still an error: it is usually a typo.
+ERP_DESCRIPTIVE_HEADERS = (
+    # Kingdee K/3 Cloud 即时库存 / 物料列表
+    "库存组织", "货主类型", "货主", "保管者类型", "保管者", "库存状态", "库存主单位", "库存量(主单位)", "可用量(主单位)",
+    "库存辅单位", "库存量(辅单位)", "可用量(辅单位)", "可用量(基本单位)", "生产日期", "有效期至", "保质期", "保质期单位",
+    "bom版本", "辅助属性", "计划跟踪号", "项目编号", "物料分组", "物料类别", "物料属性", "存货类别", "使用组织",
+    "创建组织", "数据状态", "禁用状态", "助记码", "旧物料编码", "描述", "库存单位", "仓位名称", "仓库名称",
+    "锁库量(主单位)", "锁库量(基本单位)", "物料分组编码", "物料分组名称", "基本单位编码", "创建人", "创建日期",
+    "修改人", "修改日期", "审核人", "审核日期", "单据状态", "最后更新时间",
+    # Kingdee K/3 WISE, KIS
+    "基本计量单位名称", "常用计量单位", "常用单位数量", "辅助计量单位", "辅助单位数量", "仓库代码名称", "金额", "成本",
+    "计划单价", "商品类别", "商品名称规格",
+    # Yonyou U8 现存量 / 货位存量 / 存货档案
+    "存货代码", "存货分类", "存货分类编码", "存货分类名称", "主计量单位编码", "计量单位组", "计量单位组编码",
+    "计量单位组名称", "现存件数", "件数", "辅计量单位", "辅计量单位名称", "可用数量", "冻结数量", "其中冻结数量",
+    "到货/在检数量", "待发货数量", "调拨待发数量", "预计入库数量", "预计出库数量", "失效日期", "货位名称",
+    "参考售价", "最新成本", "计划价", "计划价/售价", "启用日期", "停用日期", "是否折扣", "税率", "存货属性",
+    # YonSuite / BIP 现存量 / 物料档案
+    "主计量单位", "可用量", "预留量", "在途量", "物料分类", "物料分类编码", "物料分类名称", "库存组织编码",
+    "仓库分类", "批次状态", "效期", "入库日期",
+    # generic
+    "序号", "行号", "no", "no.", "#", "单位名称", "类别", "分类", "品牌", "状态", "description", "category", "status",
+)  # fmt: skip
+
 
 def norm_header(h: str) -> str:
     """Header as matched: NFKC (full-width to half-width), case-folded, no spaces, ``-`` and `` `` as ``_``."""
@@ -308,10 +396,21 @@ def norm_header(h: str) -> str:
     return s.replace("_(", "(")
 
 
-_ALIASES: dict[str, dict[str, Col]] = {
-    kind: {norm_header(a): c for c in cols for a in c.aliases} for kind, cols in SPECS.items()
-}
+def _alias_table(cols: tuple[Col, ...]) -> dict[str, tuple[Col, int]]:
+    """Normalised header -> (column, rank); rank 1 headers give way to rank 0 ones of the same column."""
+    out: dict[str, tuple[Col, int]] = {}
+    for c in cols:
+        weak = {norm_header(w) for w in c.weak}
+        for a in (*c.aliases, *c.weak):
+            n = norm_header(a)
+            out[n] = (c, 1 if n in weak else 0)
+    return out
+
+
+_ALIASES: dict[str, dict[str, tuple[Col, int]]] = {kind: _alias_table(cols) for kind, cols in SPECS.items()}
 _IGNORED = {norm_header(h) for h in IGNORED_HEADERS}
+_DESCRIPTIVE = {norm_header(h) for h in ERP_DESCRIPTIVE_HEADERS}
+_KNOWN_ANYWHERE = set(_DESCRIPTIVE).union(*(set(a) for a in _ALIASES.values()))
 _COLS: dict[str, dict[str, Col]] = {kind: {c.key: c for c in cols} for kind, cols in SPECS.items()}
 
 
@@ -333,13 +432,19 @@ class ColumnMap:
     kind: str
     index: dict[str, int] = field(default_factory=dict)  # key -> column index
     header: dict[str, str] = field(default_factory=dict)  # key -> header text as in the file
+    more: dict[str, list[int]] = field(default_factory=dict)  # key -> further columns joined to it (spec)
+    ignored: list[str] = field(
+        default_factory=list
+    )  # headers read by no column of this kind (a note says so)
+    rank: dict[str, int] = field(default_factory=dict)
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
 
 
 def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[ColumnMap, list[ImportIssue]]:
-    """Map a header row onto one kind's columns; the issues list says what is wrong with it."""
+    """Map a header row onto one kind's columns; the issues list says what is wrong with it. Headers that are
+    other kinds' columns or known ERP descriptive columns are left out (``cmap.ignored``); ``notes`` words them."""
     issues = _Issues(file)
     cmap = ColumnMap(kind)
     aliases = _ALIASES[kind]
@@ -348,9 +453,12 @@ def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[Colu
         if not h:
             continue
         n = norm_header(h)
-        col = aliases.get(n)
-        if col is None:
+        hit = aliases.get(n)
+        if hit is None:
             if n in _IGNORED:
+                continue
+            if n in _KNOWN_ANYWHERE:
+                cmap.ignored.append(h)
                 continue
             known_zh = "、".join(c.zh for c in SPECS[kind])
             known_en = ", ".join(c.en for c in SPECS[kind])
@@ -361,7 +469,19 @@ def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[Colu
                 f"unknown column; a {kind} file accepts: {known_en}; fix the header or delete the column",
             )
             continue
+        col, rank = hit
         if col.key in cmap.index:
+            if col.join:
+                cmap.more.setdefault(col.key, []).append(i)
+                cmap.header[col.key] += f"+{h}"
+                continue
+            if rank != cmap.rank[col.key]:  # e.g. 仓库编码 and 仓库 (the name): the code column is read
+                if rank < cmap.rank[col.key]:
+                    cmap.ignored.append(cmap.header[col.key])
+                    cmap.index[col.key], cmap.header[col.key], cmap.rank[col.key] = i, h, rank
+                else:
+                    cmap.ignored.append(h)
+                continue
             issues.add(
                 1,
                 h,
@@ -371,28 +491,53 @@ def map_headers(kind: str, headers: Sequence[str], file: str = "") -> tuple[Colu
             continue
         cmap.index[col.key] = i
         cmap.header[col.key] = h
+        cmap.rank[col.key] = rank
     for group in REQUIRED[kind]:
         if not any(k in cmap for k in group):
+            hint_zh = hint_en = ""
+            if group == ("qty",):
+                near = [h for h in cmap.ignored if "量" in h or "数" in h]
+                if near:
+                    hint_zh = (f"（“{'”“'.join(near)}”不是按基本单位计的数量，没有读取；请用基本单位的数量列，"
+                               "例如“库存量(基本单位)”）")  # fmt: skip
+                    hint_en = (f' ({", ".join(near)}: not a quantity in the base unit, not read; use the base unit '
+                               'quantity column, e.g. "库存量(基本单位)")')  # fmt: skip
             issues.add(
                 None,
                 None,
-                f"缺少必填列 {_group_text(kind, group, 'zh')}，请在第一行加上这一列",
-                f"missing required column {_group_text(kind, group, 'en')}; add it to the header row",
+                f"缺少必填列 {_group_text(kind, group, 'zh')}{hint_zh}，请在第一行加上这一列",
+                f"missing required column {_group_text(kind, group, 'en')}{hint_en}; add it to the header row",
             )
     return cmap, issues.items
 
 
+def ignored_note(file: str, kind: str, ignored: Sequence[str]) -> ImportIssue:
+    return ImportIssue(
+        file,
+        None,
+        None,
+        f"{KIND_ZH[kind]}文件不使用这些列，已忽略：{'、'.join(ignored)}",
+        f"a {kind} file does not use these columns, which were ignored: {', '.join(ignored)}",
+    )
+
+
 def guess_kind(headers: list[str], file: str = "") -> str:
-    """The kind whose required columns the headers hold; ``ImportFailed`` (naming ``file``) if none or several."""
-    fits: list[tuple[int, int, str]] = []
+    """The kind that reads the most of these headers (one that has all its required columns wins a tie; a kind
+    missing one may still win, so its errors are about what the file is); ``ImportFailed`` (naming ``file``)
+    if no kind reads any, or several fit equally."""
+    scored: list[tuple[int, bool, str]] = []
     for kind in KINDS:
         cmap, issues = map_headers(kind, headers, file)
-        if any(i.row is None for i in issues):  # a required column is missing
-            continue
-        fits.append((len(issues), -len(cmap.index), kind))
-    fits.sort()
-    if len(fits) == 1 or (len(fits) > 1 and fits[0][:2] != fits[1][:2]):
-        return fits[0][2]
+        complete = not any(i.row is None for i in issues)
+        scored.append((len(cmap.index), complete, kind))
+    best = max(s[0] for s in scored)
+    top = [s for s in scored if s[0] == best]
+    complete_top = [s for s in top if s[1]]
+    if best > 0 and len(complete_top) == 1:
+        return complete_top[0][2]
+    if best > 0 and not complete_top and len(top) == 1:
+        return top[0][2]
+    fits = [s[2] for s in complete_top] if len(complete_top) > 1 else []
     seen = [h.strip() for h in headers if h and h.strip()]
     needs_zh = "；".join(
         f"{KIND_ZH[k]}({k})需要 " + "、".join(_group_text(k, g, "zh") for g in REQUIRED[k]) for k in KINDS
@@ -400,8 +545,8 @@ def guess_kind(headers: list[str], file: str = "") -> str:
     needs_en = "; ".join(
         f"{k} needs " + ", ".join(_group_text(k, g, "en") for g in REQUIRED[k]) for k in KINDS
     )
-    what_zh = "无法确定" if not fits else "可能是多种类型（" + "、".join(f[2] for f in fits) + "）"
-    what_en = "cannot tell" if not fits else "could be several kinds (" + ", ".join(f[2] for f in fits) + ")"
+    what_zh = "无法确定" if not fits else "可能是多种类型（" + "、".join(fits) + "）"
+    what_en = "cannot tell" if not fits else "could be several kinds (" + ", ".join(fits) + ")"
     raise _fail(
         file,
         f"{what_zh}这是哪种文件。表头是：{'、'.join(seen) or '（空）'}。{needs_zh}。请修改表头或用 --kind 指定类型",
@@ -430,6 +575,96 @@ def cell_text(v: Any) -> str:
     if isinstance(v, datetime):
         return v.isoformat(sep=" ")
     return str(v).strip()
+
+
+# ---- what Excel does to cells (refused with a message that says what happened and what to do)
+
+EXCEL_ERRORS = frozenset(
+    ("#N/A", "#REF!", "#VALUE!", "#DIV/0!", "#NAME?", "#NUM!", "#NULL!", "#SPILL!", "#CALC!", "#GETTING_DATA",
+     "#FIELD!", "#BLOCKED!", "#BUSY!", "#UNKNOWN!", "#CONNECT!", "#N/A!")
+)  # fmt: skip
+_SCIENTIFIC = re.compile(
+    r"^[+-]?\d+(?:\.\d+)?E\+\d+$", re.IGNORECASE
+)  # Excel shows 6901234567892 as 6.90123E+12
+_SERIAL = re.compile(r"^\d{5}(?:\.\d+)?$")
+_EXCEL_EPOCH = date(1899, 12, 30)
+_DATE_KEYS = frozenset(("as_of", "date", "time", "unavailable"))
+_NUMBER_KEYS = frozenset(("qty", "unit_cost", "pack_factor", "sequence", "capacity_minutes"))
+# codes: Excel's number formats destroy them (scientific notation, 15 significant digits, leading zeros)
+_CODE_KEYS = frozenset(
+    ("sku", "warehouse", "location", "location_barcode", "barcode", "lot", "employee_no", "owner", "wecom_userid",
+     "feishu_open_id", "dingtalk_userid", "source_doc", "zone", "zones", "team", "default_team", "zone_team")
+)  # fmt: skip
+
+
+def excel_serial_date(v: Any) -> date | None:
+    """The day that ``v`` stands for if it looks like an Excel date serial number (20000-99999: 1954-2173)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float | Decimal):
+        x = float(v)
+    elif isinstance(v, str) and _SERIAL.match(unicodedata.normalize("NFKC", v).strip()):
+        x = float(unicodedata.normalize("NFKC", v).strip())
+    else:
+        return None
+    if 20000 <= x < 100000:
+        return _EXCEL_EPOCH + timedelta(days=int(x))
+    return None
+
+
+def excel_damage(key: str, v: Any) -> BadValue | None:
+    """What Excel did to this cell, if it made it unusable for column ``key``: an uncalculated formula, an
+    error value, a date serial number in a date column, a date in a text column, a code in scientific notation
+    or cut to 15 digits."""
+    if isinstance(v, Formula):
+        return BadValue(
+            f"这一格是公式（{v[:40]}），文件里没有它的计算结果；请在 Excel 中复制这一列，"
+            "用“选择性粘贴 → 数值”粘贴为数值，保存后再导入",
+            f"this cell is a formula ({v[:40]}) and the file holds no value for it; copy the column in Excel and "
+            "paste it as values (Paste Special > Values), save and import again",
+        )
+    if isinstance(v, str) and v.strip().upper() in EXCEL_ERRORS:
+        return BadValue(
+            f"这一格是 Excel 的错误值 {v.strip()}（公式出错了），请改正公式或填写正确的值，粘贴为数值后再导入",
+            f"this cell holds the Excel error {v.strip()} (a formula failed); fix it or type the right value, "
+            "paste as values and import again",
+        )
+    if key in _DATE_KEYS:
+        d = excel_serial_date(v)
+        if d is not None:
+            return BadValue(
+                f"“{cell_text(v)}”是 Excel 的日期序号（即 {d}），不是日期；请把这一列设为日期格式，"
+                f"或写成 {d} 这样的日期后再导出",
+                f'"{cell_text(v)}" is an Excel date serial number ({d}), not a date; format the column as a date, '
+                f"or write dates such as {d}, and export again",
+            )
+        return None
+    if key in _NUMBER_KEYS:
+        return None
+    if isinstance(v, datetime | date | time):
+        shown = v.date() if isinstance(v, datetime) and v.time() == time(0) else v
+        return BadValue(
+            f"这一格是日期或时间（{shown}），但这一列应是文本；Excel 会把 3-4、1/2、MAR1 这样的编码自动变成日期。"
+            "请把这一列设为文本格式，重新填写后再导入",
+            f"this cell is a date or time ({shown}) but the column holds text: Excel turns codes such as 3-4, 1/2 or "
+            "MAR1 into dates; format the column as text, type the values again and import",
+        )
+    if key in _CODE_KEYS:
+        if isinstance(v, str) and _SCIENTIFIC.match(unicodedata.normalize("NFKC", v).strip()):
+            return BadValue(
+                f"“{v.strip()}”是 Excel 的科学计数法，后面的数字已经丢失；请在 Excel 中把这一列设为文本格式，"
+                "从 ERP 重新导出（或填写完整的编码）后再导入",
+                f'"{v.strip()}" is in Excel\'s scientific notation and its last digits are lost; format the column '
+                "as text and export it from the ERP again (or type the full codes)",
+            )
+        if isinstance(v, float) and abs(v) >= 1e15:
+            return BadValue(
+                f"“{cell_text(v)}”是超过 15 位的数字，Excel 只保留 15 位，末尾的数字已经丢失；"
+                "请把这一列设为文本格式后重新导出或填写",
+                f'"{cell_text(v)}" is a number of more than 15 digits: Excel keeps 15, so its last digits are lost; '
+                "format the column as text and export or type it again",
+            )
+    return None
 
 
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(,\d{3})+(\.\d*)?$")
@@ -692,7 +927,9 @@ def _bad_file(file: str) -> ImportFailed:
 
 
 def _detect_encoding(path: Path) -> str:
-    """``utf-8-sig`` if the whole file decodes as UTF-8, else ``gb18030`` (a superset of GBK)."""
+    """``utf-8-sig`` if the whole file decodes as UTF-8, else ``gb18030`` (a superset of GBK). A file that is
+    UTF-8 up to a bad row (three or more Chinese characters read as UTF-8 before it), or that is neither, is
+    refused naming the first bad row."""
     name = path.name
     with path.open("rb") as f:
         head = f.read(4096)
@@ -702,10 +939,12 @@ def _detect_encoding(path: Path) -> str:
                 "这是 Excel 文件而不是 CSV，请把扩展名改为 .xlsx",
                 "this is an Excel workbook, not a CSV; rename it to .xlsx",
             )
-        f.seek(0)
+        bad: dict[str, int] = {}
         for enc in ("utf-8-sig", "gb18030"):
             dec = codecs.getincrementaldecoder(enc)()
             f.seek(0)
+            offset = 0  # bytes given to the decoder so far
+            wide = 0  # non-ASCII characters decoded so far
             try:
                 while chunk := f.read(1 << 20):
                     if b"\x00" in chunk:
@@ -714,20 +953,78 @@ def _detect_encoding(path: Path) -> str:
                             "这不是文本格式的 CSV 文件，请另存为 CSV（UTF-8）或 .xlsx",
                             "this is not a text CSV file; save it as CSV (UTF-8) or .xlsx",
                         )
-                    dec.decode(chunk)
-                dec.decode(b"", final=True)
+                    pending = len(dec.getstate()[0])
+                    try:
+                        text = dec.decode(chunk)
+                    except UnicodeDecodeError as e:
+                        bad[enc] = offset - pending + e.start
+                        if enc == "utf-8-sig":
+                            wide += sum(
+                                1 for c in e.object[: e.start].decode("utf-8", "ignore") if c > "\x7f"
+                            )
+                        raise
+                    if enc == "utf-8-sig" and wide < 3:
+                        wide += sum(1 for c in text if c > "\x7f")
+                    offset += len(chunk)
+                pending = len(dec.getstate()[0])
+                try:
+                    dec.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    bad[enc] = offset - pending
+                    raise
                 return enc
             except UnicodeDecodeError:
+                if enc == "utf-8-sig" and wide >= 3:
+                    row = _csv_row_at(path, bad[enc], "utf-8-sig")
+                    raise _fail(
+                        name,
+                        "文件是 UTF-8 编码，但这一行（之前的都能读）有不是 UTF-8 的内容，可能是从别的文件粘贴来的；"
+                        "请检查这一行，或把整个文件另存为 CSV（UTF-8）",
+                        "the file is UTF-8 but this row (the first bad one) holds bytes that are not, maybe pasted "
+                        "from another file; check the row or save the whole file as CSV (UTF-8)",
+                        row=row,
+                    ) from None
                 continue
+    row = _csv_row_at(path, bad["gb18030"], "gb18030")
     raise _fail(
-        name, "无法识别文件编码，请另存为 CSV（UTF-8）", "unknown text encoding; save it as CSV (UTF-8)"
+        name,
+        "无法识别文件编码：这一行（第一个读不出的行）既不是 UTF-8 也不是 GBK；请检查这一行，或另存为 CSV（UTF-8）",
+        "unknown text encoding: this row (the first that cannot be read) is neither UTF-8 nor GBK; check the row "
+        "or save the file as CSV (UTF-8)",
+        row=row,
     )
 
 
-class Sheet:
-    """One spreadsheet, readable any number of times as ``(row_number, cells)`` without holding it in memory."""
+def _csv_row_at(path: Path, offset: int, encoding: str) -> int:
+    """The CSV row (as ``Sheet`` numbers them) holding the byte at ``offset``; the bytes before it decode.
+    Streams the file: the bad byte may be a gigabyte in."""
+    tail = [""]
 
-    def __init__(self, path: Path) -> None:
+    def lines() -> Iterator[str]:
+        dec = codecs.getincrementaldecoder(encoding)("replace")
+        left = offset
+        with path.open("rb") as f:
+            while left > 0 and (chunk := f.read(min(1 << 20, left))):
+                left -= len(chunk)
+                *done, tail[0] = (tail[0] + dec.decode(chunk)).split("\n")
+                for line in done:
+                    yield line + "\n"
+        tail[0] += dec.decode(b"", final=True)
+        if tail[0]:
+            yield tail[0]
+
+    try:
+        records = sum(1 for _ in csv.reader(lines()))
+    except csv.Error:  # a field that will not parse: count lines
+        records = sum(1 for _ in lines())
+    return records if tail[0] else records + 1
+
+
+class Sheet:
+    """One spreadsheet, readable any number of times as ``(row_number, cells)`` without holding it in memory.
+    An .xlsx is checked against ``limits`` first (``core.xlsx.check``: decompression bombs)."""
+
+    def __init__(self, path: Path, limits: ImportSettings | None = None) -> None:
         self.path = path
         self.name = path.name
         ext = path.suffix.lower()
@@ -735,6 +1032,12 @@ class Sheet:
             raise _fail(self.name, "文件不存在，请检查路径", "file not found; check the path")
         if ext in (".xlsx", ".xlsm"):
             self.format = "xlsx"
+            try:
+                xlsx.check(path, limits)
+            except xlsx.Refused as e:
+                raise _fail(self.name, e.zh, e.en) from None
+            except xlsx.Damaged:
+                raise _bad_file(self.name) from None
         elif ext in (".csv", ".txt"):
             self.format = "csv"
             self.encoding = _detect_encoding(path)
@@ -777,29 +1080,15 @@ class Sheet:
                     if any(c.strip() for c in rec):
                         yield n, rec
             return
-        import openpyxl  # imported lazily: it is slow to import and only needed here
-
+        rows = xlsx.rows(self.path)
         try:
-            wb = openpyxl.load_workbook(self.path, read_only=True, data_only=True)
-        except Exception:
-            raise _bad_file(self.name) from None
-        try:
-            ws = wb.worksheets[0]
-            ws.reset_dimensions()  # some writers store a wrong dimension, which would cut rows off
-            it = ws.iter_rows(values_only=True)
-            n = 0
-            while True:
-                try:
-                    cells = next(it)
-                except StopIteration:
-                    break
-                except Exception:
-                    raise _bad_file(self.name) from None
-                n += 1
+            for n, cells in rows:
                 if any(c is not None and cell_text(c) != "" for c in cells):
                     yield n, cells
+        except xlsx.Damaged:
+            raise _bad_file(self.name) from None
         finally:
-            wb.close()
+            rows.close()
 
     def data(self) -> Generator[tuple[int, Sequence[Any]], None, None]:
         rows = self._rows()
@@ -821,10 +1110,33 @@ class _Row:
         self.n, self.cells, self.cmap, self.issues = n, cells, cmap, issues
         self.ok = True
         self._cols = _COLS[cmap.kind]
+        self._bad_keys: set[str] = set()
 
     def raw(self, key: str) -> Any:
+        """The cell of column ``key``, None when empty or unusable (what Excel did to it is reported)."""
         i = self.cmap.index.get(key)
-        if i is None or i >= len(self.cells):
+        if i is None:
+            return None
+        v = self._cell(i)
+        if v is None:
+            return None
+        damage = excel_damage(key, v)
+        if damage is not None:
+            self.bad(key, damage.zh, damage.en)
+            return None
+        if key == "lot" and not isinstance(v, str) and excel_serial_date(v) is not None:
+            self.issues.flag("lot_serial", self.n, v)
+        for j in self.cmap.more.get(key, ()):  # joined columns (spec: 规格 + 型号)
+            w = self._cell(j)
+            if w is not None and (damage := excel_damage(key, w)) is None:
+                v = f"{cell_text(v)} {cell_text(w)}"
+            elif damage is not None:
+                self.bad(key, damage.zh, damage.en)
+                return None
+        return v
+
+    def _cell(self, i: int) -> Any:
+        if i >= len(self.cells):
             return None
         v = self.cells[i]
         if v is None or (isinstance(v, str) and not v.strip()):
@@ -833,6 +1145,10 @@ class _Row:
 
     def bad(self, key: str | None, zh: str, en: str) -> None:
         self.ok = False
+        if key is not None:
+            if key in self._bad_keys:
+                return  # one problem per cell: an unusable cell is not also "empty"
+            self._bad_keys.add(key)
         self.issues.add(self.n, self.cmap.header.get(key) if key else None, zh, en)
 
     def text(self, key: str, required: bool = False) -> str | None:
@@ -928,7 +1244,9 @@ class _Importer:
         self.staged = 0  # rows staged for writing
         self.repeats = 0  # lines repeating an earlier line exactly: reported unchanged
         self._warehouses: dict[str, int] | None = None
+        self._wh_by_name: dict[str, tuple[str, int]] = {}
         self._reported: set[tuple[str, str]] = set()
+        self.notes: list[ImportIssue] = []
         self._writer: BulkWriter | None = None
         self._lookup_ready = False
 
@@ -960,8 +1278,8 @@ class _Importer:
         for batch in self.batches():
             yield batch
             done += len(batch)
-            if self.progress and done - last >= PROGRESS_EVERY:
-                self.progress(done)
+            if self.progress and (last == 0 or done - last >= PROGRESS_EVERY):
+                self.progress(done)  # the first batch at once, then every few thousand rows
                 last = done
         if self.progress:
             self.progress(done)
@@ -1033,21 +1351,70 @@ class _Importer:
     # shared reference resolution ---------------------------------------------------------------------
 
     async def warehouses(self) -> dict[str, int]:
+        """Warehouse code -> id; a value that is no code but the name of exactly one warehouse (Kingdee's
+        即时库存 shows the warehouse's name) maps to that warehouse, with a note."""
         if self._warehouses is None:
-            rows = await self.session.execute(select(Warehouse.code, Warehouse.id))
-            self._warehouses = {c: i for c, i in rows}
+            rows = (await self.session.execute(select(Warehouse.code, Warehouse.id, Warehouse.name))).all()
+            self._warehouses = {c: i for c, i, _ in rows}
+            by_name: dict[str, list[tuple[str, int]]] = {}
+            for c, i, n in rows:
+                if n and n != c:
+                    by_name.setdefault(n, []).append((c, i))
+            self._wh_by_name = {
+                n: v[0] for n, v in by_name.items() if len(v) == 1 and n not in self._warehouses
+            }
         return self._warehouses
+
+    def warehouse_id(self, value: str) -> int | None:
+        assert self._warehouses is not None
+        wid = self._warehouses.get(value)
+        if wid is None and value in self._wh_by_name:
+            code, wid = self._wh_by_name[value]
+            if ("by_name", value) not in self._reported:
+                self._reported.add(("by_name", value))
+                self.notes.append(
+                    ImportIssue(
+                        self.sheet.name, None, self.cmap.header.get("warehouse"),
+                        f"“{value}”不是仓库编码，按仓库名称对应到仓库 {code}",
+                        f'"{value}" is no warehouse code; it was matched by name to warehouse {code}',
+                    )
+                )  # fmt: skip
+        return wid
+
+    async def _zero_stripped(
+        self, values: Iterable[str], kind: str, warehouse_id: int | None = None
+    ) -> dict[str, str]:
+        """For codes made of digits that were not found: a stored code that differs only by leading zeros
+        (00123 for 123: Excel drops them from codes it takes for numbers)."""
+        digits = {v for v in values if v.isdigit()}
+        if not digits:
+            return {}
+        col: Any = Item.sku if kind == "sku" else Location.code
+        stripped_values = sorted({v.lstrip("0") or "0" for v in digits})
+        stmt = select(col).where(func.ltrim(col, "0").in_(stripped_values), col.like("0%"))
+        if kind != "sku":
+            stmt = stmt.where(Location.warehouse_id == warehouse_id)
+        out: dict[str, str] = {}
+        for (code,) in (await self.session.execute(stmt.limit(1000))).all():
+            stripped = code.lstrip("0") or "0"
+            for v in digits:
+                if (v.lstrip("0") or "0") == stripped and v != code:
+                    out.setdefault(v, code)
+        return out
 
     async def resolve(self, batch: list[Any]) -> list[tuple[Any, int, int]]:
         """``(record, item_id, location_id)`` for records whose SKU, warehouse and location exist."""
-        whs = await self.warehouses()
+        await self.warehouses()
+        ids = {r.warehouse: self.warehouse_id(r.warehouse) for r in batch}
         k = _LOOKUP.c
         await self.lookup(
             itertools.chain(
                 ((_SKU_KEY, sku, None) for sku in {r.sku for r in batch}),
                 (
                     (_LOC_KEY, loc, wh)
-                    for wh, loc in {(whs[r.warehouse], r.location) for r in batch if r.warehouse in whs}
+                    for wh, loc in {
+                        (ids[r.warehouse], r.location) for r in batch if ids[r.warehouse] is not None
+                    }
                 ),
             )
         )
@@ -1068,17 +1435,30 @@ class _Importer:
             )
         }
         out = []
+        zeros: dict[str, str] = {}
+        if not self.issues.full:
+            zeros = await self._zero_stripped({r.sku for r in batch if r.sku not in items}, "sku")
         for r in batch:
-            item_id, wh_id = items.get(r.sku), whs.get(r.warehouse)
+            item_id, wh_id = items.get(r.sku), ids[r.warehouse]
             loc_id = locs.get((wh_id, r.location)) if wh_id is not None else None
             if item_id is None and ("sku", r.sku) not in self._reported:
                 self._reported.add(("sku", r.sku))
-                self.issues.add(
-                    r.row,
-                    self.cmap.header["sku"],
-                    f"物料编码“{r.sku}”不存在，请先导入物料（--kind items）或改正编码",
-                    f'SKU "{r.sku}" does not exist; import items first (--kind items) or fix the code',
-                )
+                if r.sku in zeros:
+                    self.issues.add(
+                        r.row,
+                        self.cmap.header["sku"],
+                        f"物料编码“{r.sku}”不存在，但有物料“{zeros[r.sku]}”：Excel 把编码当成数字，去掉了前面的 0；"
+                        "请把这一列设为文本格式，从 ERP 重新导出后再导入",
+                        f'SKU "{r.sku}" does not exist, but "{zeros[r.sku]}" does: Excel took the code for a number '
+                        "and dropped its leading zeros; format the column as text, export again and import",
+                    )
+                else:
+                    self.issues.add(
+                        r.row,
+                        self.cmap.header["sku"],
+                        f"物料编码“{r.sku}”不存在，请先导入物料（--kind items）或改正编码",
+                        f'SKU "{r.sku}" does not exist; import items first (--kind items) or fix the code',
+                    )
             if wh_id is None and ("wh", r.warehouse) not in self._reported:
                 self._reported.add(("wh", r.warehouse))
                 self.issues.add(
@@ -1094,13 +1474,24 @@ class _Importer:
                 and ("loc", f"{r.warehouse}/{r.location}") not in self._reported
             ):
                 self._reported.add(("loc", f"{r.warehouse}/{r.location}"))
-                self.issues.add(
-                    r.row,
-                    self.cmap.header["location"],
-                    f"库位“{r.location}”在仓库“{r.warehouse}”中不存在，请先导入库位（--kind locations）或改正库位编码",
-                    f'location "{r.location}" does not exist in warehouse "{r.warehouse}"; import locations first '
-                    "(--kind locations) or fix the code",
-                )
+                near = (await self._zero_stripped([r.location], "location", wh_id)).get(r.location)
+                if near:
+                    self.issues.add(
+                        r.row,
+                        self.cmap.header["location"],
+                        f"库位“{r.location}”在仓库“{r.warehouse}”中不存在，但有库位“{near}”：Excel 去掉了编码前面的 0；"
+                        "请把这一列设为文本格式，重新导出后再导入",
+                        f'location "{r.location}" does not exist in warehouse "{r.warehouse}", but "{near}" does: '
+                        "Excel dropped the leading zeros; format the column as text, export again and import",
+                    )
+                else:
+                    self.issues.add(
+                        r.row,
+                        self.cmap.header["location"],
+                        f"库位“{r.location}”在仓库“{r.warehouse}”中不存在，请先导入库位（--kind locations）或改正库位编码",
+                        f'location "{r.location}" does not exist in warehouse "{r.warehouse}"; import locations '
+                        "first (--kind locations) or fix the code",
+                    )
             if item_id is not None and loc_id is not None:
                 out.append((r, item_id, loc_id))
         return out
@@ -1258,6 +1649,7 @@ class _ItemRec:
 class _Items(_Importer):
     kind = "items"
     staging = (ITEM_STAGING, ITEM_BARCODE_STAGING)
+    _zero_skus: set[int] | None = None
 
     def parse(self, r: _Row) -> _ItemRec | None:
         sku, name = r.text("sku", True), r.text("name", True)
@@ -1337,6 +1729,7 @@ class _Items(_Importer):
                     pending[b] = (rec.sku, rec.row)
                 if rec.owner:
                     owners.setdefault(rec.owner, rec.row)
+            await self._leading_zeros(firsts)
             if pending:
                 await self.lookup((_BARCODE_KEY, b, None) for b in pending)
                 rows = await self.session.execute(
@@ -1389,6 +1782,37 @@ class _Items(_Importer):
                     f"工号“{emp}”的人员不存在，请先导入人员（--kind users）或改正工号",
                     f'no user with employee number "{emp}"; import users first (--kind users) or fix it',
                 )
+
+    async def _leading_zeros(self, recs: list[_ItemRec]) -> None:
+        """A new SKU of digits that an existing SKU equals but for leading zeros (123 where the master has
+        00123) is refused: Excel took the code column for numbers."""
+        if self._zero_skus is None:
+            self._zero_skus = {
+                _digest(sku.lstrip("0"))
+                for sku in await self.session.scalars(select(Item.sku).where(Item.sku.like("0%")))
+                if sku.isdigit()
+            }
+        if not self._zero_skus or self.issues.full:
+            return
+        cands = {
+            r.sku: r
+            for r in recs
+            if r.sku.isdigit() and r.sku[0] != "0" and _digest(r.sku) in self._zero_skus
+        }
+        if not cands:
+            return
+        known = set(await self.session.scalars(select(Item.sku).where(Item.sku.in_(sorted(cands)))))
+        near = await self._zero_stripped([c for c in cands if c not in known], "sku")
+        for sku, other in near.items():
+            self.issues.add(
+                cands[sku].row,
+                self.cmap.header["sku"],
+                f"物料编码“{sku}”与已有物料“{other}”只差前面的 0：Excel 可能把编码当成数字，去掉了前面的 0；"
+                "请把这一列设为文本格式后重新导出。如果确实是两个不同的物料，请先把其中一个改成不会混淆的编码",
+                f'SKU "{sku}" differs from the existing "{other}" only by leading zeros: Excel probably took the '
+                "codes for numbers; format the column as text and export again (if they really are two items, give "
+                "one of them a code that cannot be mistaken)",
+            )
 
     async def write(self, report: ImportReport, progress: Callable[[int], None] | None) -> None:
         s, st, c, it = self.session, ITEM_STAGING, ITEM_STAGING.c, _ITEM.c
@@ -1499,9 +1923,13 @@ class _LocRec:
     zone: str | None
     warehouse_name: str | None
     sequence: int | None
+    default_team: str | None = None
+    zone_team: str | None = None
 
     def digest(self) -> int:
-        return _digest(self.barcode, self.zone, self.warehouse_name, self.sequence)
+        return _digest(
+            self.barcode, self.zone, self.warehouse_name, self.sequence, self.default_team, self.zone_team
+        )
 
 
 class _Locations(_Importer):
@@ -1517,6 +1945,8 @@ class _Locations(_Importer):
             r.text("zone"),
             r.text("warehouse_name"),
             r.parsed("sequence", parse_int),
+            r.text("default_team"),
+            r.text("zone_team"),
         )
 
     async def validate(self) -> None:
@@ -1527,6 +1957,8 @@ class _Locations(_Importer):
     async def _validate(self) -> None:
         self.seen: dict[tuple[str, str], int] = {}
         self.wh_names: dict[str, tuple[str, int]] = {}
+        self.wh_teams: dict[str, tuple[str, int]] = {}  # warehouse -> (default team, first row)
+        self.zone_teams: dict[tuple[str, str], tuple[str, int]] = {}
         self.zones: set[tuple[str, str]] = set()
         barcode_seen: dict[str, int] = {}
         for batch in self.read_batches():
@@ -1560,6 +1992,37 @@ class _Locations(_Importer):
                             f'warehouse "{rec.warehouse}" is named "{name}" in row {row} but "{rec.warehouse_name}" '
                             "here; use one name",
                         )
+                if rec.default_team:
+                    team, row = self.wh_teams.setdefault(rec.warehouse, (rec.default_team, rec.row))
+                    if team != rec.default_team:
+                        self.issues.add(
+                            rec.row,
+                            self.cmap.header["default_team"],
+                            f"仓库“{rec.warehouse}”在第 {row} 行的默认班组是“{team}”，这里是“{rec.default_team}”，"
+                            "一个仓库只有一个默认班组，请统一",
+                            f'warehouse "{rec.warehouse}" has default team "{team}" in row {row} but '
+                            f'"{rec.default_team}" here; a warehouse has one default team',
+                        )
+                if rec.zone_team:
+                    if not rec.zone:
+                        self.issues.add(
+                            rec.row,
+                            self.cmap.header["zone_team"],
+                            "填写了库区班组但没有库区，请填写库区或清空库区班组",
+                            "a zone team without a zone; fill in the zone or clear the zone team",
+                        )
+                    else:
+                        zkey = (rec.warehouse, rec.zone)
+                        team, row = self.zone_teams.setdefault(zkey, (rec.zone_team, rec.row))
+                        if team != rec.zone_team:
+                            self.issues.add(
+                                rec.row,
+                                self.cmap.header["zone_team"],
+                                f"库区“{rec.warehouse}/{rec.zone}”在第 {row} 行的班组是“{team}”，这里是“{rec.zone_team}”，"
+                                "请统一",
+                                f'zone "{rec.warehouse}/{rec.zone}" has team "{team}" in row {row} but '
+                                f'"{rec.zone_team}" here; use one team',
+                            )
                 if rec.zone:
                     self.zones.add((rec.warehouse, rec.zone))
                 if rec.barcode:
@@ -1636,6 +2099,7 @@ class _Locations(_Importer):
         ]
         if new_zones:
             await s.execute(insert(Zone), new_zones)
+        await self._write_teams(wh_id)
         # default sequence: rank among all codes of the warehouse (database and file), in natural order
         writer = BulkWriter(s)
         await writer.start()
@@ -1693,6 +2157,53 @@ class _Locations(_Importer):
         report.updated += updated
         report.unchanged += self.staged - created - updated
         await self.close_staging()
+
+    async def _write_teams(self, wh_id: dict[str, int]) -> None:
+        """Warehouses' default teams and zones' teams (teams are created if missing); each change is a note."""
+        if not self.wh_teams and not self.zone_teams:
+            return
+        s = self.session
+        names = {t for t, _ in self.wh_teams.values()} | {t for t, _ in self.zone_teams.values()}
+        teams = dict(
+            (n, i) for n, i in await s.execute(select(Team.name, Team.id).where(Team.name.in_(names)))
+        )
+        for name in sorted(names - teams.keys()):
+            tid = await s.scalar(insert(Team).values(name=name).returning(Team.id))
+            assert tid is not None
+            teams[name] = tid
+        current = dict(
+            (i, t)
+            for i, t in await s.execute(
+                select(Warehouse.id, Warehouse.default_team_id).where(
+                    Warehouse.id.in_([wh_id[w] for w in self.wh_teams])
+                )
+            )
+        )
+        for wh, (team, _) in sorted(self.wh_teams.items()):
+            if current.get(wh_id[wh]) != teams[team]:
+                await s.execute(
+                    update(Warehouse).where(Warehouse.id == wh_id[wh]).values(default_team_id=teams[team])
+                )
+                self.notes.append(
+                    ImportIssue(
+                        self.sheet.name, None, self.cmap.header["default_team"],
+                        f"仓库 {wh} 的默认班组设为“{team}”", f'warehouse {wh}: default team set to "{team}"',
+                    )
+                )  # fmt: skip
+        for (wh, zone), (team, _) in sorted(self.zone_teams.items()):
+            zid, cur = (
+                await s.execute(
+                    select(Zone.id, Zone.team_id).where(Zone.warehouse_id == wh_id[wh], Zone.code == zone)
+                )
+            ).one()
+            if cur != teams[team]:
+                await s.execute(update(Zone).where(Zone.id == zid).values(team_id=teams[team]))
+                self.notes.append(
+                    ImportIssue(
+                        self.sheet.name, None, self.cmap.header["zone_team"],
+                        f"库区 {wh}/{zone} 的班组设为“{team}”", f'zone {wh}/{zone}: team set to "{team}"',
+                    )
+                )  # fmt: skip
 
 
 # ---- stock
@@ -2241,6 +2752,56 @@ class _Users(_Importer):
                     report.updated += 1
                 else:
                     report.unchanged += 1
+        await s.flush()
+        report.notes += [_nobody_note(self.sheet.name, code) for code in await warehouses_without_counters(s)]
+
+
+async def warehouses_without_counters(session: AsyncSession) -> list[str]:
+    """Codes of the warehouses whose work no one can be given: no active counter with capacity is in the
+    warehouse's default team, in the team of one of its zones, or covers one of its zones (the planner's
+    pools; an item's owner only takes that item's work)."""
+    counters = [
+        (u.id, u.team_id)
+        for u in (
+            await session.execute(
+                select(User.id, User.team_id, User.roles).where(
+                    User.active.is_(True), User.capacity_minutes > 0
+                )
+            )
+        ).all()
+        if Role.COUNTER.value in (u.roles or [])
+    ]
+    teams = {t for _, t in counters if t is not None}
+    ids = {i for i, _ in counters}
+    covered_zones = {
+        z for u, z in (await session.execute(select(UserZone.user_id, UserZone.zone_id))).all() if u in ids
+    }
+    zones: dict[int, list[tuple[int, int | None]]] = {}
+    for w, z, t in (await session.execute(select(Zone.warehouse_id, Zone.id, Zone.team_id))).all():
+        zones.setdefault(w, []).append((z, t))
+    out = []
+    for wid, code, team in (
+        await session.execute(
+            select(Warehouse.id, Warehouse.code, Warehouse.default_team_id).order_by(Warehouse.code)
+        )
+    ).all():
+        if team in teams or any(z in covered_zones or t in teams for z, t in zones.get(wid, ())):
+            continue
+        out.append(code)
+    return out
+
+
+def _nobody_note(file: str, code: str) -> ImportIssue:
+    return ImportIssue(
+        file,
+        None,
+        None,
+        f"仓库 {code} 没有可分配的盘点员：没有在职、有产能的盘点员属于它的默认班组或它某个库区的班组，也没有人负责它的库区，"
+        "它的盘点任务将无人可派。请在人员表中给盘点员填写团队（团队/班组）或库区，或在库位表中填写默认班组",
+        f"warehouse {code} has no counter who can be given its work: no active counter with capacity is in its "
+        "default team or the team of one of its zones, and nobody covers one of its zones, so its count tasks will "
+        "stay unassigned; give counters a team or zones in the users file, or a default team in the locations file",
+    )
 
 
 _IMPORTERS: dict[str, type[_Importer]] = {
@@ -2263,14 +2824,23 @@ async def import_file(
     tz: ZoneInfo,
     progress: Callable[[int], None] | None = None,
     now: datetime,
+    limits: ImportSettings | None = None,
+    stage: Callable[[str, int], None] | None = None,
 ) -> ImportReport:
     """Validate the whole file, then upsert it (see the module docstring). Flushes, never commits.
 
-    ``progress(rows_done)`` is called every few thousand rows read (users: written). ``now`` (aware) is the
-    default stock snapshot time and the movements' ``recorded_at`` (the caller's clock).
+    ``progress(rows_done)`` is called after the first batch and then every few thousand rows read (users:
+    written). ``stage(name, rows)`` is called as each step starts: ``checking`` (the file's encoding, or an
+    .xlsx's size limits, ``limits``), ``reading`` (reading and checking every row), ``writing`` (with the rows
+    read; the set-based statements report no progress of their own) and ``done``. ``now`` (aware) is the
+    default stock snapshot time and the movements' ``recorded_at`` (the caller's clock). The report's
+    ``notes`` say what was worth knowing but not wrong (columns ignored, a warehouse without counters...).
     """
     path = Path(path)
-    sheet = Sheet(path)
+    if stage:
+        stage("checking", 0)
+    sheet = Sheet(path, limits)
+    guessed = kind is None
     if kind is None:
         kind = guess_kind(sheet.headers, file=sheet.name)
     elif kind not in KINDS:
@@ -2284,9 +2854,19 @@ async def import_file(
         for i in header_issues:
             if i.row is not None:
                 i.row = sheet.header_row
+        if guessed:  # say what the file was taken for, so the messages make sense
+            header_issues.append(
+                ImportIssue(
+                    sheet.name, None, None,
+                    f"按表头判断这是{KIND_ZH[kind]}文件（{kind}）；如果不是，请用 --kind 指定类型",
+                    f"from its headers this was taken for a {kind} file; if it is not, pass --kind",
+                )
+            )  # fmt: skip
         raise ImportFailed(header_issues)
     importer = _IMPORTERS[kind](session, sheet, cmap, tz, now)
     importer.progress = progress
+    if stage:
+        stage("reading", 0)
     await importer.validate()
     importer.issues.raise_if_any()
     if importer.rows == 0:
@@ -2296,6 +2876,26 @@ async def import_file(
             "the file has headers but no data rows; fill in data from row 2",
         )
     report = ImportReport(kind=kind, rows=importer.rows)
+    if stage:
+        stage("writing", importer.rows)
     await importer.write(report, progress)
     await session.flush()
+    # columns left out first, then what reading found, then what writing found (users: warehouses with nobody)
+    columns = [ignored_note(sheet.name, kind, cmap.ignored)] if cmap.ignored else []
+    report.notes = [*columns, *importer.notes, *report.notes]
+    lots = importer.issues.flags.get("lot_serial")
+    if lots:
+        count, row, value = lots
+        d = excel_serial_date(value)
+        report.notes.append(
+            ImportIssue(
+                sheet.name, row, cmap.header.get("lot"),
+                f"批次“{cell_text(value)}”像是 Excel 的日期序号（即 {d}），这样的批次共 {count} 个；"
+                "如果批次本来是日期，请把这一列设为文本格式后重新导出",
+                f'lot "{cell_text(value)}" looks like an Excel date serial number ({d}), and {count} lots do; if the '
+                "lots were dates, format the column as text and export again",
+            )
+        )  # fmt: skip
+    if stage:
+        stage("done", importer.rows)
     return report

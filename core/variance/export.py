@@ -4,7 +4,8 @@ Layout: one sheet per document type (盘盈单 gains, 盘亏单 losses, 调拨�
 .xlsx, or one UTF-8 (with BOM, for Excel) .csv with a 单据类型 column. Each adjustment is exported exactly
 once: the rows are claimed (``pending_write_back`` → ``exported``) in the same transaction that produces the
 file, and the file only appears under its name (an atomic rename, ``ExportResult.publish``) after that
-transaction has committed: a crash in between leaves the adjustments pending and no file.
+transaction has committed: a crash in between leaves the adjustments pending and no file. Text cells go
+through ``core.cells.safe_cell``: an item name such as ``=HYPERLINK(…)`` is written as text, never a formula.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from core import audit
+from core.cells import safe_row
 from core.enums import AdjustmentKind
 from core.models import Adjustment, AdjustmentLine, Item, Location, Variance, Warehouse
 from core.variance.workflow import ADJUSTMENT, AdjustmentEvent, AdjustmentState
@@ -127,7 +129,7 @@ def _write_file(path: Path, fmt: str, table: dict[AdjustmentKind, list[list[Any]
                 w = csv.writer(f)
                 w.writerow(COLUMNS)
                 for rows in table.values():
-                    w.writerows(rows)
+                    w.writerows(safe_row(r) for r in rows)
         else:
             from openpyxl import Workbook
 
@@ -138,7 +140,7 @@ def _write_file(path: Path, fmt: str, table: dict[AdjustmentKind, list[list[Any]
                 ws = wb.create_sheet(name)
                 ws.append(COLUMNS)
                 for r in table[kind]:
-                    ws.append(r)
+                    ws.append(safe_row(r, ws))
             if not wb.worksheets:
                 wb.create_sheet("盘盈单").append(COLUMNS)
             wb.save(tmp)
