@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from core.config_check import ConfigError, bad_values, unknown_env, unknown_keys
 from core.variance.rules import ApprovalSettings, ReasonSettings
 from core.variance.tolerance import ToleranceSettings
 
@@ -93,6 +94,7 @@ class PlanningSettings(BaseModel):
     def _all_classes(cls, v: dict[str, ClassPolicy]) -> dict[str, ClassPolicy]:
         merged = _default_policies()
         for k, p in v.items():
+            k = k.upper()  # PANDIAN_PLANNING__POLICIES__A__... arrives in lower case
             if k not in CLASSES:
                 raise ValueError(f"unknown ABC class {k!r}; use A, B or C")
             merged[k] = p
@@ -185,7 +187,7 @@ class ScheduleSettings(BaseModel):
 
 class SpreadsheetErpSettings(BaseModel):
     """The built-in default: files in, files out (the import of ``pandian import`` and the export of
-    ``pandian export``)."""
+    ``pandian adjustments export``)."""
 
     inbox: str | None = Field(
         default=None,
@@ -207,6 +209,10 @@ class ErpMovementSource(BaseModel):
     warehouse_field: str = "FStockId"
     location_field: str | None = "FStockLocId"
     line_field: str = Field(default="FEntity_FEntryID", description="the line's id (Kingdee: the entry key)")
+    org_field: str | None = Field(
+        default="FStockOrgId",
+        description="Kingdee: the document's stock organisation, filtered on erp.kingdee.org",
+    )
 
 
 def _kingdee_movements() -> list[ErpMovementSource]:
@@ -239,6 +245,11 @@ class KingdeeSettings(BaseModel):
     stock_status: str = "KCZT01_SYS"
     cost_field: str = Field(default="FRefCost", description="BD_MATERIAL field read as the unit cost")
     barcode_field: str = Field(default="FBARCODE", description="BD_MATERIAL field read as the barcode")
+    key_field: str | None = Field(
+        default=None,
+        description="bill header field that carries our bill number, which Kingdee keeps even when its numbering "
+        "rule replaces FBillNo (None: the header note, FNoteHead / FNote on transfers; or a custom field)",
+    )
     movement_sources: list[ErpMovementSource] = Field(default_factory=_kingdee_movements)
 
 
@@ -267,6 +278,9 @@ class YonBipSettings(BaseModel):
     org: str = Field(description="stock organisation code")
     token_error_codes: list[str] = Field(
         default_factory=lambda: ["310036", "1090003500065"], description="answer codes meaning 'log in again'"
+    )
+    key_field: str = Field(
+        default="memo", description="header field of the difference document that carries our bill number"
     )
     movement_sources: list[ErpMovementSource] = Field(default_factory=_yonbip_movements)
 
@@ -302,6 +316,7 @@ class U8Settings(BaseModel):
     gain_rd_code: str = Field(description="收发类别 code of 盘盈入库 (count gains)")
     loss_rd_code: str = Field(description="收发类别 code of 盘亏出库 (count losses)")
     token_error_codes: list[str] = Field(default_factory=lambda: ["30002", "30003"])
+    key_field: str = Field(default="memory", description="voucher header field that carries our bill number")
     movement_lookback_days: int = Field(
         default=7, ge=0, le=90, description="re-read vouchers dated this many days before the last one seen"
     )
@@ -358,6 +373,12 @@ class ErpSettings(BaseModel):
     )
     backoff_max_s: float = Field(default=3600.0, ge=0)
     max_attempts: int = Field(default=12, ge=1, description="attempts before a posting fails for good")
+    settle_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="a write whose answer was lost counts as not done only if the ERP still does not show it "
+        "this long after it was sent (it may still be carrying out a request we gave up on)",
+    )
     lease_s: int = Field(default=600, ge=30, description="a claimed posting is another drainer's after this")
     drain_batch: int = Field(default=50, ge=1, le=1000)
     spreadsheet: SpreadsheetErpSettings = Field(default_factory=SpreadsheetErpSettings)
@@ -375,6 +396,38 @@ class ErpSettings(BaseModel):
         return self
 
 
+class ImportSettings(BaseModel):
+    """Limits on the spreadsheets that ``pandian import`` and the ERP spreadsheet inbox read. An .xlsx is a zip:
+    its members' sizes and compression ratios are checked, and its shared strings and rows counted, before it
+    is parsed, so a decompression bomb is refused in a moment with a message instead of filling the memory."""
+
+    xlsx_max_uncompressed_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="an .xlsx whose members add up to more than this, unpacked, is refused",
+    )
+    xlsx_max_ratio: float = Field(
+        default=200.0,
+        ge=10,
+        description="a member of 16 MiB or more (unpacked) that is this many times its packed size is refused "
+        "(Excel files are 5-30x)",
+    )
+    xlsx_max_part_mb: int = Field(
+        default=50,
+        ge=1,
+        description="largest XML part other than the worksheets and shared strings, unpacked",
+    )
+    xlsx_max_shared_strings: int = Field(
+        default=2_000_000, ge=1000, description="distinct texts (Excel's shared strings) an .xlsx may hold"
+    )
+    xlsx_max_shared_strings_mb: int = Field(
+        default=200, ge=1, description="size of the shared strings part, unpacked"
+    )
+    xlsx_max_row_kb: int = Field(
+        default=1024, ge=16, description="largest row (or shared string) of an .xlsx, unpacked"
+    )
+
+
 def _default_db_url() -> str:
     return f"sqlite+aiosqlite:///{Path.cwd() / 'pandian.db'}"
 
@@ -383,7 +436,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PANDIAN_",
         env_nested_delimiter="__",
-        extra="ignore",
+        extra="ignore",  # unknown keys are refused by name, with the nearest one (core.config_check)
+        hide_input_in_errors=True,  # a validation error never echoes a value: it may be a secret
     )
 
     database_url: str = Field(default_factory=_default_db_url)
@@ -400,6 +454,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     erp: ErpSettings = Field(default_factory=ErpSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    importing: ImportSettings = Field(default_factory=ImportSettings)
     # Chat platforms: a section switches a platform on; bot.app validates it with the platform's own model
     # (integrations.<platform>.settings), so core never imports a platform.
     wecom: dict[str, Any] | None = None
@@ -428,13 +483,70 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("PANDIAN_CONFIG", "pandian.toml"))
+        problems = unknown_env(os.environ, settings_cls, PLATFORM_SECTIONS)
+        if problems:
+            raise ConfigError(problems)
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+            _CheckedToml(settings_cls, toml_file=config_path()),
         )
 
 
+# The chat platforms' own models (integrations.<platform>.settings), registered by the bot's composition root
+# (bot.cli_config) so that core checks their sections without importing a platform.
+PLATFORM_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def register_platform(name: str, model: type[BaseModel]) -> None:
+    PLATFORM_SECTIONS[name] = model
+
+
+def config_path() -> Path:
+    """The configuration file: ``PANDIAN_CONFIG``, else ``pandian.toml`` in the working directory."""
+    return Path(os.environ.get("PANDIAN_CONFIG", "pandian.toml")).expanduser().absolute()
+
+
+class _CheckedToml(TomlConfigSettingsSource):
+    """pandian.toml, refused with the key's name (and the nearest real one) when a key is unknown."""
+
+    def __init__(self, settings_cls: type[BaseSettings], toml_file: Path) -> None:
+        if "PANDIAN_CONFIG" in os.environ and not toml_file.is_file():
+            raise ConfigError([f"PANDIAN_CONFIG 指向的文件不存在：{toml_file} / PANDIAN_CONFIG names a file that "
+                               f"does not exist: {toml_file}"])  # fmt: skip
+        super().__init__(settings_cls, toml_file=toml_file)
+        problems = unknown_keys(self.toml_data, settings_cls, str(toml_file), PLATFORM_SECTIONS)
+        if problems:
+            raise ConfigError(problems)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import tomllib
+
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                [f"{file_path}：TOML 格式错误（{exc}） / {file_path}: not valid TOML ({exc})"]
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{file_path}：请保存为 UTF-8 / {file_path}: save it as UTF-8"]) from None
+
+
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    """The settings in effect, every platform section checked with its platform's model. Every mistake is
+    a :class:`ConfigError`: one bilingual line per problem, never a value."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(bad_values(exc)) from None
+    problems: list[str] = []
+    for name, model in PLATFORM_SECTIONS.items():
+        section = getattr(settings, name, None)
+        if section is not None:
+            try:
+                model.model_validate(section)
+            except ValidationError as exc:
+                problems += bad_values(exc, (name,))
+    if problems:
+        raise ConfigError(problems)
+    return settings

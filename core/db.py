@@ -10,6 +10,7 @@ import functools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Date, DateTime, Index, MetaData, Numeric, Table, event
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.util import await_only
 
+from core.config_check import mask_url
 from core.models import UTCDateTime
 
 
@@ -30,8 +32,8 @@ def normalise_url(url: str) -> str:
     """Accept the plain URLs people write and pick the async driver for them."""
     try:
         u = make_url(url)
-    except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
-        raise DatabaseURLError(f"数据库地址无法解析 / cannot parse database URL {url!r}: {exc}") from exc
+    except Exception:  # sqlalchemy raises ArgumentError with a terse message
+        raise DatabaseURLError(f"数据库地址无法解析 / cannot parse database URL {mask_url(url)!r}") from None
     backend = u.get_backend_name()
     if backend == "sqlite" and u.drivername in ("sqlite", "sqlite+pysqlite"):
         u = u.set(drivername="sqlite+aiosqlite")
@@ -39,9 +41,23 @@ def normalise_url(url: str) -> str:
         u = u.set(drivername="postgresql+asyncpg")
     elif backend not in ("sqlite", "postgresql"):
         raise DatabaseURLError(
-            f"只支持 SQLite 和 PostgreSQL / only SQLite and PostgreSQL are supported: {url!r}"
+            f"只支持 SQLite 和 PostgreSQL / only SQLite and PostgreSQL are supported: {mask_url(url)!r}"
         )
     return u.render_as_string(hide_password=False)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the file behind a SQLite URL (relative paths are relative to the working
+    directory); None for PostgreSQL and in-memory SQLite."""
+    try:
+        u = make_url(url)
+    except Exception:
+        return None
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    if u.database.startswith("file:") or u.query.get("mode") == "memory":
+        return None  # SQLite URI form: leave it to SQLite
+    return Path(u.database).expanduser().absolute()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

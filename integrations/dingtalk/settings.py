@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class DingTalkSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # errors never echo a value
 
     app_key: str = Field(min_length=1)  # also the Stream clientId
     app_secret: SecretStr  # signs HTTP-mode robot callbacks; also the Stream clientSecret
