@@ -15,23 +15,27 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
-from sqlalchemy import text
+from aiohttp.web_log import AccessLogger
+from multidict import CIMultiDict, CIMultiDictProxy
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
-from bot.channel import Channel
+from bot.channel import Channel, ChannelError
 from bot.conversation import make_store
 from bot.dispatcher import Dispatcher, Router
 from bot.events import InboundEvent, WebhookRefused, WebhookReply
 from bot.flows import payload_key, sync_cards
 from bot.handlers import actions, commands, counting
-from bot.logs import install_record_factory, new_trace_id, tracing
+from bot.logs import install_record_factory, new_trace_id, redact_query, tracing
 from bot.outbox import deliver_due, depth
 from bot.photos import PhotoStore, check_signed
 from core.clock import Clock
 from core.config import Settings
 from core.db import WriteGate, make_engine, make_sessionmaker
+from core.models import OutboxMessage
 
 if TYPE_CHECKING:
     from integrations.tokens import TokenCache
@@ -40,6 +44,125 @@ log = logging.getLogger("pandian.app")
 
 APP_KEY = web.AppKey("pandian", dict)
 OUTBOX_PASS = 50  # rows claimed per outbox pass
+
+# -- request bodies under hostile traffic (issue 10 §6) ------------------------------------------------------
+# A callback is small: WeCom's XML envelope of a 2,048-byte text, Feishu's encrypted JSON of a message (texts
+# up to 150 KB, base64 adds a third), DingTalk's robot JSON. Before any signature can be checked a stranger can
+# send anything, so each route reads at most its limit (a Content-Length above it: 413 at once, unread; a body
+# that grows past it, chunked: cut off at the limit), all callbacks together hold at most BODIES_IN_FLIGHT
+# bytes (beyond: 503 with Retry-After, and the platforms retry), and a body not read within
+# BODY_READ_TIMEOUT_S is answered 408 and its connection closed (the platforms' own deadlines are 3-5 s).
+CALLBACK_MAX_BYTES = {"wecom": 256 * 1024, "feishu": 1024 * 1024, "dingtalk": 256 * 1024}
+BODIES_IN_FLIGHT = 8 * 1024 * 1024  # bytes reserved by the callback bodies being read at once
+BODY_READ_TIMEOUT_S = 5.0
+# aiohttp closes a connection that has not completed a request this long after it opened, or after its last
+# answer (slow headers, idle keep-alive); and reads (and drops) at most this long what a refused body still
+# sends, so that the client reads its 413/408/503 rather than a reset.
+IDLE_TIMEOUT_S = 5.0
+LINGER_S = 1.0
+# /healthz: undelivered outbox messages older than this make the server "degraded"; a platform whose token
+# could not be fetched is not asked again sooner than TOKEN_RECHECK_S (a wrong WeCom secret asked again and
+# again gets the server's IP banned for an hour)
+OUTBOX_STALE_AFTER = timedelta(minutes=5)
+TOKEN_CHECK_TIMEOUT_S = 5.0
+TOKEN_RECHECK_S = 120.0
+
+
+class BodyBudget:
+    """The bytes the callback bodies being read right now may take, across all routes. A body reserves its
+    declared length (or its route's limit when it declares none) before it is read, and gives it back after."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.cap:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class BodyRefused(Exception):
+    """A callback body not read: too large (413), too many in flight (503) or too slow (408)."""
+
+    TEXT: ClassVar[dict[int, str]] = {
+        413: "请求体过大 / request body too large",
+        503: "服务器繁忙，请稍后重试 / server busy, retry later",
+        408: "请求体发送超时 / request body too slow",
+    }
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+    def response(self) -> web.Response:
+        headers = {"Retry-After": "1"} if self.status == 503 else {}
+        resp = web.Response(status=self.status, text=self.TEXT[self.status], headers=headers)
+        if self.status != 503:
+            resp.force_close()  # the rest of that body is not wanted: no keep-alive after it
+        return resp
+
+
+async def read_body(
+    request: web.BaseRequest, limit: int, budget: BodyBudget, timeout_s: float | None = None
+) -> bytes:
+    """The request's body, at most ``limit`` bytes, read within ``timeout_s`` (default BODY_READ_TIMEOUT_S);
+    :class:`BodyRefused` otherwise.
+    Checked from Content-Length before a byte is read, and counted while reading (aiohttp never delivers more
+    than the declared length; a chunked body is cut off once past ``limit``)."""
+    if not request.body_exists:  # WeCom's URL check is a GET without a body
+        return b""
+    timeout_s = BODY_READ_TIMEOUT_S if timeout_s is None else timeout_s
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyRefused(413, f"declares {declared} bytes, the limit is {limit}")
+    reserved = declared if declared is not None else limit
+    if not budget.take(reserved):
+        raise BodyRefused(503, f"{budget.used} bytes of bodies in flight, the limit is {budget.cap}")
+    try:
+        body = bytearray()
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise BodyRefused(413, f"more than {limit} bytes")
+        return bytes(body)
+    except TimeoutError:
+        raise BodyRefused(408, f"{len(body)} bytes in {timeout_s:.0f} s") from None
+    finally:
+        budget.give(reserved)
+
+
+class _Shown:
+    """A request as the access log sees it: the same request, with signatures left out of its path and its
+    ``Referer`` (:func:`bot.logs.redact_query`)."""
+
+    __slots__ = ("_request", "headers", "path_qs")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.path_qs = redact_query(request.path_qs)
+        self.headers: Any = request.headers
+        referer = request.headers.get("Referer")
+        if referer and "?" in referer:
+            headers = CIMultiDict(request.headers)
+            headers["Referer"] = redact_query(referer)
+            self.headers = CIMultiDictProxy(headers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log (its format, its ``aiohttp.access`` logger) without signatures: a signed photo link
+    (``/photos/<ref>?e=..&s=..``) copied from a log would open the photo until it expires."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        shown: Any = _Shown(request) if request is not None else None
+        super().log(shown, response, time)
 
 
 class Metrics:
@@ -72,7 +195,12 @@ def _webhook_route(name: str, fn: WebhookFn) -> Callable[[web.Request], Awaitabl
         state = request.app[APP_KEY]
         metrics: Metrics = state["metrics"]
         dispatcher: Dispatcher = state["dispatcher"]
-        body = await request.read()
+        try:
+            body = await read_body(request, CALLBACK_MAX_BYTES[name], state["bodies"])
+        except BodyRefused as exc:
+            metrics.inc(f'body_refused_total{{platform="{name}",status="{exc.status}"}}')
+            log.warning("%s webhook body refused (%s): %s", name, exc.status, exc.reason)
+            return exc.response()
         try:
             reply = fn(request, body, state["clock"].now())
         except WebhookRefused as exc:
@@ -176,6 +304,21 @@ def _platforms(
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The server's health, for a load balancer (the HTTP status) and for an admin (the JSON).
+
+    - **200** while the server can take callbacks: its database answers, and Redis does when ``redis_url`` is
+      set. **503** when it cannot: send the traffic elsewhere.
+    - ``ok``: true exactly when the status is 200 (as it always was).
+    - ``status``: ``"ok"``; ``"degraded"`` (still 200: callbacks are taken, but replies are not going out and
+      an admin should look: a configured platform's token cannot be fetched, or the outbox holds messages
+      undelivered for more than 5 minutes); ``"down"`` (503).
+    - ``database``, ``redis`` (when configured): ``"ok"`` or ``"error: <what>"``.
+    - ``outbox``: ``"ok"``, ``"stale: <n> messages undelivered for more than 300 s (oldest <s> s: <platform>
+      <n>, ...)"`` or ``"error: <what>"``. Ages are read on the server's clock.
+    - ``platforms``: each configured platform's ``"ok"`` (its access token is at hand or was just fetched) or
+      ``"error: token not fetched: <the platform's answer, secrets left out>"``. A failed fetch is not tried
+      again for 120 s (a wrong WeCom secret asked repeatedly gets the server's IP banned).
+    """
     state = request.app[APP_KEY]
     checks: dict[str, Any] = {}
     try:
@@ -195,7 +338,74 @@ async def healthz(request: web.Request) -> web.Response:
         except Exception as exc:
             checks["redis"] = f"error: {exc.__class__.__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
+    outbox = await _outbox_health(state) if ok else "unchecked: the database is not answering"
+    names = sorted(state["channels"])
+    found = await asyncio.gather(*(_token_health(state, n) for n in names))
+    platforms = dict(zip(names, found, strict=True))
+    degraded = outbox != "ok" or any(v.startswith("error") for v in platforms.values())
+    status = "down" if not ok else "degraded" if degraded else "ok"
+    body = {"ok": ok, "status": status, **checks, "outbox": outbox, "platforms": platforms}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def _outbox_health(state: dict[str, Any]) -> str:
+    """``"ok"``, or how many messages have waited longer than OUTBOX_STALE_AFTER (the server's clock)."""
+    now: datetime = state["clock"].now()
+    try:
+        async with state["sessionmaker"]() as s:
+            rows = (
+                await s.execute(
+                    select(OutboxMessage.platform, func.count(), func.min(OutboxMessage.created_at))
+                    .where(
+                        OutboxMessage.state.in_(("pending", "sending")),
+                        OutboxMessage.created_at < now - OUTBOX_STALE_AFTER,
+                    )
+                    .group_by(OutboxMessage.platform)
+                )
+            ).all()
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}"
+    if not rows:
+        return "ok"
+    total = sum(int(n) for _, n, _ in rows)
+    oldest = max((now - first).total_seconds() for _, _, first in rows)
+    each = ", ".join(f"{platform} {n}" for platform, n, _ in sorted(rows))
+    limit = OUTBOX_STALE_AFTER.total_seconds()
+    return f"stale: {total} messages undelivered for more than {limit:.0f} s (oldest {oldest:.0f} s: {each})"
+
+
+async def _token_health(state: dict[str, Any], name: str) -> str:
+    """Whether ``name``'s access token is at hand (fetched now if need be), without a secret in the answer."""
+    memo: dict[str, tuple[str, float]] = state["token_checks"]
+    seen = memo.get(name)
+    if seen is not None and time.monotonic() - seen[1] < TOKEN_RECHECK_S:
+        return seen[0]
+    keeper = getattr(state["channels"][name], "_tokens", None)  # each platform client's TokenKeeper
+    if keeper is None:
+        return "unchecked: this channel keeps no token"
+    try:
+        await asyncio.wait_for(keeper.get(), TOKEN_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        why = f"no answer within {TOKEN_CHECK_TIMEOUT_S:.0f} s"
+    except ChannelError as exc:
+        why = _scrub(str(exc), getattr(state["settings"], name, None) or {})
+    except Exception as exc:
+        why = exc.__class__.__name__
+    else:
+        memo.pop(name, None)
+        return "ok"
+    found = f"error: token not fetched: {why}"
+    memo[name] = (found, time.monotonic())
+    return found
+
+
+def _scrub(text: str, section: dict[str, Any]) -> str:
+    """``text`` with every string value of the platform's configuration section in it masked (an error that
+    quotes a URL may carry the secret in its query)."""
+    for value in section.values():
+        if isinstance(value, str) and len(value) >= 6 and not value.startswith(("http://", "https://")):
+            text = text.replace(value, "******")
+    return text
 
 
 async def metrics_route(request: web.Request) -> web.Response:
@@ -272,6 +482,34 @@ class LazyBarcodeReader:
             await self._reader.close()
 
 
+def masked_url(url: str) -> str:
+    """A database or Redis URL with its password shown as ``***`` (an unreadable one is not shown at all)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(not shown: not a URL)"
+
+
+def startup_report(
+    settings: Settings, app: web.Application, platforms: list[str], connected: list[str]
+) -> list[str]:
+    """The lines the server logs when it starts: platforms (and how each reaches us), routes, database, Redis
+    and public URL, passwords masked."""
+    modes = [f"{p} ({'long connection' if p in connected else 'webhook'})" for p in platforms]
+    routes = sorted({(r.resource.canonical, r.method) for r in app.router.routes()
+                     if r.resource is not None and r.method != "HEAD"})  # fmt: skip
+    lines = [
+        f"platforms: {', '.join(modes) or 'none'}",
+        f"routes: {', '.join(f'{method} {path}' for path, method in routes)}",
+        f"database: {masked_url(settings.database_url)}",
+    ]
+    if settings.redis_url:
+        lines.append(f"redis: {masked_url(settings.redis_url)}")
+    url = settings.server.public_url
+    lines.append(f"public URL: {url}" if url else "public URL: not set (no links to count photos on cards)")
+    return lines
+
+
 def build_app(settings: Settings, *, clock: Clock) -> web.Application:
     """The server. ``clock`` is the one clock every route, job and handler reads (``SystemClock`` in
     production, pinned in tests)."""
@@ -303,18 +541,30 @@ def build_app(settings: Settings, *, clock: Clock) -> web.Application:
 
     dispatcher = Dispatcher(sessionmaker, settings, store, router, after_commit, services, after_handle, clock=clock,
                             ack_sessionmaker=make_sessionmaker(ack_engine), workers=settings.server.workers)  # fmt: skip
-    app = web.Application(client_max_size=25 * 1024 * 1024)
+    # no route reads more than a callback's limit; ``read_body`` bounds the callbacks themselves
+    handler_args = {"keepalive_timeout": IDLE_TIMEOUT_S, "lingering_time": LINGER_S,
+                    "access_log_class": RedactingAccessLogger}  # fmt: skip
+    app = web.Application(client_max_size=max(CALLBACK_MAX_BYTES.values()), handler_args=handler_args)
     metrics = Metrics()
     app[APP_KEY] = {
         "settings": settings, "engine": engine, "sessionmaker": sessionmaker, "dispatcher": dispatcher,
         "channels": channels, "metrics": metrics, "store": store, "connections": {}, "photos": services["photos"],
-        "gate": gate, "clock": clock,
+        "gate": gate, "clock": clock, "bodies": BodyBudget(BODIES_IN_FLIGHT), "token_checks": {},
     }  # fmt: skip
     for method, path, fn in routes:
         app.router.add_route(method, path, _webhook_route(path.split("/")[1], fn))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/photos/{ref}", photo_route)
+
+    async def announce(app: web.Application) -> None:
+        """What this server is: the admin's first look when something does not arrive."""
+        for line in startup_report(settings, app, sorted(channels), sorted(connections)):
+            log.info("%s", line)
+        if not channels:
+            log.warning("no platform configured ([wecom], [feishu], [dingtalk]): nobody can reach pandian")
+
+    app.on_startup.append(announce)
 
     async def outbox_loop(app: web.Application) -> Any:
         # the loops stop at the next turn once this is set. Cancelling them alone is not enough: a cancellation

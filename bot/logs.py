@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
+from urllib.parse import unquote_plus
 
 trace_id_var: ContextVar[str | None] = ContextVar("pandian_trace_id", default=None)
 
@@ -81,3 +82,23 @@ def setup_logging(fmt: str = "text", level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+# Query parameters whose values are signatures or credentials: the access log shows that they were there, never
+# what they were. ``s`` signs a photo link (``/photos/<ref>?e=<expiry>&s=<signature>``): the link whole, from a
+# log, would open the photo for anyone who reads the log until it expires.
+REDACTED_QUERY_KEYS = frozenset({"s", "sig", "sign", "signature", "msg_signature", "token", "access_token"})
+REDACTED = "-"
+
+
+def redact_query(path_qs: str) -> str:
+    """``path_qs`` with the value of every parameter in :data:`REDACTED_QUERY_KEYS` replaced by ``-``
+    (``/photos/cp-1?e=1790000000&s=-``); the rest as it came."""
+    path, sep, query = path_qs.partition("?")
+    if not sep:
+        return path_qs
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, _ = pair.partition("=")
+        pairs.append(f"{key}={REDACTED}" if eq and unquote_plus(key).lower() in REDACTED_QUERY_KEYS else pair)
+    return f"{path}?{'&'.join(pairs)}"

@@ -11,12 +11,18 @@
   failures back off (the platform's hint first, else exponential with a cap); permanent ones are marked
   failed with the error.
 - Per-recipient rate limits (WeCom: 30 messages per user per minute) are respected by deferring, not dropping.
+- Messages for a platform this process has not configured are not claimed: they wait (a server started once
+  without its ``[wecom]`` section must not fail the queue), and a warning says so every ``WAITING_NOTE``.
+- Failed attempts are logged at WARNING with their cause, one line per platform and cause per pass, with
+  credentials cut out of the text (``redact``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -38,6 +44,19 @@ log = logging.getLogger("pandian.outbox")
 MAX_ATTEMPTS = 8
 LEASE = timedelta(seconds=60)
 PER_USER_PER_MINUTE = {Platform.WECOM: 30, Platform.FEISHU: 5 * 60, Platform.DINGTALK: 20 * 60}
+WAITING_NOTE = timedelta(minutes=10)  # how often a pass says that messages wait for an unconfigured platform
+
+# query parameters and JSON fields that carry credentials, as they may appear in an error's text (a URL)
+_CREDENTIAL = re.compile(
+    r"(?i)\b(access_token|corpsecret|app_secret|appsecret|secret|tenant_access_token|password|sign)"
+    r"(['\"]?\s*[=:]\s*['\"]?)[^&\s'\",;)}]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credential values cut out (``access_token=***``): error texts go to logs and to
+    ``outbox.last_error``."""
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 
 async def enqueue(
@@ -113,12 +132,19 @@ class _Claimed:
         return self.platform, self.address.get("user_id"), self.address.get("chat_id")
 
 
-async def _claim(session: AsyncSession, now: datetime, limit: int) -> list[_Claimed]:
-    """Take up to ``limit`` due rows, in due order, with one compare-and-set UPDATE: a row is claimed only if
-    it is still due when the UPDATE reaches it, and RETURNING says which ones were. So two workers can never
-    both take one row, whatever the isolation level (SKIP LOCKED on PostgreSQL just lets them pass each
-    other without waiting; on SQLite the transaction holds the write lock from its start)."""
-    due = select(OutboxMessage.id).where(_due(now)).order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+async def _claim(session: AsyncSession, now: datetime, limit: int, platforms: list[str]) -> list[_Claimed]:
+    """Take up to ``limit`` due rows of the configured ``platforms``, in due order, with one compare-and-set
+    UPDATE: a row is claimed only if it is still due when the UPDATE reaches it, and RETURNING says which ones
+    were. So two workers can never both take one row, whatever the isolation level (SKIP LOCKED on PostgreSQL
+    just lets them pass each other without waiting; on SQLite the transaction holds the write lock from its
+    start). Rows of other platforms stay pending, untouched, until a process that has their platform runs."""
+    if not platforms:
+        return []
+    due = (
+        select(OutboxMessage.id)
+        .where(_due(now), OutboxMessage.platform.in_(platforms))
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+    )
     due = due.limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
@@ -182,9 +208,11 @@ async def deliver_due(
     (each recipient's rows in order, recipients concurrently, at most ``SENDS_IN_FLIGHT`` at once), and
     record each outcome as soon as it is known, outcomes that arrive together in one transaction."""
     counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0}
+    platforms = sorted(p for p, ch in channels.items() if ch is not None)
     async with sessionmaker() as s, s.begin():
-        claimed = await _claim(s, now, limit)
+        claimed = await _claim(s, now, limit, platforms)
         recent = await _recent_sends(s, claimed, now) if claimed else {}
+        await _note_waiting(s, sessionmaker, platforms, now)
     if not claimed:
         return counts
     groups: dict[Recipient, list[_Claimed]] = {}
@@ -197,6 +225,8 @@ async def deliver_due(
         )
     finally:
         await delivery.recorder.close()
+    for (platform, outcome, error), n in sorted(delivery.causes.items()):
+        log.warning("outbox: %d message(s) to %s not sent (%s): %s", n, platform, outcome, error)
     if any(counts.values()):
         log.info(
             "outbox pass: %(sent)d sent, %(retry)d to retry, %(failed)d failed, %(deferred)d deferred", counts
@@ -206,6 +236,30 @@ async def deliver_due(
             # the rows of that recipient not yet recorded stay claimed until their lease runs out
             raise result
     return counts
+
+
+_last_waiting_note: weakref.WeakKeyDictionary[Any, datetime] = weakref.WeakKeyDictionary()
+
+
+async def _note_waiting(
+    session: AsyncSession, sessionmaker: Any, platforms: list[str], now: datetime
+) -> None:
+    """Every ``WAITING_NOTE`` (per database), warn about pending messages for platforms not configured here:
+    they are kept, and go out once the platform's section is back."""
+    last = _last_waiting_note.get(sessionmaker)
+    if last is not None and now - last < WAITING_NOTE:
+        return
+    _last_waiting_note[sessionmaker] = now
+    waiting = await session.execute(
+        select(OutboxMessage.platform, func.count())
+        .where(OutboxMessage.state == "pending", OutboxMessage.platform.not_in(platforms))
+        .group_by(OutboxMessage.platform)
+    )
+    for platform, n in waiting.all():
+        log.warning(
+            "outbox: %d message(s) for %s wait: that platform is not configured in this process (add its "
+            "[%s] section and restart; they are kept)", n, platform, platform,
+        )  # fmt: skip
 
 
 class _Pass:
@@ -225,6 +279,8 @@ class _Pass:
         self.caps = _caps()
         self.sending = asyncio.Semaphore(SENDS_IN_FLIGHT)
         self.recorder: GroupCommit[Outcome, None] = GroupCommit(self._flush)
+        # failed attempts of this pass, per (platform, "retry" or "failed", cause): logged once each at its end
+        self.causes: dict[tuple[str, str, str], int] = {}
 
     async def _flush(self, outcomes: list[Outcome]) -> list[None]:
         """Write a batch of outcomes in one transaction (an executemany per set of columns)."""
@@ -241,10 +297,8 @@ class _Pass:
 
     async def group(self, rows: list[_Claimed]) -> None:
         """One recipient's rows, one after the other in claim order (people read them in that order)."""
-        if self.channels.get(rows[0].platform) is None:
-            error = f"platform {rows[0].platform} is not configured"
-            await self._record("failed", rows, {"state": "failed", "last_error": error, "locked_until": None})
-            log.warning("outbox: %s; %d message(s) failed", error, len(rows))
+        if self.channels.get(rows[0].platform) is None:  # not claimed (see _claim); if ever, it waits
+            await self._record("deferred", rows, {"state": "pending", "locked_until": None})
             return
         for n, row in enumerate(rows):
             if not self._reserve(row):
@@ -255,6 +309,10 @@ class _Pass:
                 return
             with tracing(row.trace_id):
                 await self._deliver(row)
+
+    def _cause(self, platform: str, outcome: str, error: str) -> None:
+        key = (platform, outcome, error)
+        self.causes[key] = self.causes.get(key, 0) + 1
 
     def _reserve(self, row: _Claimed) -> bool:
         cap, user_id = self.caps.get(row.platform), row.user_id
@@ -278,7 +336,7 @@ class _Pass:
         except ChannelError as exc:
             self._release(row)  # not sent: it does not count against the cap
             attempts = row.attempts + 1
-            error = f"{exc.code}: {exc}" if exc.code is not None else str(exc)
+            error = redact(f"{exc.code}: {exc}" if exc.code is not None else str(exc))
             values: dict[str, Any] = {"attempts": attempts, "last_error": error, "locked_until": None}
             if exc.retryable and attempts < MAX_ATTEMPTS:
                 values |= {
@@ -286,9 +344,10 @@ class _Pass:
                     "next_attempt_at": self.now + backoff(attempts, exc.retry_after),
                 }
                 await self._record("retry", [row], values)
+                self._cause(row.platform, "will retry", error)
             else:
                 await self._record("failed", [row], values | {"state": "failed"})
-                log.warning("outbox %s failed for good: %s", row.key, error)
+                log.warning("outbox %s failed for good after %d attempt(s): %s", row.key, attempts, error)
             return
         except BaseException:
             self._release(row)

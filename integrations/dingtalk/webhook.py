@@ -78,6 +78,10 @@ class DingTalkWebhook:
         expected = robot_sign(timestamp, self._settings.secret())
         if not hmac.compare_digest(expected.encode(), sign.encode("utf-8", "replace")):
             raise Forged()
+        # The window (1 h) is DingTalk's own rule: its receive-message doc tells the receiver to refuse a
+        # timestamp more than an hour from now, so a push DingTalk means to be accepted, retry or not, is
+        # signed within the hour (its HTTP retry schedule is unverified, platforms.md §3.1; Stream mode acks per
+        # frame and has no window). A replay inside it is a copy whose dedup key is already kept (issue 10 §6).
         now_ms = now.timestamp() * 1000
         if abs(now_ms - int(timestamp)) > self._settings.timestamp_window_s * 1000:
             raise Replayed()

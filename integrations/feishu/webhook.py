@@ -3,7 +3,8 @@
 Order (shared/research/platforms.md §2.1):
 
 1. With an Encrypt Key, ``X-Lark-Signature`` must equal ``sha256(ts + nonce + encrypt_key + raw_body)``
-   and ``X-Lark-Request-Timestamp`` must be within ``timestamp_window_s`` of ``now``. The one exception is
+   and ``X-Lark-Request-Timestamp`` must be within ``timestamp_window_s`` of ``now`` (24 h by default, never
+   less than 8 h: see ``FeishuWebhook._verify_signature`` for why). The one exception is
    ``url_verification``, which lark-oapi answers without a signature check (its decryption and the
    verification token authenticate it), so an unsigned body is accepted for that type only.
 2. ``{"encrypt": ...}`` is decrypted; the verification token (``header.token`` or ``token``) must match.
@@ -117,6 +118,24 @@ class FeishuWebhook:
         return json_reply({}, parse_event(doc, now))
 
     def _verify_signature(self, h: Mapping[str, str], body: bytes, now: datetime) -> None:
+        """The signature, then the timestamp window (issue 10 §6).
+
+        Why the window is hours, not minutes. Feishu re-pushes an event it got no HTTP 200 for after 15 s,
+        5 min, 1 h and 6 h (shared/research/platforms.md §2.1). Its documentation (事件订阅 / 安全校验) defines
+        the signature over ``X-Lark-Request-Timestamp``, the nonce, the key and the body, and says nothing of
+        a freshness window or of what timestamp a re-push carries; the official SDKs (lark-oapi's
+        ``EventDispatcherHandler._verify_sign``, the Node SDK) check the signature and never the timestamp's
+        age. So a re-push may well carry the first push's timestamp, up to 7 h 5 min old, and a 300 s window
+        refused every late retry of a message the server missed while it was down: the very case retries are
+        for. The window therefore covers the whole retry ladder (``RETRY_WINDOW_FLOOR_S``, 8 h, is the least
+        the settings accept; the default is 24 h).
+
+        What a wide window costs: nothing a replay can use. The signature binds the timestamp, nonce and the
+        whole (encrypted) body, so a replay is a byte-for-byte copy of a genuine push; its dedup key
+        (``feishu:msg:<message_id>`` / ``feishu:card:<event_id>``) is already in ``inbound_seen``, which is
+        kept durably and never pruned, so the copy is acknowledged and dropped. (Anything that ever prunes
+        ``inbound_seen`` must keep its rows longer than this window.) Outside the window a request is still
+        refused as ``Replayed``: a copy older than any retry cannot be genuine."""
         ts, nonce, sig = h.get(TIMESTAMP), h.get(NONCE), h.get(SIGNATURE)
         if not ts or nonce is None or not sig:
             raise Forged("incomplete signature headers")

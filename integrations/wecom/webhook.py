@@ -86,6 +86,10 @@ class WeComWebhook:
             sent = int(timestamp)
         except ValueError:
             raise Malformed("timestamp is not an integer") from None
+        # The window (300 s) holds every genuine retry even if a retry kept its first timestamp: WeCom retries
+        # a callback it got no 200 for at once, three times, each after its 5 s deadline (doc 90238, platforms.md
+        # §1.1), so the last retry comes some 20 s after the first push. A replay inside the window is a copy of
+        # a signed push whose dedup key is already in inbound_seen (kept, never pruned): dropped (issue 10 §6).
         if abs(now.timestamp() - sent) > self.settings.timestamp_window_s:
             raise Replayed()
         return self._decrypt(encrypt)

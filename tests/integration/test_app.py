@@ -19,6 +19,7 @@ async def test_health_and_metrics(aiohttp_client: Any, database_url: str, engine
     client = await aiohttp_client(build_app(Settings(database_url=database_url), clock=FixedClock(NOW)))
     r = await client.get("/healthz")
     assert r.status == 200 and (await r.json())["database"] == "ok"
+    assert await r.json() == {"ok": True, "status": "ok", "database": "ok", "outbox": "ok", "platforms": {}}
     m = await (await client.get("/metrics")).text()
     assert "pandian_dispatch_accepted_total 0" in m
     assert (await client.post("/wecom/callback")).status == 404  # not configured: no route
@@ -45,3 +46,4 @@ async def test_health_reports_a_dead_database(aiohttp_client: Any) -> None:
     )
     r = await client.get("/healthz")
     assert r.status == 503 and (await r.json())["database"].startswith("error")
+    assert (await r.json())["ok"] is False and (await r.json())["status"] == "down"

@@ -257,7 +257,7 @@ async def test_a_pass_records_a_mix_of_outcomes_in_one_batch(
         counts = await deliver_due(sessionmaker, {"wecom": ch}, now=NOW)
     finally:
         event.remove(engine.sync_engine, "commit", count)
-    assert counts == {"sent": 6, "retry": 2, "failed": 3, "deferred": 0}
+    assert counts == {"sent": 6, "retry": 2, "failed": 2, "deferred": 0}  # fs is not this process's to send
     # the claim is one transaction; ten outcomes that arrive together need at most two more (one per row
     # would be ten)
     assert commits <= 3
@@ -285,8 +285,7 @@ async def test_a_pass_records_a_mix_of_outcomes_in_one_batch(
         MAX_ATTEMPTS,
         "timeout",
     )
-    assert (rows["fs"].state, rows["fs"].attempts) == ("failed", 0)
-    assert rows["fs"].last_error == "platform feishu is not configured"
+    assert (rows["fs"].state, rows["fs"].attempts, rows["fs"].last_error) == ("pending", 0, None)  # it waits
     assert all(r.sent_at is None and r.sent_ref is None for k, r in rows.items() if r.state != "sent")
     assert all(r.locked_until is None for r in rows.values())  # nothing is left claimed
 
@@ -351,3 +350,55 @@ async def test_rate_cap_counts_each_users_sends_of_the_last_minute(
     assert counts == {"sent": 12, "retry": 0, "failed": 0, "deferred": 3}
     assert ch.order == {"anna": ["anna0", "anna1"], "bo": [f"bo{i}" for i in range(5)],
                         "g1": [f"grp{i}" for i in range(5)]}  # fmt: skip
+
+
+async def test_messages_for_an_unconfigured_platform_wait_and_go_once_it_is_configured(
+    sessionmaker: async_sessionmaker[AsyncSession], caplog: Any
+) -> None:
+    """A server started once without its [wecom] section must not fail the WeCom queue: the rows wait."""
+    async with sessionmaker() as s, s.begin():
+        await queue_texts(s, "w", 3)
+        await enqueue(s, idempotency_key="f0", to=Address(Platform.FEISHU, "ou_1"), kind="text",
+                      body={"text": "f0"}, now=NOW)  # fmt: skip
+    feishu = RecordingChannel(Platform.FEISHU)
+    with caplog.at_level("WARNING", logger="pandian.outbox"):
+        for minutes in (0, 1, 30, 60 * 24):  # a day without WeCom
+            counts = await deliver_due(sessionmaker, {"feishu": feishu}, now=NOW + timedelta(minutes=minutes))
+            assert counts["failed"] == 0
+    assert [k for _, k, _ in feishu.sent] == ["f0"]
+    rows = await _states(sessionmaker)
+    assert all((rows[f"w{i}"].state, rows[f"w{i}"].attempts) == ("pending", 0) for i in range(3))
+    waiting = [r.getMessage() for r in caplog.records if "wait" in r.getMessage()]
+    assert waiting and "3 message(s) for wecom wait" in waiting[0] and "[wecom]" in waiting[0]
+    assert len(waiting) == 3  # at the first pass, then every ten minutes at most: not once a second
+    wecom = RecordingChannel()
+    counts = await deliver_due(
+        sessionmaker, {"wecom": wecom, "feishu": feishu}, now=NOW + timedelta(days=1, minutes=1)
+    )
+    assert counts["sent"] == 3 and [k for _, k, _ in wecom.sent] == ["w0", "w1", "w2"]
+
+
+async def test_a_failing_delivery_logs_its_cause_at_warning_without_credentials(
+    sessionmaker: async_sessionmaker[AsyncSession], caplog: Any
+) -> None:
+    async with sessionmaker() as s, s.begin():
+        await queue_texts(s, "x", 2)
+    ch = RecordingChannel()
+    leak = "/cgi-bin/message/send?access_token=TOKEN-abc123&debug=1: HTTP 503"
+    with caplog.at_level("WARNING", logger="pandian.outbox"):
+        t = NOW
+        for _ in range(3):
+            ch.failures = [ChannelError(leak, code=503, retryable=True)] * 2
+            counts = await deliver_due(sessionmaker, {"wecom": ch}, now=t)
+            assert counts["retry"] == 2
+            t += timedelta(hours=1)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3  # one line per pass and cause, not one per message
+    said = warnings[-1].getMessage()
+    assert "2 message(s) to wecom not sent (will retry)" in said and "HTTP 503" in said
+    assert "access_token=***" in said
+    rows = await _states(sessionmaker)
+    assert all("access_token=***" in (r.last_error or "") for r in rows.values())
+    assert "TOKEN-abc123" not in caplog.text and all(
+        "TOKEN-abc123" not in (r.last_error or "") for r in rows.values()
+    )

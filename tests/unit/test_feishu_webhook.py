@@ -200,14 +200,46 @@ def test_plaintext_body_refused_when_a_key_is_set(hook: FeishuWebhook, sim: Feis
         hook.handle({}, json.dumps(sim.url_verification()).encode(), NOW)
 
 
-@pytest.mark.parametrize("skew", [timedelta(minutes=6), -timedelta(minutes=6)])
+@pytest.mark.parametrize("skew", [timedelta(hours=24, seconds=1), -timedelta(hours=24, seconds=1)])
 def test_old_or_future_timestamps_are_replays(
     hook: FeishuWebhook, sim: FeishuSimulator, skew: timedelta
 ) -> None:
     headers, body = sim.wire(sim.text("ou_u1", "hi"))
     with pytest.raises(Replayed):
         hook.handle(headers, body, NOW + skew)
-    assert hook.handle(headers, body, NOW + timedelta(minutes=4)).events
+    assert hook.handle(headers, body, NOW + timedelta(hours=23, minutes=59)).events
+
+
+# Feishu re-pushes after 15 s, 5 min, 1 h and 6 h; nothing promises a re-push a fresh timestamp
+@pytest.mark.parametrize(
+    "late",
+    [
+        timedelta(seconds=15),
+        timedelta(minutes=6),
+        timedelta(hours=1, minutes=6),
+        timedelta(hours=7, minutes=6),
+    ],
+)
+def test_a_late_retry_with_its_first_timestamp_is_accepted(
+    hook: FeishuWebhook, sim: FeishuSimulator, late: timedelta
+) -> None:
+    """The last retry of the ladder, signed with the first push's timestamp, over 7 h later (a 300 s window
+    refused everything from the 5 min retry on). A copy of it is harmless: its dedup key is the same."""
+    headers, body = sim.wire(sim.text("ou_u1", "hi", message_id="om_late"))
+    (event,) = hook.handle(headers, body, NOW + late).events
+    assert event.dedup_key == "feishu:msg:om_late"
+
+
+def test_the_window_never_drops_below_the_retry_ladder() -> None:
+    from pydantic import ValidationError
+
+    from integrations.feishu.settings import RETRY_WINDOW_FLOOR_S
+
+    base = {"app_id": "a", "app_secret": "s", "verification_token": "v"}
+    assert FeishuSettings(**base).timestamp_window_s == 24 * 3600
+    assert RETRY_WINDOW_FLOOR_S >= 15 + 5 * 60 + 3600 + 6 * 3600
+    with pytest.raises(ValidationError, match="timestamp_window_s"):
+        FeishuSettings(**base, timestamp_window_s=300)
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"encrypt": 5}', "\xff".encode("latin-1")])
