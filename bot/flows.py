@@ -163,8 +163,11 @@ async def send_card(
 
 
 async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFacts:
+    from bot.walk import warehouse_codes
+
     d = await dossier(session, variance_id)
     v = d.variance
+    warehouse = (await warehouse_codes(session)).get(d.location.warehouse_id)  # only when there are several
     counts = tuple(
         CountLine(u.name, e.qty if e.qty is not None else Decimal(0), e.counted_at, e.recount)
         for e, u in d.entries
@@ -172,7 +175,7 @@ async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFac
     )
     return VarianceFacts(
         variance_id=v.id,
-        at=ItemAt(d.location.code, d.item.sku, d.item.name, d.item.spec, d.item.base_unit),
+        at=ItemAt(d.location.code, d.item.sku, d.item.name, d.item.spec, d.item.base_unit, warehouse),
         abc_class=v.abc_class,
         book=v.book_qty,
         counts=counts,
@@ -445,6 +448,15 @@ _RECOUNT_OUTCOME = {
 }
 
 
+async def item_at(session: AsyncSession, item: Item, loc: Location) -> ItemAt:
+    """What a card about one task names: the item at the location, with its warehouse when there are several
+    (the same bin codes exist in each warehouse)."""
+    from bot.walk import warehouse_codes
+
+    warehouse = (await warehouse_codes(session)).get(loc.warehouse_id)
+    return ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit, warehouse)
+
+
 async def _recount_closed(session: AsyncSession, task_id: int, tz: Any, lang: Lang, ref: str) -> Card | None:
     """The final recount card for a closed recount task (counted or cancelled), or None while it is open.
     Blind like the request: the last count's outcome, who recorded it and when, never a quantity."""
@@ -454,7 +466,7 @@ async def _recount_closed(session: AsyncSession, task_id: int, tz: Any, lang: La
     item, loc = await session.get(Item, task.item_id), await session.get(Location, task.location_id)
     if item is None or loc is None:
         return None
-    data = recount.RecountRequest(task.id, ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit))
+    data = recount.RecountRequest(task.id, await item_at(session, item, loc))
     if task.status == TaskStatus.CANCELLED:
         at = task.closed_at.astimezone(tz) if task.closed_at else None
         return recount.closed(data, outcome=recount.RecountClosed.CANCELLED, at=at, lang=lang, ref=ref)

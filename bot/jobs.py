@@ -189,14 +189,20 @@ async def _done_today(session: AsyncSession, settings: Settings, day: date) -> d
 
 
 async def task_lines(session: AsyncSession, user: User, day: date) -> list[TaskLine]:
-    """The counter's open tasks due by ``day``, as card lines (never a book quantity: counts are blind)."""
+    """The counter's open tasks due by ``day`` (earlier days' still open included), in the walk's order, as card
+    lines with their warehouse when the company has several (never a book quantity: counts are blind)."""
+    from bot.walk import Stop, walk_order, warehouse_codes
+
+    codes = await warehouse_codes(session)
     rows = await counter_tasks(session, user.id, day)
+    stops = walk_order(Stop(t, i, lo, codes.get(lo.warehouse_id)) for t, i, lo in rows)
     return [
         TaskLine(
-            t.id, loc.code, item.sku, item.name, item.spec, item.base_unit, TaskReason(t.reason), loc.sequence
+            s.task.id, s.location.code, s.item.sku, s.item.name, s.item.spec, s.item.base_unit,
+            TaskReason(s.task.reason), s.location.sequence, s.warehouse,
         )
-        for t, item, loc in rows
-    ]
+        for s in stops
+    ]  # fmt: skip
 
 
 def task_card(

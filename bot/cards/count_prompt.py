@@ -1,4 +1,7 @@
-"""The count prompt: "库位 A-01-03 · 可口可乐 330ml，请输入数量". Blind: no book quantity."""
+"""The count prompt: "库位 A-01-03 · 可口可乐 330ml，请输入数量". Blind: no book quantity.
+
+``note`` carries the answer to the counter's previous message (the count just recorded, "✓ 已记录（41个）"), so
+one message answers a count and asks for the next (WeCom allows 30 messages per person per minute)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ class CountPrompt:
     at: ItemAt
     position: int | None = None  # this task's place in today's list (第 3/20 项)
     of: int | None = None
+    note: str | None = None  # the answer to the previous message, shown first
 
 
 def build(data: CountPrompt, *, lang: Lang = "zh", ref: str) -> Card:
@@ -22,20 +26,16 @@ def build(data: CountPrompt, *, lang: Lang = "zh", ref: str) -> Card:
     subtitle = None
     if data.position is not None and data.of is not None:
         subtitle = pick(lang, f"第 {data.position}/{data.of} 项", f"Item {data.position} of {data.of}")
+    ask = pick(
+        lang,
+        f"库位 {at.where} · {at.item}，请输入数量",
+        f"Location {at.where} · {at.item}: enter the quantity",
+    )
     return Card(
         ref=ref,
-        title=pick(lang, f"盘点 {at.location}", f"Count {at.location}"),
+        title=pick(lang, f"盘点 {at.where}", f"Count {at.where}"),
         subtitle=subtitle,
-        sections=(
-            Section(
-                pick(
-                    lang,
-                    f"库位 {at.location} · {at.item}，请输入数量",
-                    f"Location {at.location} · {at.item}: enter the quantity",
-                ),
-                tuple(at.fields(lang)[2:]),
-            ),
-        ),
+        sections=(Section(f"{data.note}\n{ask}" if data.note else ask, tuple(at.fields(lang)[2:])),),
         inputs=(
             QuantityInput(
                 name="qty",

@@ -51,7 +51,7 @@ def sections(f: VarianceFacts, lang: Lang, reasons: Sequence[ReasonCode] = DEFAU
     """Location, item, book, each count, difference and value first: WeCom shows the first six side by side."""
     diff = signed(f.diff) if f.pct is None else signed(f.diff) + aside(f"{signed(f.pct)}%", lang)
     fields = [
-        Field(pick(lang, "库位", "Location"), f.at.location),
+        Field(pick(lang, "库位", "Location"), f.at.where),
         Field(pick(lang, "物料", "Item"), f.at.item),
         Field(pick(lang, "账面", "Book"), f"{qty(f.book)} {f.at.unit}"),
         *count_fields(f.counts, lang),

@@ -185,7 +185,9 @@ def _decode(kind: str, text: str, name: str) -> object:
 
 @dataclass(frozen=True)
 class StartCounting(Payload, prefix="sc"):
-    """开始盘点: start the walk with these tasks (the lines shown on the card, in walking order)."""
+    """开始盘点 / 开始复盘: walk all of the presser's open tasks (``bot.walk``). The daily task card sends ``()``;
+    a card about one task (a recount) names it, and the walk begins with it. Older daily cards named their
+    lines: they walk everything too. A card naming only someone else's tasks (forwarded) starts nothing."""
 
     task_ids: tuple[int, ...]
 

@@ -73,7 +73,7 @@ def build(data: RecountRequest, *, lang: Lang = "zh", ref: str) -> Card:
     return Card(
         ref=ref,
         title=pick(lang, "复盘请求", "Recount request"),
-        subtitle=f"{at.location} · {at.item}",
+        subtitle=f"{at.where} · {at.item}",
         sections=(
             Section(
                 pick(
@@ -117,7 +117,7 @@ def closed(
     return Card(
         ref=ref,
         title=pick(lang, zh_title, en_title),
-        subtitle=f"{data.at.location} · {data.at.item}",
+        subtitle=f"{data.at.where} · {data.at.item}",
         sections=(Section("\n".join(lines), tuple(data.at.fields(lang))),),
         template=tone,
     )

@@ -71,6 +71,12 @@ def reason(code: str, lang: Lang, reasons: Sequence[ReasonCode] = DEFAULT_REASON
     return code if found is None else pick(lang, found.zh, found.en)
 
 
+def place(location: str, warehouse: str | None) -> str:
+    """A location as people read it: ``CK01/A-01-02`` when the company has several warehouses (the same bin codes
+    exist in each; the caller passes the warehouse only then), else the bin alone. The same form /复盘 takes."""
+    return f"{warehouse}/{location}" if warehouse else location
+
+
 def when(t: datetime) -> str:
     """A time as the caller gave it (already in the warehouse's local time)."""
     return t.strftime("%Y-%m-%d %H:%M")
@@ -85,14 +91,20 @@ class ItemAt:
     name: str
     spec: str | None
     unit: str
+    warehouse: str | None = None  # its code, given only when the company has several warehouses
 
     @property
     def item(self) -> str:
         return f"{self.name} {self.spec}" if self.spec else self.name
 
+    @property
+    def where(self) -> str:
+        """The location with its warehouse when there are several (see :func:`place`)."""
+        return place(self.location, self.warehouse)
+
     def fields(self, lang: Lang) -> list[Field]:
         return [
-            Field(pick(lang, "库位", "Location"), self.location),
+            Field(pick(lang, "库位", "Location"), self.where),
             Field(pick(lang, "物料", "Item"), self.item),
             Field("SKU", self.sku),
             Field(pick(lang, "单位", "Unit"), self.unit),

@@ -29,11 +29,12 @@ from bot.cards.payload import (
 from bot.dispatcher import Context, Router
 from bot.events import CardAction, TextMessage
 from bot.flows import payload_key, remember_update_token
-from bot.handlers.counting import _next as next_task
+from bot.handlers.counting import recorded, start_walk, walked_one, what_is_next
 from bot.i18n import lang, refusal, tr
-from core.enums import ApprovalDecision, CountOutcome, EntryMethod
+from bot.walk import tasks_named
+from core.enums import OPEN_STATUSES, ApprovalDecision, CountOutcome, EntryMethod
 from core.models import CountTask
-from core.variance.service import WorkflowError, counter_tasks, decide, record_count, review_variance
+from core.variance.service import WorkflowError, decide, record_count, review_variance
 from core.variance.workflow import VarianceState
 
 log = logging.getLogger("pandian.actions")
@@ -106,14 +107,21 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
         if "counter" not in (ctx.user.roles or []):
             ctx.reply_text(tr(ctx, "只有盘点员可以开始盘点", "Only counters can start counting"))
             return
-        today = ctx.today
-        mine = {t.id for t, _, _ in await counter_tasks(ctx.session, ctx.user.id, today)}
-        queue = [t for t in p.task_ids if t in mine]  # a forwarded card gives nobody else's tasks
-        if not queue:
-            ctx.reply_text(tr(ctx, "这张卡片上没有分配给您、仍待盘点的任务。发送 /任务 查看您的任务。",
-                              "This card has no open tasks assigned to you. Send /tasks to see yours."))  # fmt: skip
+        # the walk is all of the counter's open tasks (bot.walk), whatever the card lists; a card about one task
+        # (a recount card) starts with it. A forwarded card gives nobody else's tasks
+        named = [t for t in await tasks_named(ctx.session, p.task_ids) if t.assignee_id == ctx.user.id]
+        if p.task_ids and not named:
+            ctx.reply_text(tr(ctx, "这张卡片上没有分配给您的任务。发送“开始”盘点您自己的任务（/任务 查看）。",
+                              "This card has no tasks assigned to you. Send “start” to count your own "
+                              "(/tasks lists them)."))  # fmt: skip
             return
-        await next_task(ctx, queue)
+        first, ack = None, None
+        if len(p.task_ids) == 1:
+            if named[0].status in OPEN_STATUSES:
+                first = named[0].id
+            else:
+                ack = tr(ctx, "这张卡片上的任务已经结束。", "The task on this card is closed already.")
+        await start_walk(ctx, first=first, ack=ack)
         return
     if isinstance(p, CannotFind | SubmitQuantity):
         task = await ctx.session.get(CountTask, p.task_id)
@@ -123,26 +131,20 @@ async def _act(ctx: Context, p: Payload, ev: CardAction) -> None:
         if isinstance(p, CannotFind):
             await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
                                outcome=CountOutcome.NOT_HERE, counted_at=now, dedup_key=ev.dedup_key, now=now)  # fmt: skip
-            ctx.reply_text(
-                tr(
-                    ctx,
-                    "已记录：无法找到。主管会跟进。",
-                    "Recorded as not found. A supervisor will follow up.",
-                )
+            said = tr(
+                ctx, "已记录：无法找到。主管会跟进。", "Recorded as not found. A supervisor will follow up."
             )
         else:
             qty = (ev.form.get("qty") or ev.form.get("quantity") or "").strip()
             result = await record_count(ctx.session, ctx.settings, task_id=task.id, counter_id=ctx.user.id,
                                         text=qty or None, counted_at=now, method=EntryMethod.TYPED,
                                         dedup_key=ev.dedup_key, now=now)  # fmt: skip
-            if lang(ctx) == "en":
-                ctx.reply_text(f"✓ Recorded ({result.understood})" if result.understood else "✓ Recorded")
-            else:
-                understood = f"（{result.understood}）" if result.understood else ""
-                ctx.reply_text(f"✓ 已记录{understood}")
-        queue = [int(t) for t in ctx.state.get("queue") or [] if int(t) != task.id]
-        if queue:
-            await next_task(ctx, queue)
+            said = recorded(ctx, result)  # blind: the same words whatever came of the count
+        # one message: the confirmation and what is next (the walk goes on, or how many are left)
+        if ctx.state.get("step") == "await_qty":
+            walked_one(ctx)
+            ctx.state["queue"] = [int(t) for t in ctx.state.get("queue") or [] if int(t) != task.id]
+        await what_is_next(ctx, said)
         return
     if isinstance(p, SubmitReason):
         picked = ev.form.get("reason") or ""

@@ -38,7 +38,9 @@ from bot.cards.text import SEVERITY_LABEL_EN
 from bot.charts import ClassAccuracy, accuracy_chart, accuracy_text
 from bot.dispatcher import Context, Router
 from bot.events import TextMessage
+from bot.handlers.counting import what_is_next
 from bot.i18n import lang, refusal, tr
+from bot.walk import open_walk
 from core.analytics import ROLE_ZH, ReportFilter, accuracy_report, open_variances_report
 from core.enums import OPEN_STATUSES, EntryMethod, Role, TaskReason, TaskStatus
 from core.models import (
@@ -54,7 +56,7 @@ from core.models import (
     Warehouse,
 )
 from core.scheduling.service import request_count
-from core.variance.service import WorkflowError, counter_tasks, record_count
+from core.variance.service import WorkflowError, record_count
 from core.variance.tolerance import SEVERITY_LABEL_ZH, Severity
 
 log = logging.getLogger("pandian.commands")
@@ -121,22 +123,28 @@ async def _help(ctx: Context, args: list[str]) -> None:
 
 
 async def _tasks(ctx: Context, args: list[str]) -> None:
-    rows = await counter_tasks(ctx.session, ctx.user.id, ctx.today)
-    if not rows:
+    """The counter's open tasks (earlier days' still open included) in the walk's order: recounts first, then
+    the walking order (``bot.walk``), the warehouse shown when there are several. Blind: no book, no trigger."""
+    stops = await open_walk(ctx.session, ctx.user.id, ctx.today)
+    if not stops:
         ctx.reply_text(tr(ctx, "今天没有待盘点的任务 👍", "No tasks left today 👍"))
         return
     if lang(ctx) == "en":
         lines = [
-            f"#{t.id} {loc.code} · {_name(item.name, item.spec)} ({item.sku})" for t, item, loc in rows[:20]
+            f"#{s.task.id} {s.where} · {_name(s.item.name, s.item.spec)} ({s.item.sku})"
+            + (" [recount]" if s.recount else "")
+            for s in stops[:20]
         ]
-        more = f"\n…and {len(rows) - 20} more" if len(rows) > 20 else ""
-        ctx.reply_text(f"Today's count tasks ({len(rows)}, in walking order):\n" + "\n".join(lines) + more)
+        more = f"\n…and {len(stops) - 20} more" if len(stops) > 20 else ""
+        ctx.reply_text(f"Today's count tasks ({len(stops)}, in walking order):\n" + "\n".join(lines) + more)
         return
     lines = [
-        f"#{t.id} {loc.code} · {item.name} {item.spec or ''}（{item.sku}）" for t, item, loc in rows[:20]
+        f"#{s.task.id} {s.where} · {_name(s.item.name, s.item.spec)}（{s.item.sku}）"
+        + (" [复盘]" if s.recount else "")
+        for s in stops[:20]
     ]
-    more = f"\n…还有 {len(rows) - 20} 项" if len(rows) > 20 else ""
-    ctx.reply_text(f"今天的盘点任务（{len(rows)} 项，按行走顺序）：\n" + "\n".join(lines) + more)
+    more = f"\n…还有 {len(stops) - 20} 项" if len(stops) > 20 else ""
+    ctx.reply_text(f"今天的盘点任务（{len(stops)} 项，按行走顺序）：\n" + "\n".join(lines) + more)
 
 
 def _name(name: str, spec: str | None) -> str:
@@ -157,12 +165,13 @@ async def _count(ctx: Context, args: list[str]) -> None:
     except WorkflowError as exc:
         ctx.reply_text(refusal(ctx, exc))
         return
+    # blind: the same words whatever came of the count, the counter's own quantity, and what is next
     if lang(ctx) == "en":
         understood = f" ({result.understood})" if result.understood else ""
-        ctx.reply_text(f"Recorded{understood}. {result.message_en}")
+        await what_is_next(ctx, f"{result.message_en}{understood}.")
         return
     understood = f"（{result.understood}）" if result.understood else ""
-    ctx.reply_text(f"已记录{understood}。{result.message_zh}")
+    await what_is_next(ctx, f"{result.message_zh}{understood}。")
 
 
 # --------------------------------------------------------------------------------------------- /status
@@ -379,7 +388,7 @@ async def _request(ctx: Context, args: list[str]) -> None:
         if il_id in pending:
             skipped.append(label)
             continue
-        await request_count(ctx.session, il_id, requested_by_id=ctx.user.id, note=note)
+        await request_count(ctx.session, il_id, requested_by_id=ctx.user.id, note=note, now=ctx.now)
         made.append(label)
     parts = []
     if made:

@@ -62,14 +62,24 @@ class WorkflowError(Exception):
         self.zh, self.en = zh, en
 
 
+# What a counter is told about a finished count, whatever came of it: counts are blind, so a match, a difference
+# within tolerance, a recount, a review and a recount's verdict all read the same (the outcome is for supervisors
+# and approvers, on their cards and in the CLI's `show`).
+RECORDED_ZH, RECORDED_EN = "已记录", "Recorded"
+
+
 @dataclass
 class CountResult:
+    """The outcome of a count. ``message_zh`` / ``message_en`` are for the counter: the same neutral words for
+    every outcome (never the book, never whether the count matched it); ``understood`` echoes their own
+    quantity as parsed. Whoever may see the outcome reads it from ``variance``."""
+
     entry: CountEntry
     variance: Variance | None = None
     duplicate: bool = False
     recount_task: CountTask | None = None
-    message_zh: str = ""
-    message_en: str = ""
+    message_zh: str = RECORDED_ZH
+    message_en: str = RECORDED_EN
     understood: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -382,20 +392,15 @@ async def _evaluate_first_count(
             await _adjust(session, settings, v, actor_id, now)
         else:
             v.closed_at = now  # a match: nothing to adjust
-        result.message_zh = "与账面相符 ✓" if var.qty == 0 else "差异在容差内，已自动调整"
-        result.message_en = (
-            "Matches the book ✓" if var.qty == 0 else "Within tolerance, adjusted automatically"
-        )
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN  # blind: never "matches"
         return
     # out of tolerance, or stock moved while counting: a blind recount by someone else
     if settings.counting.max_recounts > 0:
         result.recount_task = await _open_recount(session, v, task, actor_id, now, settings.tz)
-        result.message_zh = "已记录，请稍候：这一项需要另一位同事复盘"
-        result.message_en = "Recorded. A colleague will recount this one"
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN  # blind: never "a recount follows"
     else:
         _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now)
-        result.message_zh = "已记录，差异已提交主管审核"
-        result.message_en = "Recorded; the difference goes to a supervisor for review"
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
 
 
 async def _open_recount(
@@ -471,23 +476,18 @@ async def _evaluate_recount(
         v.closed_at = now
         for e in (await session.execute(select(CountEntry).where(CountEntry.task_id == v.task_id))).scalars():
             e.overturned = True  # the first counter's quality record
-        result.message_zh = "复盘与账面相符，首次盘点有误；差异关闭，不调整"
-        result.message_en = (
-            "The recount matches the book, so the first count was off; closed with no adjustment"
-        )
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN  # blind: never "matches the book"
     elif vs_first.hit and Decimal(v.qty) == 0:
         # the first count matched the book as of counting (it went to a recount because stock moved, or a late
         # movement explained its difference since) and the recount agrees: there is nothing to review, approve
         # or adjust
         _close_no_difference(v, actor_id, now, why="recount_agreed", recount=counted, book=book)
-        result.message_zh = "谢谢，这一项已完成"
-        result.message_en = "Thank you, this one is done"
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
     elif vs_first.hit:
         _move_variance(v, VarianceEvent.RECOUNT_CONFIRMED_COUNT, actor_id, now, recount=counted)
         _move_variance(v, VarianceEvent.REVIEW_STARTED, None, now)
         await _suggest(session, settings, v)
-        result.message_zh = "复盘确认了差异，已提交主管审核"
-        result.message_en = "The recount confirms the difference; sent to a supervisor for review"
+        result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
     else:
         _move_variance(
             v, VarianceEvent.RECOUNT_DISAGREED, actor_id, now, recount=counted, first=v.counted_qty
@@ -496,11 +496,9 @@ async def _evaluate_recount(
             parent = await session.get(CountTask, v.task_id)
             assert parent is not None
             result.recount_task = await _open_recount(session, v, parent, actor_id, now, settings.tz)
-            result.message_zh = "两次盘点不一致，已安排第三次盘点"
-            result.message_en = "The two counts disagree; a third count has been scheduled"
+            result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
         else:
-            result.message_zh = "两次盘点不一致，请主管裁定"
-            result.message_en = "The two counts disagree; a supervisor will decide"
+            result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
 
 
 async def _suggest(session: AsyncSession, settings: Settings, v: Variance) -> None:
@@ -989,7 +987,9 @@ async def reevaluate_open_variances(session: AsyncSession, settings: Settings, n
 
 
 # where a variance waits for a person's review or decision, never for a count
-NO_COUNT_PENDING = frozenset({VarianceState.CONFIRMED, VarianceState.IN_REVIEW, VarianceState.PENDING_APPROVAL})
+NO_COUNT_PENDING = frozenset(
+    {VarianceState.CONFIRMED, VarianceState.IN_REVIEW, VarianceState.PENDING_APPROVAL}
+)
 
 
 async def _cancel_open_steps(session: AsyncSession, v: Variance, now: datetime) -> None:

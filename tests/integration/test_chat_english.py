@@ -15,10 +15,10 @@ from bot.dispatcher import Dispatcher, Router
 from bot.events import Platform, Sender, TextMessage
 from bot.handlers import commands, counting
 from bot.i18n import bilingual
+from bot.walk import open_walk
 from core.config import Settings
 from core.models import CountEntry, CountTask, Item, Location, OutboxMessage, User
 from core.scheduling.service import plan_day
-from core.variance.service import counter_tasks
 from tests.clock import FixedClock, morning
 from tests.integration.builders import build_company
 from tests.integration.chat import ChatBot
@@ -68,7 +68,9 @@ async def company(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[str, i
         return {u.wecom_userid: u.id for u in one.users if u.wecom_userid}
 
 
-async def expected_prompt(sm: async_sessionmaker[AsyncSession], user_id: int, task_id: int, left: int) -> str:
+async def expected_prompt(
+    sm: async_sessionmaker[AsyncSession], user_id: int, task_id: int, left: int, skipped: int = 0
+) -> str:
     async with sm() as s:
         task = await s.get(CountTask, task_id)
         assert task is not None
@@ -76,13 +78,13 @@ async def expected_prompt(sm: async_sessionmaker[AsyncSession], user_id: int, ta
         assert item is not None and loc is not None
         return (
             f"Location {loc.code} · {item.name} ({item.sku}): enter the quantity (unit: {item.base_unit})"
-            f"\n{left} left. You can also reply: skip / empty / not here / stop"
+            f"\n{left} left{f' ({skipped} skipped)' if skipped else ''}. You can also reply: skip / empty / not here / stop"
         )
 
 
 async def open_tasks(sm: async_sessionmaker[AsyncSession], user_id: int) -> list[int]:
     async with sm() as s:
-        return [t.id for t, _, _ in await counter_tasks(s, user_id, DAY)]
+        return [stop.task.id for stop in await open_walk(s, user_id, DAY)]  # the walk's order
 
 
 async def test_help_in_english_and_in_chinese(
@@ -129,7 +131,10 @@ async def test_tasks_status_and_refusals_in_english(
     assert english(await bot.text("en", "/count 999999 5")) == "No task #999999"  # core's refusal, in English
     bad = english(await bot.text("en", f"/count {mine[0]} abc"))
     assert bad.startswith('Cannot read "abc"')
-    assert english(await bot.text("en", f"/count {mine[0]} 10")) == "Recorded (10个). Matches the book ✓"
+    # blind: the same words whatever came of the count, the counter's own quantity, and what is next
+    assert english(await bot.text("en", f"/count {mine[0]} 10")) == (
+        f"Recorded (10个).\n{len(mine) - 1} left: send “start” to count them one by one."
+    )
     assert english(await bot.text("en", f"/count {mine[0]} 10")) == f"Task #{mine[0]} is done"
     assert await bot.text("zh", f"/盘点 {mine[0]} 10") == f"任务 #{mine[0]} 已结束（done），不能再盘点"
 
@@ -188,19 +193,24 @@ async def test_counting_conversation_in_english(
 
     bad = english(await bot.text("en", "abc"))  # the parser's English message; the same task stays
     assert bad.startswith('Cannot read "abc"') and "Type e.g." in bad
-    recorded, second = await bot.say("en", "5")
-    assert english(recorded) == "✓ Recorded (5个)"
-    assert second == await expected_prompt(sessionmaker, uid, queue[1], len(queue) - 1)
+    # one message per count: the confirmation and the next prompt together
+    recorded = english(await bot.text("en", "5"))
+    assert recorded == "✓ Recorded (5个)\n" + await expected_prompt(
+        sessionmaker, uid, queue[1], len(queue) - 1
+    )
 
-    after_skip = english(await bot.text("en", "skip"))  # the skipped one goes to the end of the queue
-    assert after_skip == await expected_prompt(sessionmaker, uid, queue[2], len(queue) - 1)
-    assert english(await bot.text("en", "stop")) == "Paused. Send “start” to carry on."
+    after_skip = english(await bot.text("en", "skip"))  # the skipped one goes to the end of the walk
+    assert after_skip == await expected_prompt(sessionmaker, uid, queue[2], len(queue) - 1, skipped=1)
+    assert english(await bot.text("en", "stop")) == (
+        f"Paused. {len(queue) - 1} left (1 skipped); send “start” to carry on."
+    )
     assert "Sorry, I didn't understand" in await bot.text("en", "empty")  # paused: no task to answer
 
     # 5 against a book of 10 is out of tolerance: a blind recount went to the other counter, who reads Chinese
     said = await bot.say("en", "undo")
     cancelled = [t for t in said if t.startswith("复盘任务 #")]
-    undone, back = [t for t in said if t not in cancelled]
+    (undone,) = [t for t in said if t not in cancelled]
+    undone, back = undone.split("\n", 1)
     async with sessionmaker() as s:
         task = await s.get(CountTask, queue[0])
         assert task is not None and task.status == "open"
@@ -209,19 +219,20 @@ async def test_counting_conversation_in_english(
         (entry,) = (await s.execute(select(CountEntry))).scalars().all()
         assert entry.superseded_by_id == entry.id  # void
     assert english(undone) == f"↩️ Undone: your count “5 个” for location {loc.code} · {item.name}."
-    assert back == await expected_prompt(sessionmaker, uid, queue[0], len(queue))
+    assert back == await expected_prompt(sessionmaker, uid, queue[0], len(queue), skipped=1)
     assert len(cancelled) == 1 and cancelled[0].endswith("已取消：首次盘点已被撤销，无需复盘。")
 
-    recorded, _ = await bot.say("en", "10")
-    assert english(recorded) == "✓ Recorded (10个)"
-    recorded, _ = await bot.say("en", "not here")
-    assert english(recorded) == "✓ Recorded"
-    assert english(await bot.text("en", "end")) == "Paused. Send “start” to carry on."
+    assert english(await bot.text("en", "10")).startswith("✓ Recorded (10个)\nLocation ")
+    # the task skipped before the pause is still at the end of the walk: the next one is the third
+    assert english(await bot.text("en", "not here")).startswith("✓ Recorded\nLocation ")
+    assert english(await bot.text("en", "end")) == (
+        f"Paused. {len(queue) - 2} left (1 skipped); send “start” to carry on."
+    )
     async with sessionmaker() as s:
         current = (await s.execute(select(CountEntry).order_by(CountEntry.id))).scalars().all()
     assert [(e.task_id, e.outcome) for e in current if e.superseded_by_id is None] == [
         (queue[0], "counted"),
-        (queue[1], "not_here"),
+        (queue[2], "not_here"),
     ]
 
 
@@ -232,10 +243,10 @@ async def test_finishing_the_day_and_counter_only_replies(
     queue = await open_tasks(sessionmaker, company["en"])
     english(await bot.text("en", "start"))
     for _ in queue[:-1]:
-        english((await bot.say("en", "empty"))[-1])
-    last_recorded, done = await bot.say("en", "10")
-    assert english(last_recorded) == "✓ Recorded (10个)"
-    assert english(done) == "All of today's tasks are done. Thank you!"
+        english(await bot.text("en", "empty"))
+    assert (
+        english(await bot.text("en", "10")) == "✓ Recorded (10个)\nAll of today's tasks are done. Thank you!"
+    )
     assert english(await bot.text("en", "/tasks")) == "No tasks left today 👍"
     assert english(await bot.text("sup", "start")) == "Only counters can start counting"
     assert english(await bot.text("sup", "undo")) == "Only counters can undo their counts"
@@ -253,8 +264,9 @@ async def test_the_same_user_without_a_locale_reads_chinese(
     first = await bot.text("en", "start")
     assert first.startswith("库位 ") and "请输入数量" in first and "Location" not in first
     assert (await bot.text("en", "abc")).startswith("无法识别“abc”")
-    assert (await bot.say("en", "10"))[0] == "✓ 已记录（10个）"
-    assert (await bot.text("en", "结束")) == "已暂停。发送“开始”继续。"
+    assert (await bot.text("en", "10")).startswith("✓ 已记录（10个）\n库位 ")
+    left = len(await open_tasks(sessionmaker, company["en"]))
+    assert (await bot.text("en", "结束")) == f"已暂停。还有 {left} 项未完成，发送“开始”继续。"
     assert (await bot.text("en", "/count 999999 5")) == "没有任务 #999999"
     # ... unless the company speaks English: settings.locale is the default for users without one
     company_en = Bot(sessionmaker, SETTINGS.model_copy(update={"locale": "en-GB"}), name="company-en")

@@ -100,9 +100,14 @@ async def test_counting_conversation(sessionmaker: async_sessionmaker[AsyncSessi
     assert "10" not in first.split("（")[0]  # blind: no book quantity in the prompt
     assert "abc" in await chat("abc")  # the parser's message; the same task stays
     second = await chat("１０")  # full-width digits
-    assert "还剩 1 项" in second
+    ack, task_line, left = second.split("\n")  # one message: the confirmation, then the next prompt
+    assert ack == "✓ 已记录（10个）" and left.startswith("还剩 1 项。")
     after_skip = await chat("跳过")  # the last one comes straight back
-    assert after_skip == second
+    assert after_skip.split("\n") == [
+        "这是最后一项了。",
+        task_line,
+        left.replace("还剩 1 项。", "还剩 1 项（其中 1 项已跳过）。"),
+    ]
     done = await chat("空")
     assert "都完成了" in done
     async with sessionmaker() as s:
@@ -170,8 +175,7 @@ async def test_photo_confirms_the_item_and_questions_other_codes(
     questioned = await send(image("wrong"))
     assert "4006381333931" in questioned and "未记录" in questioned
     assert "已确认" in await send(image("right"))
-    await send(text("lina", "10", "398"))
-    assert "✓ 已记录" in (await replies(sessionmaker))[-2]
+    assert (await send(text("lina", "10", "398"))).startswith("✓ 已记录（10个）\n")  # and the next prompt
     async with sessionmaker() as s:
         entry = (await s.execute(select(CountEntry))).scalar_one()
     assert len(entry.photos) == 2 and all((tmp_path / p[:2] / p).exists() for p in entry.photos)

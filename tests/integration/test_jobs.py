@@ -178,8 +178,9 @@ async def test_morning_plans_and_pushes_one_task_card_per_counter(
             assert walk, f"{emp} should have tasks"
             (start_label, start_p), (find_label, find_p) = buttons(platform, card)
             assert (start_label, find_label) == ("开始盘点", "无法找到")
-            # the card lists the first 15 open tasks in walking order, signed with the server's key
-            assert unpack(start_p, KEY) == StartCounting(tuple(walk[:15]))
+            # signed with the server's key; no task ids: 开始盘点 walks all of the counter's open tasks, not
+            # only the 15 lines the card has room for
+            assert unpack(start_p, KEY) == StartCounting(())
             assert unpack(find_p, KEY) == CannotFind(walk[0])
             shown = card_text(platform, card)
             assert f"0/{len(walk)}" in shown and "今日盘点任务" in shown
@@ -638,6 +639,15 @@ async def test_scheduler_runs_a_missed_morning_at_start(
 # ------------------------------------------------------------------------------------------------- CLI
 
 
+# a WeCom and a Feishu app configured in full (a half-configured platform is refused at start, with its fields)
+PLATFORM_ENV = {
+    "PANDIAN_WECOM__CORP_ID": "ww-test", "PANDIAN_WECOM__AGENT_ID": "1000002", "PANDIAN_WECOM__SECRET": "s",
+    "PANDIAN_WECOM__TOKEN": "t", "PANDIAN_WECOM__ENCODING_AES_KEY": "a" * 43,
+    "PANDIAN_FEISHU__APP_ID": "cli_test", "PANDIAN_FEISHU__APP_SECRET": "s",
+    "PANDIAN_FEISHU__VERIFICATION_TOKEN": "v",
+}  # fmt: skip
+
+
 def test_cli_lists_and_runs_jobs(engine: AsyncEngine, database_url: str) -> None:
     async def seed() -> None:
         eng = make_engine(database_url)
@@ -649,8 +659,7 @@ def test_cli_lists_and_runs_jobs(engine: AsyncEngine, database_url: str) -> None
     cli = CliRunner(
         env={
             "PANDIAN_DATABASE_URL": database_url,
-            "PANDIAN_WECOM__CORP_ID": "ww-test",
-            "PANDIAN_FEISHU__APP_ID": "cli_test",
+            **PLATFORM_ENV,
             "PANDIAN_SERVER__PAYLOAD_SECRET": KEY.decode(),
         }
     )

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.cards.payload import Approve
 from bot.cli import main
 from bot.cli_clock import CliRoot
+from bot.walk import open_walk
 from core.db import make_engine, make_sessionmaker
 from core.enums import ApprovalDecision, MovementType
 from core.models import Adjustment, ApprovalStep, CountTask, ItemLocation, User, Variance
@@ -89,8 +90,11 @@ async def test_a_recount_that_agrees_with_a_matching_count_closes_with_no_differ
     assert steps == 0  # nothing to review or approve
     assert await adjustments(sessionmaker) == before  # nothing to adjust
     said = await last_text(sessionmaker, str(recounter.wecom_userid))
-    # blind: the recounter hears their own quantity back and nothing about the book
-    assert said == "已记录（8个）。谢谢，这一项已完成", said
+    async with sessionmaker() as s:  # what is left on the recounter's walk, whatever the plan gave them
+        left = len(await open_walk(s, recounter.id, T0.date()))
+    # blind: the recounter hears their own quantity back and what is next, nothing about the book
+    nxt = "今天的盘点任务都完成了，辛苦了！" if left == 0 else f"还有 {left} 项未完成，发送“开始”逐项盘点。"
+    assert said == f"已记录（8个）。\n{nxt}", said
 
 
 async def zero_in_approval(sm: async_sessionmaker[AsyncSession]) -> tuple[int, dict[str, User]]:

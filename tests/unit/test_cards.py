@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +18,8 @@ from bot.cards.approval import ApprovalRequest
 from bot.cards.count_prompt import CountPrompt
 from bot.cards.daily_tasks import DailyTasks, TaskLine
 from bot.cards.facts import VarianceFacts
-from bot.cards.model import Button, Card, Field, Lang, Section
-from bot.cards.payload import PAYLOAD_TYPES, Approve, CannotFind, unpack
+from bot.cards.model import Button, Card, Field, Lang, Section, pick
+from bot.cards.payload import PAYLOAD_TYPES, Approve, CannotFind, StartCounting, unpack
 from bot.cards.recount import RecountRequest
 from bot.cards.render import dingtalk, feishu, wecom
 from bot.cards.render.common import CardTooLarge, Signer, fit, fit_lines, width
@@ -193,6 +194,79 @@ def test_daily_card_walk_order_cap_and_progress() -> None:
     assert lines[0].startswith("1. A-03-06")  # the lowest walk_seq comes first
     assert card.sections[0].fields[0] == Field("进度", "2/20")
     assert not _cards()["daily_tasks_done"].buttons
+
+
+def test_daily_card_start_walks_every_open_task_not_only_the_lines_shown() -> None:
+    """开始盘点 names no tasks: the press walks all of the counter's open tasks (the card shows 15 of 18)."""
+    card = _cards()["daily_tasks"]
+    start = next(b for b in card.buttons if b.label == "开始盘点")
+    assert start.payload == StartCounting(())
+
+
+def test_daily_card_tags_say_nothing_about_the_book() -> None:
+    """A counter's task is tagged only with what tells nothing about the stock; recounts come first."""
+    lines = [
+        TaskLine(2000 + i, f"B-{i:02d}", f"S{i}", f"物料{i}", None, "个", reason, walk_seq=i)
+        for i, reason in enumerate(TaskReason)
+    ]
+    for lang in ("zh", "en"):
+        card = daily_tasks.build(
+            DailyTasks("张三", date(2024, 6, 1), lines, 0, len(lines)), lang=lang, ref="d-1"
+        )
+        for platform in RENDERERS:
+            text = json.dumps(RENDERERS[platform](card, lang=lang, signer=SIGNER), ensure_ascii=False)
+            for hint in ("负库存", "零库存", "呆滞", "高周转", "近期差异", "Negative", "Zero stock", "Dormant",
+                         "Fast mover", "Recent variance", "周期盘点", "Cycle count"):  # fmt: skip
+                assert hint not in text, (hint, platform, lang)
+        shown = (card.sections[1].text or "").splitlines()
+        recount = next(t for t in lines if t.reason == TaskReason.RECOUNT)
+        assert shown[0].startswith(f"1. {recount.location} ·")  # the recount first, whatever its place
+        assert shown[0].endswith(pick(lang, " [复盘]", " [Recount]"))
+        assert sum("[" in line for line in shown) == 3  # 复盘, 临时请求, 计划外
+
+
+def test_locations_show_their_warehouse_when_the_company_has_several() -> None:
+    """The same bin codes exist in every warehouse: given its warehouse, each card about a task names it."""
+    at = ItemAt("A-01-03", "8801-COKE", "可口可乐", "330ml", "罐", warehouse="CK02")
+    assert at.where == "CK02/A-01-03" and COKE.where == "A-01-03"
+    lines = [
+        TaskLine(1, "A-01-03", "S1", "雪碧", None, "个", walk_seq=1, warehouse="CK02"),
+        TaskLine(2, "A-01-03", "S2", "可乐", None, "个", walk_seq=2, warehouse="CK01"),
+    ]
+    daily = daily_tasks.build(DailyTasks("张三", date(2024, 6, 1), lines, 0, 2), ref="d-2")
+    assert (daily.sections[1].text or "").splitlines() == ["1. CK01/A-01-03 · 可乐 · S2（个）",
+                                                            "2. CK02/A-01-03 · 雪碧 · S1（个）"]  # fmt: skip
+    prompt = count_prompt.build(CountPrompt(1, at), ref="c-2")
+    assert prompt.title == "盘点 CK02/A-01-03" and "库位 CK02/A-01-03 · 可口可乐 330ml" in str(
+        prompt.sections
+    )
+    rc = recount.build(RecountRequest(7, at), ref="r-2")
+    assert (
+        rc.subtitle == "CK02/A-01-03 · 可口可乐 330ml"
+        and Field("库位", "CK02/A-01-03") in rc.sections[0].fields
+    )
+    closed = recount.closed(
+        RecountRequest(7, at), outcome=recount.RecountClosed.COUNTED, by="李四", ref="r-2"
+    )
+    assert closed.subtitle == "CK02/A-01-03 · 可口可乐 330ml"
+    facts = replace(FACTS, at=at)
+    for card in (review.build(facts, ref="rv-2"), approval.build(replace(APPROVAL, facts=facts), ref="ap-2")):
+        assert Field("库位", "CK02/A-01-03") in card.sections[0].fields
+    # with one warehouse, the bin alone, as before
+    assert Field("库位", "A-01-03") in review.build(FACTS, ref="rv-3").sections[0].fields
+
+
+def test_the_count_prompt_carries_the_answer_to_the_last_count() -> None:
+    """One message per count: the confirmation of the last count leads the prompt for the next one."""
+    card = count_prompt.build(CountPrompt(1001, COKE, 4, 20, note="✓ 已记录（41罐）"), ref="count-1001")
+    assert (card.sections[0].text or "").splitlines() == [
+        "✓ 已记录（41罐）",
+        "库位 A-01-03 · 可口可乐 330ml，请输入数量",
+    ]
+    for platform in RENDERERS:
+        assert "✓ 已记录（41罐）" in json.dumps(
+            RENDERERS[platform](card, lang="zh", signer=SIGNER), ensure_ascii=False
+        )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -74,7 +74,12 @@ def test_illegal_transition_names_state_event_and_allowed() -> None:
         transition(V.RECOUNT_PENDING, E.APPROVED)
     err = e.value
     assert err.state is V.RECOUNT_PENDING and err.event is E.APPROVED
-    assert err.allowed == [E.RECOUNT_CONFIRMED_COUNT, E.RECOUNT_MATCHED_BOOK, E.RECOUNT_DISAGREED, E.NO_DIFFERENCE]
+    assert err.allowed == [
+        E.RECOUNT_CONFIRMED_COUNT,
+        E.RECOUNT_MATCHED_BOOK,
+        E.RECOUNT_DISAGREED,
+        E.NO_DIFFERENCE,
+    ]
     assert err.zh == (
         "差异处于「复盘中」(recount_pending)，不能执行「审批通过」(approved)；"
         "可执行：「复盘与初盘一致」、「复盘与账面一致」、「复盘与初盘、账面均不一致」、「核实无差异」"
