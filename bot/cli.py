@@ -24,11 +24,26 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def run(coro_fn: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
+    from core.config_check import ConfigError
+
     try:
         settings = load_settings()
-    except Exception as exc:  # pydantic ValidationError: bad env var or pandian.toml
+    except ConfigError as exc:  # one bilingual line per mistake, never a value
+        raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from None
+    except Exception as exc:
         raise click.ClickException(f"配置错误 / configuration error:\n{exc}") from exc
-    return asyncio.run(coro_fn(settings))
+    from bot.cli_config import database_present
+
+    database_present(settings)  # a missing SQLite file: refused (or, by the commands that fill it, created)
+    try:
+        return asyncio.run(coro_fn(settings))
+    except Exception as exc:
+        from bot.cli_config import database_unreachable
+
+        said = database_unreachable(settings, exc)
+        if said is None:
+            raise
+        raise click.ClickException(said) from None
 
 
 async def _with_session(
@@ -61,7 +76,51 @@ def _parse_day(value: str | None, settings: Settings) -> date:
         raise click.BadParameter(f"日期格式应为 YYYY-MM-DD / expected YYYY-MM-DD, got {value!r}") from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _has_cjk(text: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" for c in text)
+
+
+def _bilingual_usage(exc: click.UsageError) -> click.UsageError:
+    """Click's own usage errors (a missing option, an unknown one, "abc" for a number) in Chinese and English."""
+    message = exc.format_message()
+    if _has_cjk(message):
+        return exc  # ours: already bilingual
+    param = getattr(exc, "param", None)
+    name = (
+        ("/".join(param.opts) if isinstance(param, click.Option) else param.human_readable_name)
+        if param
+        else ""
+    )
+    if isinstance(exc, click.MissingParameter):
+        zh = f"缺少{'选项' if isinstance(param, click.Option) else '参数'} {name}"
+    elif isinstance(exc, click.NoSuchOption):
+        zh = f"没有选项 {exc.option_name}"
+    elif isinstance(exc, click.BadOptionUsage):
+        zh = f"选项 {exc.option_name} 的用法有误"
+    elif isinstance(exc, click.BadParameter):
+        zh = f"{name} 的值无效" if name else "参数值无效"
+    else:
+        zh = "命令用法有误"
+    return click.UsageError(f"{zh}，请用 --help 查看用法 / {message}", ctx=exc.ctx)
+
+
+class _Pandian(click.Group):
+    """The root group: every usage error of every verb gets its Chinese line (exit code 2, never a traceback)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _bilingual_usage(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _bilingual_usage(exc) from None
+
+
+@click.group(cls=_Pandian, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pandian")
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -82,6 +141,8 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or upgrade the schema (Alembic)."""
+    from alembic.util import CommandError
+
     from core import migrate
 
     async def go(settings: Settings) -> Any:
@@ -92,7 +153,12 @@ def db_upgrade(revision: str) -> None:
         finally:
             await engine.dispose()
 
-    rev = run(go)
+    try:
+        rev = run(go)
+    except CommandError as exc:  # an unknown --revision
+        raise click.ClickException(
+            f"无法升级到 {revision!r}，已知版本：{'、'.join(migrate.revisions())} / cannot upgrade to {revision!r}: {exc}"
+        ) from None
     console.print(f"数据库已升级到 {rev} / schema at revision {rev}")
 
 
@@ -105,27 +171,77 @@ def db_upgrade(revision: str) -> None:
 )
 def import_cmd(file: Path, kind: str | None) -> None:
     """Import FILE (.xlsx or .csv, UTF-8 or GBK). All or nothing; importing it again changes nothing."""
+    from contextlib import nullcontext
+
+    from rich.markup import escape
+
     from core.importing import ImportFailed, import_file
 
+    # Progress goes to stderr: a spinner with the step and the rows in a terminal; otherwise (a pipe, a log,
+    # CI) one line per step and one every PLAIN_EVERY rows, so a long import is never silent.
+    plain_every = 100_000
+    live = err.is_terminal
+    state: dict[str, Any] = {"stage": "checking", "printed": 0}
+    words = {
+        "checking": ("检查文件", "checking the file"),
+        "reading": ("读取并检查每一行", "reading and checking every row"),
+        "writing": ("写入数据库", "writing to the database"),
+    }
+
+    def line(text: str) -> None:
+        if live:
+            status.update(text)
+        else:
+            err.print(text, markup=False, highlight=False)
+
+    def stage(name: str, rows: int) -> None:
+        state["stage"] = name
+        if name in words:
+            zh, en = words[name]
+            if name == "writing":  # set-based statements: no row count until they are done
+                zh, en = (
+                    f"{zh} {rows:,} 行（这一步不显示进度）",
+                    f"{en}, {rows:,} rows (no progress shown for this step)",
+                )
+            line(f"导入 {file.name}：{zh}… / {en}…")
+
+    def progress(done: int) -> None:
+        if not live and done - state["printed"] < plain_every and state["printed"]:
+            return
+        state["printed"] = done
+        if state["stage"] == "writing":  # users are written row by row
+            line(f"导入 {file.name}：已写入 {done:,} 行 / {done:,} rows written")
+        else:
+            line(f"导入 {file.name}：已读 {done:,} 行 / {done:,} rows read")
+
+    status: Any = err.status(f"导入 {file.name} … / importing {file.name} …") if live else nullcontext()
+
     async def go(settings: Settings) -> Any:
-        with console.status(f"导入 {file.name} …") as status:
+        async def work(s: AsyncSession) -> Any:
+            report = await import_file(
+                s,
+                file,
+                kind,
+                tz=settings.tz,
+                progress=progress,
+                now=now(),
+                limits=settings.importing,
+                stage=stage,
+            )
+            if report.kind == "movements" and report.created:
+                # late movements that happened before a count change that count's book
+                from core.variance.service import reevaluate_open_variances
 
-            def progress(done: int) -> None:
-                status.update(f"导入 {file.name}：已读 {done:,} 行 / {done:,} rows read")
+                await reevaluate_open_variances(s, settings, now())
+            return report
 
-            async def work(s: AsyncSession) -> Any:
-                report = await import_file(s, file, kind, tz=settings.tz, progress=progress, now=now())
-                if report.kind == "movements" and report.created:
-                    # late movements that happened before a count change that count's book
-                    from core.variance.service import reevaluate_open_variances
-
-                    await reevaluate_open_variances(s, settings, now())
-                return report
-
-            return await _with_session(settings, work)
+        return await _with_session(settings, work)
 
     try:
-        report = run(go)
+        with status:
+            if not live:
+                err.print(f"导入 {file.name} … / importing {file.name} …", markup=False, highlight=False)
+            report = run(go)
     except ImportFailed as exc:
         err.print(str(exc), markup=False)  # says that nothing was changed
         raise SystemExit(1) from None
@@ -134,6 +250,8 @@ def import_cmd(file: Path, kind: str | None) -> None:
         f"未变 {report.unchanged} / {report.rows} rows: {report.created} created, {report.updated} updated, "
         f"{report.unchanged} unchanged"
     )
+    for note in report.notes:  # worth knowing, not errors: ignored columns, a warehouse nobody can count...
+        console.print(f"[yellow]注意 / note[/] {escape(str(note))}")
 
 
 @main.command()
@@ -333,35 +451,48 @@ def demo(items: int, out: str | None) -> None:
 @click.option("--warehouse", required=True, metavar="CODE")
 @click.option("--location", required=True, metavar="CODE")
 @click.option("--note", default=None)
-def request(sku: str, warehouse: str, location: str, note: str | None) -> None:
-    """Ask for an ad-hoc count of one item at one location; the next plan puts it first in line."""
-    from sqlalchemy import select
+@click.option("--as", "as_", metavar="EMPLOYEE_NO", help="Who asks (recorded with the request).")
+def request(sku: str, warehouse: str, location: str, note: str | None, as_: str | None) -> None:
+    """Ask for an ad-hoc count of one item at one location; the next plan puts it first in line.
 
-    from core.models import Item, ItemLocation, Location, Warehouse
+    Asking again while a request for the same item and location waits to be planned adds the note to it."""
+    from sqlalchemy import func, select
+
+    from core.models import CountRequest, Item, ItemLocation, Location, Warehouse
     from core.scheduling.service import request_count
+    from core.variance.service import WorkflowError, user_by_employee_no
 
-    async def go(settings: Settings) -> Any:
-        async def work(session: AsyncSession) -> Any:
-            il = (
-                await session.execute(
-                    select(ItemLocation.id)
-                    .join(Item, Item.id == ItemLocation.item_id)
-                    .join(Location, Location.id == ItemLocation.location_id)
-                    .join(Warehouse, Warehouse.id == Location.warehouse_id)
-                    .where(Item.sku == sku, Location.code == location, Warehouse.code == warehouse)
-                )
-            ).scalar_one_or_none()
-            if il is None:
-                raise click.ClickException(
-                    f"{warehouse}/{location} 没有物料 {sku} 的库存记录 / no stock record of {sku} at {warehouse}/{location}"
-                )
-            return await request_count(session, il, note=note)
+    async def work(settings: Settings, session: AsyncSession) -> Any:
+        asker = await user_by_employee_no(session, as_) if as_ else None
+        await _known_warehouse(session, warehouse)
+        il = (
+            await session.execute(
+                select(ItemLocation.id)
+                .join(Item, Item.id == ItemLocation.item_id)
+                .join(Location, Location.id == ItemLocation.location_id)
+                .join(Warehouse, Warehouse.id == Location.warehouse_id)
+                .where(Item.sku == sku, Location.code == location, Warehouse.code == warehouse)
+            )
+        ).scalar_one_or_none()
+        if il is None:
+            raise WorkflowError(f"{warehouse}/{location} 没有物料 {sku} 的库存记录",
+                                f"no stock record of {sku} at {warehouse}/{location}")  # fmt: skip
+        last = int(await session.scalar(select(func.max(CountRequest.id))) or 0)
+        req = await request_count(
+            session, il, requested_by_id=asker.id if asker else None, note=note, now=now()
+        )
+        return req, req.id <= last
 
-        return await _with_session(settings, work)
-
-    req = run(go)
+    req, merged = _flow(work)
+    if merged:
+        console.print(
+            f"[green]✓[/] {warehouse}/{location} {sku} 已有待排程的临时盘点请求 #{req.id}，备注已合并 / "
+            f"already requested (#{req.id}); the note was added to it"
+        )
+        return
     console.print(
-        f"[green]✓[/] 已登记临时盘点请求 #{req.id}，下次排程时优先安排 / ad-hoc count #{req.id} requested"
+        f"[green]✓[/] 已登记临时盘点请求 #{req.id}（{warehouse}/{location} {sku}），下次排程时优先安排 / "
+        f"ad-hoc count #{req.id} requested"
     )
 
 
@@ -369,34 +500,176 @@ def request(sku: str, warehouse: str, location: str, note: str | None) -> None:
 
 
 def _flow(work: Callable[[Settings, AsyncSession], Awaitable[T]]) -> T:
-    """Run one workflow step; its refusals become clear errors (exit 1) and change nothing."""
+    """Run one workflow step; its refusals become clear errors (exit 1) and change nothing (the unit of work
+    is rolled back: nothing is committed when ``work`` raises)."""
+    from core.quantity import QuantityError
+    from core.variance.rules import RuleViolation
     from core.variance.service import WorkflowError
+    from core.variance.workflow import IllegalTransition
 
     async def go(settings: Settings) -> T:
         return await _with_session(settings, lambda s: work(settings, s))
 
     try:
         return run(go)
-    except WorkflowError as exc:
+    except (WorkflowError, IllegalTransition, RuleViolation) as exc:
+        raise click.ClickException(f"{_zh_states(exc.zh)} / {exc.en}") from None
+    except QuantityError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _state_names() -> dict[str, str]:
+    from core.variance.workflow import ADJUSTMENT, COUNT_TASK, VARIANCE
+
+    names: dict[str, str] = {}
+    for table in (ADJUSTMENT, COUNT_TASK, VARIANCE):  # a variance's "open" wins over a task's
+        names |= {e.value: zh for e, zh in table.event_zh.items()}
+    for table in (ADJUSTMENT, COUNT_TASK, VARIANCE):
+        names |= {s.value: zh for s, zh in table.state_zh.items()}
+    return names
+
+
+def _zh_states(text: str) -> str:
+    """Chinese text without English state or event codes: "已结束（done）" reads "已结束（已完成）", and a code
+    right after its Chinese name ("「待审批」(pending_approval)") is dropped."""
+    import re
+
+    names = _state_names()
+
+    def plain(m: re.Match[str]) -> str:
+        code = m.group(2)
+        if code not in names:
+            return m.group(0)
+        return m.group(1) if m.group(1) == "」" else f"{m.group(1)}（{names[code]}）"
+
+    return re.sub(r"(.?)[(（]([a-z_]+)[)）]", plain, text)
 
 
 def _as_option(f: Any) -> Any:
     return click.option("--as", "as_", required=True, metavar="EMPLOYEE_NO", help="Who is doing this.")(f)
 
 
+def _format_option(f: Any) -> Any:
+    return click.option(
+        "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+        help="json: one stable document for scripts (fields in the README).",
+    )(f)  # fmt: skip
+
+
+# Formatting for people, one place for the whole command line: quantities as the unit needs them (330, 12.5;
+# never 330.0000), percentages to one decimal (+33.3 %), states and severities by their Chinese names with the
+# code after " / ". JSON (``_json_value``) keeps numbers as numbers, as ``report --format json`` does.
+
+
+def _qty(q: Any) -> str:
+    from bot.cards.text import qty
+
+    return "" if q is None else qty(q)
+
+
+def _signed(q: Any) -> str:
+    from bot.cards.text import signed
+
+    return signed(q)
+
+
+def _pct(p: Any) -> str:
+    return "—" if p is None else f"{p:+.1f} %"
+
+
+def _state(code: str) -> str:
+    from core.variance.workflow import VARIANCE, VarianceState
+
+    try:
+        return f"{VARIANCE.state_zh[VarianceState(code)]} / {code}"
+    except ValueError:
+        return code
+
+
+def _severity(code: str) -> str:
+    from core.variance.tolerance import SEVERITY_LABEL_ZH, Severity
+
+    try:
+        return f"{SEVERITY_LABEL_ZH[Severity(code)]} / {code}"
+    except ValueError:
+        return code
+
+
+def _json_value(value: Any) -> Any:
+    out = _report_json(value)  # Decimal -> number, date -> ISO text
+    return str(out) if out is value else out
+
+
+def _echo_json(doc: Any) -> None:
+    import json
+
+    click.echo(json.dumps(doc, ensure_ascii=False, indent=1, default=_json_value))
+
+
+async def _many_warehouses(s: AsyncSession) -> bool:
+    """Whether a location needs its warehouse to be told apart (the same bin codes exist in each warehouse)."""
+    from sqlalchemy import func, select
+
+    from core.models import Warehouse
+
+    return int(await s.scalar(select(func.count()).select_from(Warehouse)) or 0) > 1
+
+
+def _where(warehouse: str, location: str, many: bool) -> str:
+    return f"{warehouse}/{location}" if many else location
+
+
+async def _known_warehouse(s: AsyncSession, code: str | None) -> None:
+    """Refuse an unknown warehouse code, naming the known ones (an empty listing would look like "all done")."""
+    from sqlalchemy import select
+
+    from core.models import Warehouse
+    from core.variance.service import WorkflowError
+
+    if code is None:
+        return
+    known = list((await s.execute(select(Warehouse.code).order_by(Warehouse.code))).scalars())
+    if code not in known:
+        raise WorkflowError(f"没有仓库 {code}，已有：{'、'.join(known) or '无'}",
+                            f"unknown warehouse {code}; known: {', '.join(known) or 'none'}")  # fmt: skip
+
+
+# Reasons that would tell a counter about the book (below zero, zero, stock that does not move): a counter's
+# listing leaves them out, as it leaves out the book quantity.
+_BOOK_REVEALING_REASONS = frozenset({"negative", "zero", "dormant"})
+
+
 @main.command()
 @_as_option
 @click.option("--date", "day", metavar="DATE", help="Tasks due by this day (default: today).")
-def tasks(as_: str, day: str | None) -> None:
+@_format_option
+def tasks(as_: str, day: str | None, fmt: str) -> None:
     """A counter's open tasks, in walking order (book quantities are never shown: counts are blind)."""
+    from sqlalchemy import select
+
+    from core.enums import REASON_LABEL_ZH, TaskReason
+    from core.models import Warehouse
     from core.variance.service import counter_tasks, user_by_employee_no
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
-        return user.name, await counter_tasks(s, user.id, _parse_day(day, settings))
+        rows = await counter_tasks(s, user.id, _parse_day(day, settings))
+        codes = dict((await s.execute(select(Warehouse.id, Warehouse.code))).all())
+        return user.name, rows, codes, await _many_warehouses(s)
 
-    name, rows = _flow(work)
+    name, rows, codes, many = _flow(work)
+
+    def reason(t: Any) -> str | None:
+        return None if str(t.reason) in _BOOK_REVEALING_REASONS else TaskReason(t.reason).value
+
+    if fmt == "json":
+        _echo_json([
+            {"task_id": t.id, "warehouse": codes[loc.warehouse_id], "location": loc.code, "sku": item.sku,
+             "item_name": item.name, "spec": item.spec, "unit": item.base_unit, "reason": reason(t),
+             "plan_date": t.plan_date, "due_date": t.due_date, "status": str(t.status)}
+            for t, item, loc in rows
+        ])  # fmt: skip
+        return
     if not rows:
         console.print(f"{name}：今天没有盘点任务 / no open tasks")
         return
@@ -411,11 +684,10 @@ def tasks(as_: str, day: str | None) -> None:
         "原因 reason",
     ):
         table.add_column(col, overflow="fold")
-    from core.enums import REASON_LABEL_ZH, TaskReason
-
     for t, item, loc in rows:
-        table.add_row(str(t.id), loc.code, item.sku, item.name, item.spec or "", item.base_unit,
-                      REASON_LABEL_ZH[TaskReason(t.reason)])  # fmt: skip
+        why = reason(t)
+        table.add_row(str(t.id), _where(codes[loc.warehouse_id], loc.code, many), item.sku, item.name,
+                      item.spec or "", item.base_unit, REASON_LABEL_ZH[TaskReason(why)] if why else "盘点")  # fmt: skip
     console.print(table)
 
 
@@ -467,18 +739,43 @@ def count(
         )
 
 
+def _at(t: datetime | None, tz: Any) -> str | None:
+    """An instant for JSON: the company's local time with its offset, to the second."""
+    return None if t is None else t.astimezone(tz).isoformat(timespec="seconds")
+
+
+def _variance_json(v: Any, item: Any, location: str, warehouse: str, tz: Any) -> dict[str, Any]:
+    """One variance as ``variances --format json`` and ``show --format json`` give it (fields in the README)."""
+    from core.variance.tolerance import SEVERITY_LABEL_ZH, Severity
+    from core.variance.workflow import VARIANCE, VarianceState
+
+    return {
+        "id": v.id, "warehouse": warehouse, "location": location, "sku": item.sku, "item_name": item.name,
+        "unit": item.base_unit, "abc_class": v.abc_class, "state": v.state,
+        "state_zh": VARIANCE.state_zh[VarianceState(v.state)], "severity": v.severity,
+        "severity_zh": SEVERITY_LABEL_ZH[Severity(v.severity)], "book_qty": v.book_qty,
+        "counted_qty": v.counted_qty, "qty": v.qty, "pct": v.pct, "value": v.value,
+        "moved_during_count": v.moved_during_count, "recounts": v.recounts,
+        "suggested_reason": v.suggested_reason, "suggestion_text": v.suggestion_text,
+        "reason_code": v.reason_code, "reason_note": v.reason_note, "count_time": _at(v.count_time, tz),
+        "created_at": _at(v.created_at, tz), "closed_at": _at(v.closed_at, tz),
+    }  # fmt: skip
+
+
 @main.command()
 @click.option("--warehouse", metavar="CODE")
 @click.option("--all", "show_all", is_flag=True, help="Closed ones too.")
-def variances(warehouse: str | None, show_all: bool) -> None:
+@_format_option
+def variances(warehouse: str | None, show_all: bool, fmt: str) -> None:
     """Open variances and their state."""
     from sqlalchemy import select
 
     from core.models import Item, Location, Variance, Warehouse
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
+        await _known_warehouse(s, warehouse)
         stmt = (
-            select(Variance, Item.sku, Location.code, Warehouse.code)
+            select(Variance, Item, Location.code, Warehouse.code)
             .join(Item, Item.id == Variance.item_id)
             .join(Location, Location.id == Variance.location_id)
             .join(Warehouse, Warehouse.id == Variance.warehouse_id)
@@ -488,9 +785,12 @@ def variances(warehouse: str | None, show_all: bool) -> None:
             stmt = stmt.where(Variance.closed_at.is_(None))
         if warehouse:
             stmt = stmt.where(Warehouse.code == warehouse)
-        return (await s.execute(stmt)).all()
+        return settings, (await s.execute(stmt)).all()
 
-    rows = _flow(work)
+    settings, rows = _flow(work)
+    if fmt == "json":
+        _echo_json([_variance_json(v, item, loc, wh, settings.tz) for v, item, loc, wh in rows])
+        return
     table = Table(title="差异 / variances")
     for col in (
         "#",
@@ -500,21 +800,44 @@ def variances(warehouse: str | None, show_all: bool) -> None:
         "账存 book",
         "实盘 counted",
         "差异 qty",
+        "差异率 pct",
         "金额 value",
         "级别",
         "状态 state",
         "建议原因",
     ):
         table.add_column(col, overflow="fold")
-    for v, sku, loc, wh in rows:
-        table.add_row(str(v.id), wh, loc, sku, f"{v.book_qty:g}", f"{v.counted_qty:g}", f"{v.qty:+g}",
-                      f"{v.value:,.2f}", v.severity, v.state, v.suggestion_text or "")  # fmt: skip
+    for v, item, loc, wh in rows:
+        table.add_row(str(v.id), wh, loc, item.sku, _qty(v.book_qty), _qty(v.counted_qty), _signed(v.qty),
+                      _pct(v.pct), f"{v.value:,.2f}", _severity(v.severity), _state(v.state),
+                      v.suggestion_text or "")  # fmt: skip
     console.print(table)
+    if not rows:
+        console.print("没有差异 / no variances")
+
+
+def _reason_code(text: str, codes: Any) -> str:
+    """The reason code a reviewer means: the code (receiving), its Chinese label (收货环节错漏), its English
+    label (Receiving error, any case) or the "收货环节错漏(receiving)" that the refusal lists. Anything else is
+    passed on for the workflow to refuse with the list."""
+    import re
+
+    said = text.strip()
+    listed = re.fullmatch(r".*[(（]\s*([^()（）]+?)\s*[)）]", said)
+    for c in codes:
+        if (
+            said in (c.code, c.zh)
+            or said.casefold() == c.en.casefold()
+            or (listed and listed.group(1) == c.code)
+        ):
+            return str(c.code)
+    return said
 
 
 @main.command()
 @click.argument("variance_id", type=int)
-@click.option("--reason", "reason", required=True, help="Reason code, e.g. receiving, shipping, other.")
+@click.option("--reason", "reason", required=True,
+              help="Reason: its code (receiving) or its label (收货环节错漏); other needs --note.")  # fmt: skip
 @click.option("--note", default=None)
 @_as_option
 def review(variance_id: int, reason: str, note: str | None, as_: str) -> None:
@@ -523,13 +846,14 @@ def review(variance_id: int, reason: str, note: str | None, as_: str) -> None:
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
-        return await review_variance(s, settings, variance_id=variance_id, reviewer_id=user.id, reason_code=reason,
-                                     note=note, now=now())  # fmt: skip
+        code = _reason_code(reason, settings.reasons.codes)
+        v = await review_variance(s, settings, variance_id=variance_id, reviewer_id=user.id, reason_code=code,
+                                  note=note, now=now())  # fmt: skip
+        return v, settings.reasons.get(v.reason_code or "")
 
-    v = _flow(work)
-    console.print(
-        f"[green]✓[/] 差异 #{v.id} 已审核（{v.reason_code}），进入审批 / reviewed; awaiting approval"
-    )
+    v, picked = _flow(work)
+    label = f"{picked.zh} / {picked.code}" if picked else v.reason_code
+    console.print(f"[green]✓[/] 差异 #{v.id} 已审核（{label}），进入审批 / reviewed; awaiting approval")
 
 
 def _decision_command(name: str, decision: str, help_text: str) -> None:
@@ -562,9 +886,54 @@ _decision_command("reject", "rejected", "Reject a variance (closed without adjus
 _decision_command("send-back", "recount", "Send a variance back for another blind recount.")
 
 
+# What the audit trail's actions and entities are called, beyond the events of the state tables.
+_AUDIT_ACTION_ZH = {
+    "created": "创建", "counted": "盘点", "voided": "撤销", "reopened": "重新打开", "reevaluated": "按补录出入库重算",
+    "unscheduled_created": "计划外盘点", "escalated": "升级审批", "misslot_paired": "串货配对调拨",
+    "held": "暂缓回写", "confirmed_absent": "确认未过账", "opened": "建立改进项", "recount": "退回重盘",
+    "cancelled": "取消", "default_team_set": "设置默认盘点组",
+}  # fmt: skip
+_AUDIT_ENTITY_ZH = {
+    "variance": "差异", "task": "任务", "count": "盘点记录", "approval": "审批", "adjustment": "调整单",
+    "improvement": "改进项", "warehouse": "仓库",
+}  # fmt: skip
+
+
+def _audit_tables() -> dict[str, Any]:
+    from core.variance.workflow import ADJUSTMENT, COUNT_TASK, VARIANCE
+
+    return {"variance": VARIANCE, "task": COUNT_TASK, "adjustment": ADJUSTMENT}
+
+
+def _audit_action_zh(entity: str, action: str) -> str:
+    from core.variance.workflow import VARIANCE
+
+    table = _audit_tables().get(entity, VARIANCE)
+    by_event = {str(e): zh for e, zh in table.event_zh.items()}
+    return by_event.get(action) or _AUDIT_ACTION_ZH.get(action) or action
+
+
+def _audit_state_zh(entity: str, state: str | None) -> str | None:
+    table = _audit_tables().get(entity)
+    if state is None or table is None:
+        return state
+    return next((zh for st, zh in table.state_zh.items() if str(st) == state), state)
+
+
+def _audit_value(v: Any) -> str:
+    """A recorded value for people: "4.0000" (a stored quantity) reads 4; codes such as "00123" stay as they are."""
+    import re
+    from decimal import Decimal
+
+    if isinstance(v, str) and re.fullmatch(r"[+-]?\d+\.\d+", v):
+        return _qty(Decimal(v))
+    return str(v)
+
+
 @main.command("audit")
 @click.argument("variance_id", type=int)
-def audit_cmd(variance_id: int) -> None:
+@_format_option
+def audit_cmd(variance_id: int, fmt: str) -> None:
     """The audit trail of a variance: every state change with actor and time."""
     from sqlalchemy import select
 
@@ -573,22 +942,40 @@ def audit_cmd(variance_id: int) -> None:
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
         events = await trail(s, variance_id)
-        names = dict((await s.execute(select(User.id, User.name))).all())
-        return settings, events, names
+        people = {
+            u: (no, name) for u, no, name in (await s.execute(select(User.id, User.employee_no, User.name)))
+        }
+        return settings, events, people
 
-    settings, events, names = _flow(work)
+    settings, events, people = _flow(work)
     if not events:
         raise click.ClickException(
             f"差异 #{variance_id} 没有记录 / no audit trail for variance #{variance_id}"
         )
+    if fmt == "json":
+        _echo_json([
+            {"at": _at(e.at, settings.tz), "entity": e.entity, "entity_id": e.entity_id, "action": e.action,
+             "action_zh": _audit_action_zh(e.entity, e.action), "from_state": e.from_state,
+             "from_state_zh": _audit_state_zh(e.entity, e.from_state), "to_state": e.to_state,
+             "to_state_zh": _audit_state_zh(e.entity, e.to_state),
+             "actor": people.get(e.actor_id, (None, None))[0], "actor_name": people.get(e.actor_id, (None, None))[1],
+             "data": e.data or {}}
+            for e in events
+        ])  # fmt: skip
+        return
     table = Table(title=f"差异 #{variance_id} 审计记录 / audit trail")
     for col in ("时间 time", "对象 entity", "动作 action", "状态 state", "操作人 actor", "详情 data"):
         table.add_column(col, overflow="fold")
     for e in events:
-        states = f"{e.from_state or ''} → {e.to_state}" if e.to_state else ""
-        table.add_row(e.at.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S"), f"{e.entity}#{e.entity_id}",
-                      e.action, states, names.get(e.actor_id, "系统") if e.actor_id else "系统",
-                      ", ".join(f"{k}={v}" for k, v in (e.data or {}).items()))  # fmt: skip
+        states = ""
+        if e.to_state:
+            zh = f"{_audit_state_zh(e.entity, e.from_state) or ''} → {_audit_state_zh(e.entity, e.to_state)}"
+            states = f"{zh} / {e.from_state or ''} → {e.to_state}"
+        table.add_row(e.at.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S"),
+                      f"{_AUDIT_ENTITY_ZH.get(e.entity, e.entity)}#{e.entity_id}",
+                      f"{_audit_action_zh(e.entity, e.action)} / {e.action}", states,
+                      people[e.actor_id][1] if e.actor_id in people else "系统",
+                      ", ".join(f"{k}={_audit_value(v)}" for k, v in (e.data or {}).items()))  # fmt: skip
     console.print(table)
 
 
@@ -773,8 +1160,17 @@ def _print_report(name: str, rows: list[Any], flt: Any, fmt: str, out: Path | No
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow([label for _, label, _ in columns])
+        from core.cells import safe_cell
+
         for r in rows:
-            writer.writerow([_report_cell(getattr(r, f), kind, True) for f, _, kind in columns])
+            # text cells (names, codes) are made inert: a name such as "=HYPERLINK(…)" is not a formula
+            writer.writerow(
+                [
+                    safe_cell(cell) if kind == "text" else cell
+                    for f, _, kind in columns
+                    for cell in (_report_cell(getattr(r, f), kind, True),)
+                ]
+            )
         text = buf.getvalue()
     else:
         period = f"{flt.start or '…'} ~ {flt.end or '…'}" if flt.start or flt.end else "全部 all"
@@ -840,35 +1236,93 @@ async def _report_counters(s: AsyncSession, settings: Settings, flt: Any) -> lis
     return list(await counters_report(s, settings, flt))
 
 
+_OUTCOME_ZH = {
+    "counted": "已盘点",
+    "empty": "库位为空",
+    "not_here": "物料不在此库位",
+    "found_unlisted": "计划外发现",
+}
+_METHOD_ZH = {"scan": "扫码", "typed": "手输", "cli": "命令行"}
+_DECISION_ZH = {"pending": "待审批", "approved": "已通过", "rejected": "已驳回", "recount": "退回重盘",
+                "escalated": "已升级", "cancelled": "已取消"}  # fmt: skip
+
+
 @main.command("show")
 @click.argument("variance_id", type=int)
-def show_variance(variance_id: int) -> None:
+@_format_option
+def show_variance(variance_id: int, fmt: str) -> None:
     """Everything about one variance: item, location, book, each count, photos, movements, approvals."""
+    from sqlalchemy import select
+
+    from core.analytics import ROLE_ZH
+    from core.models import User, Warehouse
+    from core.variance.rules import _TYPE_ZH as MOVEMENT_ZH
     from core.variance.service import dossier
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
-        return settings, await dossier(s, variance_id)
+        d = await dossier(s, variance_id)
+        wh = await s.get(Warehouse, d.variance.warehouse_id)
+        people = {
+            u: (no, name) for u, no, name in (await s.execute(select(User.id, User.employee_no, User.name)))
+        }
+        return settings, d, wh.code if wh else "", await _many_warehouses(s), people
 
-    settings, d = _flow(work)
+    settings, d, wh, many, people = _flow(work)
     v, tz = d.variance, settings.tz
-    pct = f"{v.pct:+.1f}%" if v.pct is not None else "—（账存为 0）"
+    if fmt == "json":
+        doc = _variance_json(v, d.item, d.location.code, wh, tz)
+        doc["spec"] = d.item.spec
+        doc["counts"] = [
+            {"entry_id": e.id, "task_id": e.task_id, "counter": u.employee_no, "counter_name": u.name,
+             "qty": e.qty, "raw_text": e.raw_text, "outcome": str(e.outcome), "method": str(e.method),
+             "partial": e.partial, "recount": e.recount, "photos": len(e.photos or []), "note": e.note,
+             "captured_at": _at(e.counted_at, tz), "recorded_at": _at(e.recorded_at, tz),
+             "superseded": e.superseded_by_id is not None, "overturned": e.overturned}
+            for e, u in d.entries
+        ]  # fmt: skip
+        doc["movements"] = [
+            {
+                "occurred_at": _at(m.occurred_at, tz),
+                "type": str(m.type),
+                "qty": m.qty,
+                "source_doc": m.source_doc,
+            }
+            for m in d.movements
+        ]
+        doc["approvals"] = [
+            {"seq": st.seq, "role": st.role, "decision": str(st.decision),
+             "decided_by": people.get(st.decided_by_id, (None, None))[0],
+             "decided_by_name": people.get(st.decided_by_id, (None, None))[1],
+             "opened_at": _at(st.opened_at, tz), "due_at": _at(st.due_at, tz), "decided_at": _at(st.decided_at, tz),
+             "comment": st.comment}
+            for st in d.steps
+        ]  # fmt: skip
+        _echo_json(doc)
+        return
+    unit = d.item.base_unit
+    pct = _pct(v.pct) if v.pct is not None else "—（账存为 0）"
     console.print(
-        f"差异 #{v.id}  {d.item.sku} {d.item.name} {d.item.spec or ''} @ {d.location.code}\n"
-        f"状态 {v.state}  级别 {v.severity}  账存 {v.book_qty:g}  实盘 {v.counted_qty:g}  差异 {v.qty:+g}{d.item.base_unit}"
-        f"（{pct}，{v.value:+,.2f} 元）{'  盘点时有出入库' if v.moved_during_count else ''}"
+        f"差异 #{v.id}  {d.item.sku} {d.item.name} {d.item.spec or ''} @ {_where(wh, d.location.code, many)}\n"
+        f"状态 {_state(v.state)}  级别 {_severity(v.severity)}  账存 {_qty(v.book_qty)}{unit}  "
+        f"实盘 {_qty(v.counted_qty)}{unit}  差异 {_signed(v.qty)}{unit}"
+        f"（{pct}，{v.value:+,.2f} 元）{'  盘点时有出入库' if v.moved_during_count else ''}",
+        markup=False,
     )
     if v.suggestion_text:
-        console.print(f"建议原因：{v.suggestion_text}")
+        console.print(f"建议原因：{v.suggestion_text}", markup=False)
     if v.reason_code:
-        console.print(f"审核原因：{v.reason_code} {v.reason_note or ''}")
+        picked = settings.reasons.get(v.reason_code)
+        label = f"{picked.zh} / {picked.code}" if picked else v.reason_code
+        console.print(f"审核原因：{label} {v.reason_note or ''}", markup=False)
     table = Table(title="盘点记录 / counts")
     for col in ("时间", "盘点员", "数量", "输入", "方式", "部分", "照片", "备注", "状态"):
         table.add_column(col, overflow="fold")
     for e, u in d.entries:
         state = "已被替换" if e.superseded_by_id else ("被复盘推翻" if e.overturned else "")
-        table.add_row(e.counted_at.astimezone(tz).strftime("%m-%d %H:%M"), u.name, f"{e.qty:g}" if e.qty is not None else "",
-                      e.raw_text or e.outcome, e.method, "是" if e.partial else "", str(len(e.photos or [])),
-                      e.note or "", state)  # fmt: skip
+        table.add_row(e.counted_at.astimezone(tz).strftime("%m-%d %H:%M:%S"), u.name, _qty(e.qty),
+                      e.raw_text or _OUTCOME_ZH.get(str(e.outcome), str(e.outcome)),
+                      _METHOD_ZH.get(str(e.method), str(e.method)), "是" if e.partial else "",
+                      str(len(e.photos or [])), e.note or "", state)  # fmt: skip
     console.print(table)
     if d.movements:
         mt = Table(title="期间出入库 / movements")
@@ -877,28 +1331,36 @@ def show_variance(variance_id: int) -> None:
         for m in d.movements:
             mt.add_row(
                 m.occurred_at.astimezone(tz).strftime("%m-%d %H:%M"),
-                str(m.type),
-                f"{m.qty:+g}",
+                MOVEMENT_ZH.get(m.type, str(m.type)),
+                _signed(m.qty),
                 m.source_doc or "",
             )
         console.print(mt)
     for st in d.steps:
+        who = f"，{people[st.decided_by_id][1]}" if st.decided_by_id in people else ""
         console.print(
-            f"审批 {st.seq}. {st.role}: {st.decision}" + (f"（{st.comment}）" if st.comment else "")
+            f"审批 {st.seq}. {ROLE_ZH.get(st.role, st.role)}：{_DECISION_ZH.get(str(st.decision), str(st.decision))}"
+            f"{who} / {st.role}: {st.decision}" + (f"（{st.comment}）" if st.comment else ""),
+            markup=False,
         )
 
 
 @main.command("resolve")
 @click.argument("variance_id", type=int)
-@click.option("--count", "count_is_right", flag_value=True, help="The count stands: go on to review.")
-@click.option("--book", "count_is_right", flag_value=False, help="The book stands: close without adjustment.")
+@click.option("--count", "count_stands", is_flag=True, help="The count stands: go on to review.")
+@click.option("--book", "book_stands", is_flag=True, help="The book stands: close without adjustment.")
 @_as_option
-def resolve(variance_id: int, count_is_right: bool | None, as_: str) -> None:
-    """A supervisor decides a variance whose counts disagree."""
+def resolve(variance_id: int, count_stands: bool, book_stands: bool, as_: str) -> None:
+    """A supervisor decides a variance whose counts disagree: exactly one of --count or --book."""
     from core.variance.service import resolve_dispute, user_by_employee_no
 
-    if count_is_right is None:
-        raise click.UsageError("请用 --count 或 --book 表明哪一方正确 / pass --count or --book")
+    # Two separate flags: with one shared destination, leaving both out read as --book (the book stands).
+    if count_stands == book_stands:
+        raise click.UsageError(
+            "请用 --count（盘点数正确）或 --book（账面数正确）二选一，未做任何修改 / "
+            "pass exactly one of --count (the count stands) or --book (the book stands); nothing was changed"
+        )
+    count_is_right = count_stands
 
     async def work(settings: Settings, s: AsyncSession) -> Any:
         user = await user_by_employee_no(s, as_)
@@ -906,7 +1368,119 @@ def resolve(variance_id: int, count_is_right: bool | None, as_: str) -> None:
                                      count_is_right=bool(count_is_right), now=now())  # fmt: skip
 
     v = _flow(work)
-    console.print(f"[green]✓[/] 差异 #{v.id}：{v.state}")
+    console.print(f"[green]✓[/] 差异 #{v.id}：{_state(v.state)}")
+
+
+# ------------------------------------------------------------------------------------------- warehouses
+
+
+@main.group()
+def warehouse() -> None:
+    """Warehouses and their default counting team."""
+
+
+@warehouse.command("list")
+@_format_option
+def warehouse_list(fmt: str) -> None:
+    """Each warehouse with its default team and how many active counters that team has."""
+    from sqlalchemy import select
+
+    from core.models import Team, Warehouse
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        teams: dict[int | None, str] = dict((await s.execute(select(Team.id, Team.name))).all())
+        counters = await _counters_per_team(s)
+        rows = (await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars().all()
+        return [(w, teams.get(w.default_team_id), counters.get(w.default_team_id, 0)) for w in rows]
+
+    rows = _flow(work)
+    if fmt == "json":
+        _echo_json(
+            [
+                {"code": w.code, "name": w.name, "default_team": team, "team_counters": n}
+                for w, team, n in rows
+            ]
+        )
+        return
+    table = Table(title="仓库 / warehouses")
+    for col in ("仓库 code", "名称 name", "默认盘点组 default team", "盘点员 counters"):
+        table.add_column(col, overflow="fold")
+    for w, team, n in rows:
+        table.add_row(w.code, w.name, team or "（未设置 not set）", str(n) if team else "")
+    console.print(table)
+
+
+async def _counters_per_team(s: AsyncSession) -> dict[int | None, int]:
+    from sqlalchemy import select
+
+    from core.models import User
+
+    out: dict[int | None, int] = {}
+    for team_id, roles in await s.execute(select(User.team_id, User.roles).where(User.active.is_(True))):
+        if "counter" in (roles or []):
+            out[team_id] = out.get(team_id, 0) + 1
+    return out
+
+
+@warehouse.command("set-team")
+@click.argument("code")
+@click.option("--team", metavar="NAME", help="The team's name, as in the users file (e.g. 盘点一组).")
+@click.option("--clear", is_flag=True, help="Remove the default team.")
+@click.option(
+    "--as", "as_", metavar="EMPLOYEE_NO", help="Who makes the change (recorded in the audit trail)."
+)
+def warehouse_set_team(code: str, team: str | None, clear: bool, as_: str | None) -> None:
+    """Set the team whose counters count warehouse CODE when a zone names no team of its own."""
+    import difflib
+
+    from sqlalchemy import select
+
+    from core import audit
+    from core.models import Team, Warehouse
+    from core.variance.service import WorkflowError, user_by_employee_no
+
+    if (team is None) == (not clear):
+        raise click.UsageError(
+            "请用 --team 盘点组名称，或 --clear 二选一 / pass exactly one of --team NAME or --clear"
+        )
+
+    async def work(settings: Settings, s: AsyncSession) -> Any:
+        actor = await user_by_employee_no(s, as_) if as_ else None
+        await _known_warehouse(s, code)
+        wh = (await s.execute(select(Warehouse).where(Warehouse.code == code).with_for_update())).scalar_one()
+        teams = dict((await s.execute(select(Team.name, Team.id))).all())
+        names: dict[int | None, str] = {i: n for n, i in teams.items()}
+        new_id = None
+        if team is not None:
+            new_id = teams.get(team.strip())
+            if new_id is None:
+                near = difflib.get_close_matches(team.strip(), list(teams), n=1)
+                hint_zh = f"，是不是「{near[0]}」？" if near else "；"
+                hint_en = f"; did you mean {near[0]!r}?" if near else ";"
+                raise WorkflowError(
+                    f"没有盘点组「{team}」{hint_zh}已有：{'、'.join(sorted(teams)) or '无'}（盘点组随用户导入建立）",
+                    f"no team {team!r}{hint_en} known: {', '.join(sorted(teams)) or 'none'} "
+                    "(teams come with the users import)",
+                )
+        old_id = wh.default_team_id
+        if old_id == new_id:
+            return wh, names.get(new_id), False, 0
+        wh.default_team_id = new_id
+        audit.record(s, "warehouse", wh.id, "default_team_set", actor_id=actor.id if actor else None, at=now(),
+                     warehouse=wh.code, team=names.get(new_id), previous=names.get(old_id))  # fmt: skip
+        counters = (await _counters_per_team(s)).get(new_id, 0) if new_id is not None else 0
+        return wh, names.get(new_id), True, counters
+
+    wh, name, changed, counters = _flow(work)
+    if not changed:
+        console.print(f"仓库 {wh.code} 的默认盘点组已是 {name or '（未设置）'}，未变 / unchanged")
+        return
+    if name is None:
+        console.print(f"[green]✓[/] 仓库 {wh.code} 已清除默认盘点组 / default team removed")
+        return
+    console.print(f"[green]✓[/] 仓库 {wh.code} 的默认盘点组：{name} / default team of {wh.code}: {name}")
+    if counters == 0:
+        console.print(f"[yellow]![/] 盘点组「{name}」没有在职的盘点员 / team {name!r} has no active counter")
 
 
 @main.command("housekeeping")
@@ -950,8 +1524,11 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 def _register_groups() -> None:
+    from bot.cli_config import config
     from bot.cli_erp import erp
     from bot.cli_jobs import jobs
+
+    main.add_command(config)
 
     main.add_command(jobs)
     main.add_command(erp)

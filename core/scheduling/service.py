@@ -690,9 +690,33 @@ async def request_count(
     *,
     requested_by_id: int | None = None,
     note: str | None = None,
+    now: datetime,
 ) -> CountRequest:
-    """An ad-hoc count ("picker says it's not there"); the next plan turns it into a task, first in line."""
-    req = CountRequest(item_location_id=item_location_id, requested_by_id=requested_by_id, note=note)
+    """An ad-hoc count ("picker says it's not there"); the next plan turns it into a task, first in line.
+
+    One request per item-location: while a request waits to be planned, asking again adds the new note to it
+    (each note kept, oldest first) and returns that request; its ``id`` says which one it was. ``now`` (aware)
+    is when it was asked."""
+    waiting = (
+        await session.execute(
+            select(CountRequest)
+            .where(CountRequest.item_location_id == item_location_id, CountRequest.planned_on.is_(None))
+            .order_by(CountRequest.id)
+            .limit(1)
+            .with_for_update()
+        )
+    ).scalar_one_or_none()
+    if waiting is not None:
+        said = (note or "").strip()
+        notes = [n for n in (waiting.note or "").split("\n") if n]
+        if said and said not in notes:
+            waiting.note = "\n".join([*notes, said])
+        if waiting.requested_by_id is None:
+            waiting.requested_by_id = requested_by_id
+        await session.flush()
+        return waiting
+    req = CountRequest(item_location_id=item_location_id, requested_by_id=requested_by_id, note=note,
+                       requested_at=now)  # fmt: skip
     session.add(req)
     await session.flush()
     return req

@@ -14,7 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.cli import main
 from core.db import make_engine, make_sessionmaker
 from core.models import ClassChange, CountTask, Item, Movement
+from tests.clock import local
 from tests.integration.builders import build_company
+from tests.integration.pinned_cli import PinnedCli
 
 
 def seed(url: str, **kw: object) -> None:
@@ -41,7 +43,8 @@ def scalar(url: str, stmt: object) -> int:
 
 @pytest.fixture
 def cli(engine: AsyncEngine, database_url: str) -> CliRunner:
-    return CliRunner(env={"PANDIAN_DATABASE_URL": database_url})
+    """The command line at 09:00 on Monday 2026-11-30 (never the wall clock)."""
+    return PinnedCli(local(date(2026, 11, 30), 9, 0), env={"PANDIAN_DATABASE_URL": database_url})
 
 
 def test_plan_json_fields_and_dry_run(cli: CliRunner, database_url: str) -> None:
@@ -88,9 +91,10 @@ def test_classify_prints_summary_and_history(cli: CliRunner, database_url: str) 
 
 
 def test_bad_configuration_is_reported(database_url: str) -> None:
-    r = CliRunner(env={"PANDIAN_DATABASE_URL": "mysql://x@localhost/db"}).invoke(main, ["plan"])
+    at = local(date(2026, 11, 30), 9, 0)
+    r = PinnedCli(at, env={"PANDIAN_DATABASE_URL": "mysql://x@localhost/db"}).invoke(main, ["plan"])
     assert r.exit_code != 0 and "PostgreSQL" in str(r.exception or r.output)
-    r = CliRunner(env={"PANDIAN_TIMEZONE": "Mars/Olympus"}).invoke(main, ["plan"])
+    r = PinnedCli(at, env={"PANDIAN_TIMEZONE": "Mars/Olympus"}).invoke(main, ["plan"])
     assert r.exit_code != 0 and "配置错误" in r.output
 
 
@@ -151,7 +155,7 @@ def test_serve_migrates_in_a_child_and_answers_health(database_url: str, tmp_pat
             except OSError:
                 assert proc.poll() is None, proc.communicate()
                 time.sleep(0.1)
-        assert body == {"ok": True, "database": "ok"}
+        assert body is not None and body["ok"] is True and body["database"] == "ok"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             assert "pandian_dispatch_backlog 0" in resp.read().decode()
     finally:

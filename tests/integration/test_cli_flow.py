@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import re
+from datetime import date
 from pathlib import Path
 
-from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.cli import main
 from core.db import make_engine, make_sessionmaker
 from core.models import CountTask, User
+from tests.clock import local
 from tests.integration.builders import build_company
+from tests.integration.pinned_cli import PinnedCli
+
+DAY = date(2026, 11, 30)
 
 
 def seed(url: str) -> None:
@@ -49,7 +53,7 @@ def open_task(url: str, employee_no: str) -> int:
 
 def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path) -> None:
     seed(database_url)
-    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = PinnedCli(local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
 
     def ok(*args: str) -> str:
         r = cli.invoke(main, list(args))
@@ -87,7 +91,7 @@ def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path)
 
 def test_dispute_resolved_by_supervisor_and_dossier(engine: AsyncEngine, database_url: str) -> None:
     seed(database_url)
-    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = PinnedCli(local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
 
     def ok(*args: str) -> str:
         r = cli.invoke(main, list(args))
@@ -101,8 +105,10 @@ def test_dispute_resolved_by_supervisor_and_dossier(engine: AsyncEngine, databas
     )
     recount = int(re.search(r"复盘任务 #(\d+)", out).group(1))  # type: ignore[union-attr]
     disagree = ok("count", str(recount), "7", "--as", "WH1-E02", "--at", "2026-11-30T10:20")
-    assert "请主管裁定" in disagree
-    vid = re.search(r"│ (\d+) ", ok("variances")).group(1)  # type: ignore[union-attr]
+    assert "不一致" not in disagree and "账" not in disagree  # blind: the recounter learns nothing of either
+    listing = ok("variances")
+    assert "复盘不一致 / disputed" in listing  # the supervisor sees the dispute
+    vid = re.search(r"│ (\d+) ", listing).group(1)  # type: ignore[union-attr]
     dossier = ok("show", vid)
     assert (
         "盘点员1" in dossier

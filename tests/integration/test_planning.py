@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -120,7 +120,7 @@ async def test_holiday_and_company_override(session: AsyncSession, settings: Set
 async def test_adhoc_request_planned_once(session: AsyncSession, settings: Settings) -> None:
     co = await build_company(session, items=50)
     target = co.item_locations[-1]
-    await request_count(session, target.id, note="拣货员说没货")
+    await request_count(session, target.id, note="拣货员说没货", now=morning(MONDAY) - timedelta(days=3))
     r = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
     adhoc = [t for t in r.tasks if t.reason is TaskReason.ADHOC]
     assert len(adhoc) == 1 and adhoc[0].priority == 1

@@ -1,0 +1,35 @@
+"""The command line under test, at a time the test chose: every ``invoke`` runs with ``CliRoot(FixedClock)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from bot.cli import main
+from bot.cli_clock import CliRoot
+from tests.clock import FixedClock
+
+
+class PinnedCli(CliRunner):
+    """A CliRunner whose commands read ``clock`` (move it with ``clock.set`` / ``clock.advance``)."""
+
+    def __init__(self, at: datetime, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.clock = FixedClock(at)
+
+    def invoke(self, cli: Any, args: str | Sequence[str] | None = None, **kw: Any) -> Result:  # type: ignore[override]
+        kw.setdefault("obj", CliRoot(self.clock))
+        return super().invoke(cli, args, **kw)
+
+    def run(self, *args: str) -> Result:
+        """``pandian ARGS``."""
+        return self.invoke(main, list(args))
+
+    def ok(self, *args: str) -> str:
+        """``pandian ARGS``, which must succeed; its output."""
+        r = self.run(*args)
+        assert r.exit_code == 0, (args, r.output, r.exception)
+        return r.output
