@@ -20,6 +20,12 @@ from core import migrate
 from core.db import make_engine, make_sessionmaker
 from core.models import Base
 
+# A server under test (build_app) runs with a clock the test pinned, but APScheduler fires on the wall clock:
+# started on a test day long past, it found the morning push "missed" within its grace whenever the suite ran
+# between 07:30 and 08:30 Shanghai time, and pushed task cards the test did not expect. The scheduler is off
+# unless a test asks for it (tests of the jobs pass their own ScheduleSettings, which win over this).
+os.environ.setdefault("PANDIAN_SCHEDULE__ENABLED", "false")
+
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
