@@ -2797,10 +2797,12 @@ def _nobody_note(file: str, code: str) -> ImportIssue:
         None,
         None,
         f"仓库 {code} 没有可分配的盘点员：没有在职、有产能的盘点员属于它的默认班组或它某个库区的班组，也没有人负责它的库区，"
-        "它的盘点任务将无人可派。请在人员表中给盘点员填写团队（团队/班组）或库区，或在库位表中填写默认班组",
+        "它的盘点任务将无人可派。请在人员表中给盘点员填写团队（团队/班组）或库区，或在库位表中填写默认班组，"
+        f"或执行 pandian warehouse set-team {code} --team 班组名",
         f"warehouse {code} has no counter who can be given its work: no active counter with capacity is in its "
         "default team or the team of one of its zones, and nobody covers one of its zones, so its count tasks will "
-        "stay unassigned; give counters a team or zones in the users file, or a default team in the locations file",
+        "stay unassigned; give counters a team or zones in the users file, or a default team in the locations file, "
+        f"or run pandian warehouse set-team {code} --team TEAM",
     )
 
 

@@ -45,6 +45,7 @@ SETTINGS = Settings(
     wecom={"corp_id": "ww-test"},
     feishu={"app_id": "cli_test"},
     server=ServerSettings(payload_secret=KEY.decode()),
+    schedule=ScheduleSettings(),  # on (tests/conftest.py switches the scheduler off by default)
 )
 TZ = SETTINGS.tz
 MONDAY = date(2026, 11, 30)
@@ -661,6 +662,7 @@ def test_cli_lists_and_runs_jobs(engine: AsyncEngine, database_url: str) -> None
             "PANDIAN_DATABASE_URL": database_url,
             **PLATFORM_ENV,
             "PANDIAN_SERVER__PAYLOAD_SECRET": KEY.decode(),
+            "PANDIAN_SCHEDULE__ENABLED": "true",
         }
     )
     listing = cli.invoke(main, ["jobs", "list"])

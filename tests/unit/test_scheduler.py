@@ -29,7 +29,9 @@ def runs(scheduler: AsyncIOScheduler) -> dict[str, datetime]:
 
 def test_next_runs_skip_the_weekend_in_the_company_time_zone() -> None:
     friday_night = local(date(2026, 12, 4), 20, 30)
-    got = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: friday_night))
+    got = runs(
+        build_scheduler(SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: friday_night)
+    )
     assert got == {
         "morning": local(date(2026, 12, 7), 7, 30),  # Monday, not Saturday
         "afternoon": local(date(2026, 12, 7), 15),
@@ -55,12 +57,18 @@ def test_next_runs_skip_the_weekend_in_the_company_time_zone() -> None:
     ids=["make-up-saturday", "national-day", "make-up-sunday"],
 )
 def test_holidays_and_make_up_days(now: datetime, expected: datetime) -> None:
-    assert runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: now))["morning"] == expected
+    assert (
+        runs(build_scheduler(SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: now))[
+            "morning"
+        ]
+        == expected
+    )
 
 
 def test_company_overrides_from_configuration() -> None:
     settings = Settings(
-        calendar=CalendarSettings(extra_working_days=[date(2026, 12, 5)], extra_days_off=[date(2026, 12, 7)])
+        schedule=ScheduleSettings(),
+        calendar=CalendarSettings(extra_working_days=[date(2026, 12, 5)], extra_days_off=[date(2026, 12, 7)]),
     )
     got = runs(build_scheduler(SESSIONMAKER, settings, clock=lambda: local(date(2026, 12, 4), 20, 30)))
     assert got["morning"] == local(date(2026, 12, 5), 7, 30)
@@ -92,21 +100,35 @@ def test_configured_times_and_another_time_zone_across_a_dst_change() -> None:
 
 def test_a_missed_daily_run_is_caught_up_within_the_grace() -> None:
     monday = date(2026, 11, 30)
-    started_late = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(monday, 8, 10)))
+    started_late = runs(
+        build_scheduler(
+            SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: local(monday, 8, 10)
+        )
+    )
     assert started_late["morning"] == local(monday, 7, 30)  # runs at once when the scheduler starts
-    too_late = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(monday, 9, 31)))
+    too_late = runs(
+        build_scheduler(
+            SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: local(monday, 9, 31)
+        )
+    )
     assert too_late["morning"] == local(date(2026, 12, 1), 7, 30)  # more than 2 h: tomorrow
     settings = Settings(schedule=ScheduleSettings(misfire_grace_minutes=180))
     assert runs(build_scheduler(SESSIONMAKER, settings, clock=lambda: local(monday, 9, 31)))[
         "morning"
     ] == local(monday, 7, 30)
     # a missed run on a day off is not caught up
-    sunday = runs(build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(date(2026, 12, 6), 8, 10)))
+    sunday = runs(
+        build_scheduler(
+            SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: local(date(2026, 12, 6), 8, 10)
+        )
+    )
     assert sunday["morning"] == local(date(2026, 12, 7), 7, 30)
 
 
 def test_jobs_coalesce_and_never_overlap() -> None:
-    scheduler = build_scheduler(SESSIONMAKER, Settings(), clock=lambda: local(date(2026, 11, 30), 12))
+    scheduler = build_scheduler(
+        SESSIONMAKER, Settings(schedule=ScheduleSettings()), clock=lambda: local(date(2026, 11, 30), 12)
+    )
     for job in scheduler.get_jobs():
         assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time
     morning = scheduler.get_job("morning")
