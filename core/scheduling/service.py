@@ -51,6 +51,7 @@ from core.models import (
     UserUnavailability,
     UserZone,
     UTCDateTime,
+    Variance,
     Warehouse,
     Zone,
 )
@@ -65,6 +66,7 @@ from core.scheduling.planner import (
     Rules,
 )
 from core.scheduling.policy import cycle_for
+from core.variance.workflow import VARIANCE
 
 BATCH = 5000
 PLAN_LOCK_KEY = 0x70616E6469616E  # "pandian": PostgreSQL advisory lock serialising concurrent plans
@@ -199,14 +201,23 @@ async def _windows(
     return out
 
 
+def _busy(il: Any) -> Any:
+    """The item-location is being counted already: an open task (a blind recount included) or a variance that
+    has not reached a final state. No other count is planned for it then: a trigger count of an item-location
+    whose recount is open went to the very counter being checked."""
+    return or_(
+        exists().where(CountTask.item_location_id == il.id, CountTask.status.in_(OPEN_STATUSES)),
+        exists().where(Variance.item_location_id == il.id, Variance.state.not_in(OPEN_VARIANCE_FINALS)),
+    )
+
+
+OPEN_VARIANCE_FINALS = sorted(s.value for s in VARIANCE.finals())
+
+
 def _columns() -> tuple[Any, ...]:
     """The Candidate columns, in field order (see ``_candidate``)."""
     il = ItemLocation
-    open_task = exists().where(
-        CountTask.item_location_id == il.id,
-        CountTask.status.in_(OPEN_STATUSES),
-        CountTask.reason != TaskReason.RECOUNT,
-    )
+    open_task = _busy(il)
     pending = (
         select(func.min(CountRequest.id))
         .where(CountRequest.item_location_id == il.id, CountRequest.planned_on.is_(None))
@@ -306,11 +317,7 @@ def _trigger_queries(warehouse_id: int, now: datetime, rules: Rules) -> list[Sel
             and_(il.last_counted_at.is_not(None), il.turnover_value >= rules.turnover_threshold)
         )
     if rules.discretionary_daily_cap > 0:
-        no_open_task = ~exists().where(
-            CountTask.item_location_id == il.id,
-            CountTask.status.in_(OPEN_STATUSES),
-            CountTask.reason != TaskReason.RECOUNT,
-        )
+        no_open_task = ~_busy(il)
         queries.append(
             select(*_columns())
             .where(il.warehouse_id == warehouse_id, or_(*discretionary), no_open_task)

@@ -197,3 +197,56 @@ async def test_two_warehouses_in_one_plan(session: AsyncSession, settings: Setti
     assert (await plan_day(session, settings, MONDAY, now=morning(MONDAY))).created == 0
     one = await plan_day(session, settings, MONDAY, now=morning(MONDAY), warehouse_code="SZ01")
     assert {t.warehouse for t in one.tasks} == {"SZ01"}
+
+
+async def test_nothing_more_is_planned_for_an_item_location_whose_recount_or_variance_is_open(
+    session: AsyncSession, settings: Settings
+) -> None:
+    """A count far off the book opens a blind recount. Planning that day again, or the next, adds no count of
+    that item-location (an "inaccurate" trigger went to the very counter being checked); once the variance is
+    final, its triggers plan again."""
+    from core.enums import TaskReason as R
+    from core.models import ItemLocation as IL
+    from core.models import Variance
+    from core.variance.service import record_count
+
+    await build_company(session, items=50, counters=2)
+    first = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
+    await session.commit()
+    task = await session.get(CountTask, first.tasks[0].task_id)
+    assert task is not None and task.assignee_id is not None
+    il = await session.get(IL, task.item_location_id)
+    assert il is not None
+    at = morning(MONDAY) + timedelta(hours=2)
+    off = str(il.qty + 500)  # far out of tolerance: a recount by someone else
+    result = await record_count(session, settings, task_id=task.id, counter_id=task.assignee_id, text=off,
+                                counted_at=at, now=at)  # fmt: skip
+    await session.commit()
+    assert result.recount_task is not None
+
+    async def counts_of_il() -> list[int]:
+        return list((await session.execute(select(CountTask.id).where(
+            CountTask.item_location_id == il.id, CountTask.reason != R.RECOUNT))).scalars())  # fmt: skip
+
+    again = await plan_day(session, settings, MONDAY, now=at + timedelta(minutes=5))
+    assert again.created == 0
+    for d in WEEK[1:3]:
+        await plan_day(session, settings, d, now=morning(d))
+        await session.commit()
+        assert await counts_of_il() == [task.id], (
+            d
+        )  # the first count only: nothing planned beside the recount
+    open_tasks = (
+        (
+            await session.execute(
+                select(CountTask).where(
+                    CountTask.item_location_id == il.id, CountTask.status.in_(["open", "in_progress"])
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert [t.reason for t in open_tasks] == [R.RECOUNT]  # the recount alone
+    v = (await session.execute(select(Variance).where(Variance.task_id == task.id))).scalar_one()
+    assert v.state == "recount_pending"
