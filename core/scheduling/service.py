@@ -581,6 +581,7 @@ async def plan_day(
     cal = await load_calendar(session, settings)
     result = PlanResult(day, cal.is_working_day(day))
     warehouses = await _warehouses(session, warehouse_code)
+    unassigned_by_wh: dict[str, int] = {}
     if not result.working_day:
         name = cal.holiday_name(day)
         result.warnings.append(
@@ -616,10 +617,13 @@ async def plan_day(
             )
             _, unassigned = await _assign(session, wh.id, day)
             result.unassigned += unassigned
+            if unassigned:
+                unassigned_by_wh[wh.code] = unassigned
             session.add(
                 PlanRun(
                     plan_date=day,
                     warehouse_id=wh.id,
+                    started_at=now,
                     created_tasks=created,
                     stats={"members": {c: w.members for (_, c), w in windows.items()}},
                 )
@@ -631,12 +635,30 @@ async def plan_day(
         result.by_class[t.abc_class] = result.by_class.get(t.abc_class, 0) + 1
         if t.plan_date < day:
             result.carried_over += 1
-    if result.unassigned:
-        result.warnings.append(
-            f"{result.unassigned} 个任务超出可用人员产能，未分配 / "
-            f"{result.unassigned} tasks exceed the available counters' capacity and are unassigned"
-        )
+    result.warnings.extend(await _unassigned_warnings(session, unassigned_by_wh))
     return result
+
+
+async def _unassigned_warnings(session: AsyncSession, unassigned: dict[str, int]) -> list[str]:
+    """Why tasks stayed unassigned, by its real cause: a warehouse nobody can be given work in (no counter in its
+    default team, its zones' teams or covering its zones) is named; the rest exceeded the counters' capacity."""
+    if not unassigned:
+        return []
+    from core.importing import warehouses_without_counters
+
+    nobody = set(await warehouses_without_counters(session))
+    out = [
+        f"仓库 {code} 没有可分配的盘点员，{n} 个任务未分配：请给盘点员填写团队或库区，或执行 pandian warehouse "
+        f"set-team {code} --team 班组名 / warehouse {code} has no counter who can be given its work, {n} task(s) "
+        f"unassigned: give counters a team or zones, or run pandian warehouse set-team {code} --team TEAM"
+        for code, n in sorted(unassigned.items())
+        if code in nobody
+    ]
+    over = sum(n for code, n in unassigned.items() if code not in nobody)
+    if over:
+        out.append(f"{over} 个任务超出可用人员产能，未分配 / {over} tasks exceed the available counters' capacity "
+                   "and are unassigned")  # fmt: skip
+    return out
 
 
 def _task_select(*columns: Any) -> Select[Any]:

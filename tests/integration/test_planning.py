@@ -250,3 +250,16 @@ async def test_nothing_more_is_planned_for_an_item_location_whose_recount_or_var
     assert [t.reason for t in open_tasks] == [R.RECOUNT]  # the recount alone
     v = (await session.execute(select(Variance).where(Variance.task_id == task.id))).scalar_one()
     assert v.state == "recount_pending"
+
+
+async def test_a_warehouse_nobody_can_count_is_named_not_blamed_on_capacity(
+    session: AsyncSession, settings: Settings
+) -> None:
+    await build_company(session, items=20, code="WH1")
+    await build_company(session, items=20, code="WH2", counters=0)  # its team has a supervisor only
+    result = await plan_day(session, settings, MONDAY, now=morning(MONDAY))
+    assert result.unassigned > 0
+    assert len(result.warnings) == 1, result.warnings
+    [said] = result.warnings
+    assert said.startswith(f"仓库 WH2 没有可分配的盘点员，{result.unassigned} 个任务未分配")
+    assert "pandian warehouse set-team WH2" in said and "产能" not in said
