@@ -226,7 +226,9 @@ def post(
             f"[yellow]![/] 这些不是回写失败或暂停的调整单 / not failed or held: {sorted(set(retry_ids) - set(retried))}"
         )
     if absent_ids and set(absent_ids) - set(retried):
-        console.print(f"[yellow]![/] 这些不是暂停回写的调整单 / not held: {sorted(set(absent_ids) - set(retried))}")
+        console.print(
+            f"[yellow]![/] 这些不是暂停回写的调整单 / not held: {sorted(set(absent_ids) - set(retried))}"
+        )
     if counts:
         console.print(f"{connector.label}：" + "，".join(f"{k} {v}" for k, v in counts.items()))
     if n_held:
