@@ -416,6 +416,7 @@ def escalation_due(step: Step, opened_at: datetime, now: datetime) -> bool:
 class Refusal(StrEnum):
     COUNTED = "counted"
     REVIEWED = "reviewed"
+    DECIDED = "decided"
     ROLE = "role"
 
 
@@ -440,11 +441,14 @@ def check_can_decide(
     step_role: Role,
     counted_by: set[int],
     reviewed_by: set[int],
+    decided_by: set[int] | frozenset[int] = frozenset(),
 ) -> None:
     """Raise :class:`NotAllowed` unless the actor may decide this approval step.
 
-    Whoever counted or reviewed the line may not approve it, whatever their roles; otherwise the actor must
-    hold the step's role (no role stands in for another, admin included).
+    Whoever counted or reviewed the line may not approve it, whatever their roles; whoever decided an earlier
+    step of the variance may not decide another (one person, one step: someone holding two roles does not
+    shrink a two-person chain to one); otherwise the actor must hold the step's role (no role stands in for
+    another, admin included).
     """
     if actor_id in counted_by:
         raise NotAllowed(
@@ -457,6 +461,12 @@ def check_can_decide(
             Refusal.REVIEWED,
             "您审核过该差异，不能再审批",
             "You reviewed this variance and cannot also approve it",
+        )
+    if actor_id in decided_by:
+        raise NotAllowed(
+            Refusal.DECIDED,
+            "您已审批过该差异的上一级，同一人不能审批两级",
+            "You approved an earlier step of this variance; one person cannot decide two steps",
         )
     if step_role not in set(actor_roles):
         raise NotAllowed(

@@ -630,7 +630,19 @@ async def decide(
         roles = {Role(r) for r in actor.roles or [] if r in Role._value2member_map_}
         counted_by = await _counters_of(session, v.task_id)
         reviewed_by = {v.reviewer_id} if v.reviewer_id else set()
-        rules.check_can_decide(actor_id, roles, Role(step.role), counted_by, reviewed_by)
+        decided_by = {
+            i
+            for i in (
+                await session.execute(
+                    select(ApprovalStep.decided_by_id).where(
+                        ApprovalStep.variance_id == v.id, ApprovalStep.seq < step.seq,
+                        ApprovalStep.decision == ApprovalDecision.APPROVED, ApprovalStep.decided_by_id.is_not(None),
+                    )
+                )
+            ).scalars()
+            if i is not None
+        }  # fmt: skip
+        rules.check_can_decide(actor_id, roles, Role(step.role), counted_by, reviewed_by, decided_by)
     except rules.RuleViolation as exc:
         raise WorkflowError(exc.zh, exc.en) from exc
     if decision is ApprovalDecision.REJECTED and not (comment and comment.strip()):
