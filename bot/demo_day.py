@@ -345,7 +345,12 @@ async def play(
             adjustments = (await s.execute(select(func.count()).select_from(Adjustment))).scalar_one()
             variances = (await s.execute(select(Variance.state, func.count()).group_by(Variance.state))).all()
         t.scene("──", "今日结果")
-        t.add(f"{' ' * 8}差异：" + "，".join(f"{state_} {n}" for state_, n in variances))
+        from core.variance.workflow import VARIANCE, VarianceState
+
+        names = VARIANCE.state_zh  # Chinese text carries the states' Chinese names, never their codes
+        t.add(
+            f"{' ' * 8}差异：" + "，".join(f"{names[VarianceState(state_)]} {n}" for state_, n in variances)
+        )
         t.add(f"{' ' * 8}库存调整单：{adjustments}（pandian adjustments export 可导出）")
 
     await runner.cleanup()
