@@ -347,9 +347,10 @@ async def play(
         t.scene("──", "今日结果")
         from core.variance.workflow import VARIANCE, VarianceState
 
-        names = VARIANCE.state_zh  # Chinese text carries the states' Chinese names, never their codes
+        state_names = VARIANCE.state_zh  # Chinese text carries the states' Chinese names, never their codes
         t.add(
-            f"{' ' * 8}差异：" + "，".join(f"{names[VarianceState(state_)]} {n}" for state_, n in variances)
+            f"{' ' * 8}差异："
+            + "，".join(f"{state_names[VarianceState(state_)]} {n}" for state_, n in variances)
         )
         t.add(f"{' ' * 8}库存调整单：{adjustments}（pandian adjustments export 可导出）")
 
