@@ -1436,8 +1436,20 @@ class _Importer:
         }
         out = []
         zeros: dict[str, str] = {}
+        near_locs: dict[
+            tuple[int, str], str
+        ] = {}  # (warehouse id, code as given) -> the stored code it lost 0s of
         if not self.issues.full:
             zeros = await self._zero_stripped({r.sku for r in batch if r.sku not in items}, "sku")
+            missing: dict[int, set[str]] = {}
+            for r in batch:
+                wh = ids[r.warehouse]
+                if wh is not None and (wh, r.location) not in locs:
+                    missing.setdefault(wh, set()).add(r.location)
+            for wh, codes in missing.items():  # one query per warehouse, not one per missing location
+                near_locs.update(
+                    ((wh, c), n) for c, n in (await self._zero_stripped(codes, "location", wh)).items()
+                )
         for r in batch:
             item_id, wh_id = items.get(r.sku), ids[r.warehouse]
             loc_id = locs.get((wh_id, r.location)) if wh_id is not None else None
@@ -1474,7 +1486,7 @@ class _Importer:
                 and ("loc", f"{r.warehouse}/{r.location}") not in self._reported
             ):
                 self._reported.add(("loc", f"{r.warehouse}/{r.location}"))
-                near = (await self._zero_stripped([r.location], "location", wh_id)).get(r.location)
+                near = near_locs.get((wh_id, r.location))
                 if near:
                     self.issues.add(
                         r.row,
