@@ -62,6 +62,14 @@ async def test_lost_leading_zeros_and_date_serials_name_what_was_meant(
     msg = await refused(session, moves)
     assert "“45600”是 Excel 的日期序号（即 2024-11-04）" in msg and "date serial number" in msg
     assert await session.scalar(select(func.count()).select_from(Movement)) == 0
+    await import_file(session, write(tmp_path / "l2.csv", [["仓库", "库位"], ["W1", "0101"], ["W2", "0101"]]),
+                      None, tz=TZ, now=NOW)  # fmt: skip
+    await session.commit()
+    bins = write(tmp_path / "stock2.csv", [["物料编码", "仓库", "库位", "数量"], ["00123", "W1", "101", "5"],
+                                         ["00123", "W2", "101", "5"]])  # fmt: skip
+    msg = await refused(session, bins)
+    for wh in ("W1", "W2"):  # the same bin code in each warehouse, each named
+        assert f"库位“101”在仓库“{wh}”中不存在，但有库位“0101”：Excel 去掉了编码前面的 0" in msg, msg
 
 
 async def test_a_formula_without_a_value_is_named_as_a_formula(session: AsyncSession, tmp_path: Path) -> None:
