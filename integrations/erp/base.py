@@ -529,6 +529,17 @@ def latest(mark: str | None, seen: str) -> str | None:
     return seen if seen and (mark is None or seen > mark) else mark
 
 
+def several_carry(erp_zh: str, erp_en: str, key: str, numbers: Sequence[str], where_zh: str = "",
+                  where_en: str = "") -> ErpHeld:  # fmt: skip
+    """Several ERP documents carry our bill number ``key``: which one is ours cannot be told, so the posting is
+    held (one wording for every connector; ``where`` names the field the number was found in)."""
+    return ErpHeld(
+        f"{erp_zh}里有 {len(numbers)} 张{where_zh}带我方单号 {key} 的单据：{'、'.join(numbers)}，请删除多余的后重试",
+        f"{erp_en} holds {len(numbers)} documents carrying our {key}{f' in {where_en}' if where_en else ''}: "
+        f"{', '.join(numbers)}; delete the extra ones, then retry",
+    )
+
+
 def carries(value: Any, key: str) -> bool:
     """Whether a field the ERP kept holds our bill number ``key`` as a word of its own (``PD00000012`` is not in
     ``PD000000123``, nor in ``PD00000012-O``)."""

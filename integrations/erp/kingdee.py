@@ -67,6 +67,7 @@ from integrations.erp.base import (
     keyed_note,
     latest,
     local_time,
+    several_carry,
     text,
 )
 from integrations.erp.http import Http, Login
@@ -406,10 +407,8 @@ class KingdeeConnector(ApiConnector):
             return bill
         found = await self._by_key(form, doc.key)
         if len(found) > 1:
-            nos = "、".join(f"{b.number}（{b.status}）" for b in found)
-            raise ErpHeld(f"金蝶里有 {len(found)} 张{self.key_field(form)}带我方单号 {doc.key} 的单据：{nos}，请删除多余的后重试",
-                          f"Kingdee holds {len(found)} bills carrying our {doc.key} in {self.key_field(form)}: "
-                          f"{', '.join(b.number for b in found)}; delete the extra ones, then retry")  # fmt: skip
+            raise several_carry("金蝶", "Kingdee", doc.key, [f"{b.number}（{b.status}）" for b in found],
+                                self.key_field(form), self.key_field(form))  # fmt: skip
         if found:  # saved before, its answer lost: carried on from here, never saved again
             await self._learnt(found[0], doc, journal, adopted=True)
             return found[0]

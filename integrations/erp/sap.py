@@ -64,6 +64,7 @@ from integrations.erp.base import (
     configured,
     decimal,
     latest,
+    several_carry,
     text,
 )
 from integrations.erp.http import Http, Login, Response
@@ -443,10 +444,8 @@ class SapConnector(ApiConnector):
             return found[0]
         found = await self._find_pi(doc.key, doc.warehouse)
         if len(found) > 1:
-            nos = ", ".join(f"{h.get('FiscalYear')}/{h.get('PhysicalInventoryDocument')}" for h in found)
-            raise ErpHeld(f"SAP 里有 {len(found)} 张参考号为 {doc.key} 的盘点凭证：{nos}，请删除多余的后重试",
-                          f"SAP holds {len(found)} physical inventory documents referenced {doc.key}: {nos}; "
-                          "delete the extra ones, then retry")  # fmt: skip
+            nos = [f"{h.get('FiscalYear')}/{h.get('PhysicalInventoryDocument')}" for h in found]
+            raise several_carry("SAP ", "SAP", doc.key, nos, "参考号", "PhysInventoryReferenceNumber")
         if found:  # created before, its answer lost
             h = found[0]
             number, year = str(h["PhysicalInventoryDocument"]), str(h.get("FiscalYear"))

@@ -57,6 +57,7 @@ from integrations.erp.base import (
     keyed_note,
     latest,
     local_time,
+    several_carry,
     text,
 )
 from integrations.erp.http import Http, Login
@@ -292,10 +293,8 @@ class U8Connector(ApiConnector):
             return now
         found = await self._by_key(resource, doc, part)
         if len(found) > 1:
-            raise ErpHeld(f"U8 里有 {len(found)} 张{self.cfg.key_field}带我方单号 {part} 的 {resource}："
-                          f"{'、'.join(str(r.get('code')) for r in found)}，请删除多余的后重试",
-                          f"U8 holds {len(found)} {resource} vouchers carrying our {part}: "
-                          f"{', '.join(str(r.get('code')) for r in found)}; delete the extra ones, then retry")  # fmt: skip
+            raise several_carry("U8 ", "U8", part, [f"{resource} {r.get('code')}" for r in found],
+                                self.cfg.key_field, self.cfg.key_field)  # fmt: skip
         if found:  # added before, its answer lost
             parts[part] = {"id": str(found[0]["id"]), "code": str(found[0].get("code") or "")}
             pending = journal.pending

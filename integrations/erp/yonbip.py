@@ -63,6 +63,7 @@ from integrations.erp.base import (
     keyed_note,
     latest,
     local_time,
+    several_carry,
     text,
 )
 from integrations.erp.http import Http, Login
@@ -309,10 +310,8 @@ class YonBipConnector(ApiConnector):
             return rec
         found = await self._by_key(doc.key)
         if len(found) > 1:
-            raise ErpHeld(f"用友里有 {len(found)} 张{self.cfg.key_field}带我方单号 {doc.key} 的盘点差异单："
-                          f"{'、'.join(r.code for r in found)}，请删除多余的后重试",
-                          f"YonBIP holds {len(found)} difference documents carrying our {doc.key}: "
-                          f"{', '.join(r.code for r in found)}; delete the extra ones, then retry")  # fmt: skip
+            raise several_carry("用友", "YonBIP", doc.key, [r.code for r in found], self.cfg.key_field,
+                                self.cfg.key_field)  # fmt: skip
         if found:  # saved before, its answer lost
             r = found[0]
             await journal.answered({"id": r.id, "number": r.code, "status": r.status, "key_kept": True},
