@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,21 @@ from click.testing import CliRunner, Result
 
 from bot.cli import main
 from bot.cli_clock import CliRoot
+from core.db import make_engine, make_sessionmaker
 from tests.clock import FixedClock
+
+
+def query(url: str, stmt: Any) -> Any:
+    """The rows of ``stmt`` on the database at ``url``, read from the test (the CLI runs its own event loop)."""
+
+    async def go() -> Any:
+        eng = make_engine(url)
+        async with make_sessionmaker(eng)() as s:
+            out = (await s.execute(stmt)).all()
+        await eng.dispose()
+        return out
+
+    return asyncio.run(go())
 
 
 class PinnedCli(CliRunner):

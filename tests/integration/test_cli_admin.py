@@ -20,7 +20,7 @@ from core.models import AuditEvent, CountRequest, CountTask, ItemLocation, Team,
 from core.variance.rules import ReasonSettings
 from tests.clock import local
 from tests.integration.builders import build_company
-from tests.integration.pinned_cli import PinnedCli
+from tests.integration.pinned_cli import PinnedCli, query
 
 DAY = date(2026, 11, 30)
 NOW = local(DAY, 11, 0)
@@ -43,17 +43,6 @@ def seed(url: str) -> None:
         await eng.dispose()
 
     asyncio.run(go())
-
-
-def query(url: str, stmt: Any) -> Any:
-    async def go() -> Any:
-        eng = make_engine(url)
-        async with make_sessionmaker(eng)() as s:
-            out = (await s.execute(stmt)).all()
-        await eng.dispose()
-        return out
-
-    return asyncio.run(go())
 
 
 def cli_for(url: str) -> PinnedCli:

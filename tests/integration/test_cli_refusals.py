@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import date
-from typing import Any
 
 from click.testing import Result
 from sqlalchemy import func, select
@@ -18,7 +17,7 @@ from core.models import AuditEvent, CountRequest, CountTask, User, Variance, War
 from core.variance.workflow import VarianceState
 from tests.clock import local
 from tests.integration.builders import build_company
-from tests.integration.pinned_cli import PinnedCli
+from tests.integration.pinned_cli import PinnedCli, query
 
 DAY = date(2026, 11, 30)
 NOW = local(DAY, 11, 0)
@@ -37,17 +36,6 @@ def seed(url: str) -> None:
         await eng.dispose()
 
     asyncio.run(go())
-
-
-def query(url: str, stmt: Any) -> Any:
-    async def go() -> Any:
-        eng = make_engine(url)
-        async with make_sessionmaker(eng)() as s:
-            out = (await s.execute(stmt)).all()
-        await eng.dispose()
-        return out
-
-    return asyncio.run(go())
 
 
 def first_task(url: str, employee_no: str) -> int:
