@@ -43,13 +43,14 @@ from bot.cards.render.common import Signer
 from bot.cards.text import CountLine, ItemAt
 from bot.channel import Address
 from bot.events import Platform
-from bot.notify import _IDS, address_for
+from bot.notify import _IDS, address_for, notify
 from bot.outbox import enqueue
 from bot.photos import signed_url
 from core.config import Settings
 from core.enums import OPEN_STATUSES, ApprovalDecision, CountOutcome, Role, TaskReason, TaskStatus
 from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
-from core.variance.service import dossier, escalate_step
+from core.people import holders, site_holders, team_first
+from core.variance.service import deciders, dossier, line_people, step_level
 from core.variance.tolerance import Severity
 from core.variance.workflow import VarianceState
 
@@ -189,37 +190,6 @@ async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFac
     )
 
 
-async def _line_people(session: AsyncSession, v: Variance) -> tuple[set[int], int | None]:
-    """Who counted the line (the task and its recounts), and the team of the task's counter."""
-    task_ids = select(CountTask.id).where(
-        (CountTask.id == v.task_id) | (CountTask.parent_task_id == v.task_id)
-    )
-    counted = set(
-        (
-            await session.execute(select(CountEntry.counter_id).where(CountEntry.task_id.in_(task_ids)))
-        ).scalars()
-    )
-    task = await session.get(CountTask, v.task_id)
-    team_id = None
-    if task is not None and task.assignee_id is not None:
-        assignee = await session.get(User, task.assignee_id)
-        team_id = assignee.team_id if assignee is not None else None
-    return counted, team_id
-
-
-async def holders(
-    session: AsyncSession, role: Role, *, team_id: int | None = None, exclude: set[int] | None = None
-) -> list[User]:
-    """Active users with ``role``, minus ``exclude``; the line's own team first when it has such a person."""
-    users = (await session.execute(select(User).where(User.active.is_(True)).order_by(User.id))).scalars()
-    found = [u for u in users if role.value in (u.roles or []) and u.id not in (exclude or set())]
-    if team_id is not None and role is Role.SUPERVISOR:
-        same_team = [u for u in found if u.team_id == team_id]
-        if same_team:
-            return same_team
-    return found
-
-
 # ------------------------------------------------------------------------------------------------- sync
 
 
@@ -230,9 +200,10 @@ class SyncCounts:
     approval: int = 0
     updated: int = 0
     cancelled: int = 0
+    unstaffed: int = 0  # notices to managers and admins: a step nobody may decide
 
     def total(self) -> int:
-        return self.recount + self.review + self.approval + self.updated + self.cancelled
+        return self.recount + self.review + self.approval + self.updated + self.cancelled + self.unstaffed
 
 
 def _subject(prefix: str, *cols: Any) -> Any:
@@ -284,17 +255,18 @@ async def sync_cards(
         )
     ).scalars()
     for v in list(in_review):
-        counted, team_id = await _line_people(session, v)
+        line = await line_people(session, v)
         facts = await variance_facts(session, v.id)
-        for sup in await holders(session, Role.SUPERVISOR, team_id=team_id, exclude=counted):
+        sups = await site_holders(session, Role.SUPERVISOR, v.warehouse_id, exclude=line.counted)
+        for sup in team_first(sups, line.team_id):
             card = review.build(
                 facts, lang=lang_of(settings, sup), ref=f"rv-{v.id}-{sup.id}", reasons=reasons
             )
             out.review += await send_card(session, settings, sup, card, key=f"review:{v.id}:{sup.id}",
                                           subject=f"review:{v.id}", now=now, trace_id=trace_id,
                                           photos=await photo_refs(session, v.id))  # fmt: skip
-    # 3. open approval steps: every holder of the step's role who may decide it; when nobody may (everyone
-    #    holding the role counted or reviewed the line), the step moves up to its escalation role
+    # 3. open approval steps: every holder of the step's role who may decide it (the workflow moved the step up
+    #    its escalation chain when it opened with nobody). When nobody may, the managers and admins are told once.
     steps = (
         await session.execute(
             select(ApprovalStep, Variance)
@@ -310,19 +282,17 @@ async def sync_cards(
         )
     ).all()
     for step, v in steps:
-        counted, team_id = await _line_people(session, v)
-        exclude = counted | ({v.reviewer_id} if v.reviewer_id else set())
-        people = await holders(session, Role(step.role), team_id=team_id, exclude=exclude)
-        while not people and escalate_step(session, settings, step, now, "no_eligible_approver"):
-            people = await holders(session, Role(step.role), team_id=team_id, exclude=exclude)
-        if not people:
-            log.warning("nobody may decide step %s of variance %s (%s)", step.seq, v.id, step.role)
+        line = await line_people(session, v, step)
+        found = await deciders(session, v, step)
+        if not found:
+            out.unstaffed += await _tell_unstaffed(session, settings, v, step, now, trace_id)
             continue
         facts = await variance_facts(session, v.id)
         reviewer = await session.get(User, v.reviewer_id) if v.reviewer_id else None
         data = approval.ApprovalRequest(facts, step.seq, Role(step.role), v.reason_code, v.reason_note,
-                                        reviewer.name if reviewer else None)  # fmt: skip
+                                        reviewer.name if reviewer else None, level=await step_level(session, step))  # fmt: skip
         subject = f"approval:{v.id}:{step.seq}:{step.role}"
+        people = team_first(found, line.team_id) if Role(step.role) is Role.SUPERVISOR else found
         for person in people:
             card = approval.build(data, lang=lang_of(settings, person), ref=f"ap-{v.id}-{step.seq}-{person.id}",
                                   reasons=reasons)  # fmt: skip
@@ -369,6 +339,47 @@ async def sync_cards(
         out.updated += await enqueue(session, idempotency_key=f"upd:{row.id}", to=to, kind="update", body=body,
                                      subject=row.subject, trace_id=trace_id, now=now)  # fmt: skip
     return out
+
+
+async def _tell_unstaffed(
+    session: AsyncSession,
+    settings: Settings,
+    v: Variance,
+    step: ApprovalStep,
+    now: datetime,
+    trace_id: str | None,
+) -> int:
+    """Tell the managers and admins, once per step and role, that nobody may decide an open step: its chain
+    cannot be completed by distinct eligible people. The step waits; it is never decided by fewer people."""
+    facts = await variance_facts(session, v.id)
+    role_zh, role_en = approval.role_name(Role(step.role), "zh"), approval.role_name(Role(step.role), "en")
+    level = await step_level(session, step)
+    sent, told = 0, False
+    for person in await holders(session, Role.MANAGER, Role.ADMIN):
+        text = pick(
+            lang_of(settings, person),
+            f"⚠ 差异单 {v.id}（{facts.at.where} · {facts.at.sku} {facts.at.item}）的第 {level} 级审批（{role_zh}）"
+            f"找不到可以审批的人：具有该角色的人都参与了盘点、审核或已审批了前一级，升级链也已用尽。"
+            f"同一人不能审批两级，请给另一位同事分配「{role_zh}」角色（人员表的角色列，pandian import users），"
+            f"审批卡片随后会自动发出。",
+            f"⚠ Variance {v.id} ({facts.at.where} · {facts.at.sku} {facts.at.item}): nobody may decide approval "
+            f"step {level} ({role_en}). Everyone holding the role counted, reviewed or approved an earlier step, and "
+            f"the escalation chain is used up. One person cannot decide two steps: give the {role_en} role to "
+            f"another colleague (the roles column of the users file, pandian import users); the approval card "
+            f"then goes out by itself.",
+        )
+        sent += await notify(session, settings, person, key=f"unstaffed:{v.id}:{step.seq}:{step.role}:{person.id}",
+                             kind="text", body={"text": text}, subject=f"unstaffed:{v.id}:{step.seq}",
+                             trace_id=trace_id, now=now)  # fmt: skip
+        told = told or address_for(settings, person) is not None
+    if not told and (v.id, step.seq) not in _UNTOLD:
+        _UNTOLD.add((v.id, step.seq))
+        log.warning("nobody may decide step %s of variance %s (%s), and no manager or admin can be told",
+                    step.seq, v.id, step.role)  # fmt: skip
+    return sent
+
+
+_UNTOLD: set[tuple[int, int]] = set()  # warned once per process
 
 
 async def _user_at(session: AsyncSession, platform: Platform, ident: str | None) -> User | None:

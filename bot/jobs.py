@@ -51,7 +51,8 @@ from core.analytics import open_variances_report as open_variances
 from core.config import Settings
 from core.db import dialect_insert
 from core.enums import Role, TaskReason, TaskStatus
-from core.models import CountTask, ImprovementItem, InboundSeen, User, Warehouse, Zone
+from core.models import CountTask, ImprovementItem, InboundSeen, User, Warehouse
+from core.people import team_warehouses
 from core.scheduling.service import load_calendar, plan_day
 from core.variance.service import counter_tasks, housekeeping
 
@@ -331,20 +332,6 @@ def daily_summary(day: date, parts: Sequence[_WarehouseDay], *, lang: Lang) -> D
     )
 
 
-async def _scopes(session: AsyncSession, warehouses: Sequence[Warehouse]) -> dict[int, set[int]]:
-    """Warehouse ids per team: a team looks after its warehouses' default team and its zones."""
-    out: dict[int, set[int]] = defaultdict(set)
-    for wh in warehouses:
-        if wh.default_team_id is not None:
-            out[wh.default_team_id].add(wh.id)
-    for wid, tid in (
-        await session.execute(select(Zone.warehouse_id, Zone.team_id).where(Zone.team_id.is_not(None)))
-    ).all():
-        if tid is not None:
-            out[tid].add(wid)
-    return out
-
-
 async def summary_job(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, now: datetime
 ) -> JobReport:
@@ -355,7 +342,7 @@ async def summary_job(
         day = report.day
         warehouses = list((await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars())
         facts = {wh.id: await _warehouse_day(s, settings, wh, day, now) for wh in warehouses}
-        scopes = await _scopes(s, warehouses)
+        scopes = await team_warehouses(s)
         people = await _users_with(s, [Role.SUPERVISOR.value, Role.MANAGER.value])
 
         async def send(user: User, lang: Lang) -> bool:

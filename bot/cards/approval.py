@@ -51,6 +51,8 @@ class ApprovalRequest:
     reason_code: str | None = None  # what the reviewer picked
     reason_note: str | None = None
     reviewer: str | None = None
+    level: int | None = None  # the step's place in its round, when it differs from step_seq (a second round)
+    tier_why: tuple[str, str] | None = None  # why the variance sits at its tier (zh, en)
 
 
 def _sections(data: ApprovalRequest, lang: Lang, reasons: Sequence[ReasonCode]) -> tuple[Section, ...]:
@@ -67,7 +69,8 @@ def _sections(data: ApprovalRequest, lang: Lang, reasons: Sequence[ReasonCode]) 
 
 def _subtitle(data: ApprovalRequest, lang: Lang) -> str:
     role = pick(lang, _ROLE_ZH[data.role], _ROLE_EN[data.role])
-    step = pick(lang, f"第 {data.step_seq} 级 · {role}", f"step {data.step_seq} · {role}")
+    level = data.level or data.step_seq
+    step = pick(lang, f"第 {level} 级 · {role}", f"step {level} · {role}")
     return f"{facts.subtitle(data.facts, lang)} · {step}"
 
 

@@ -17,7 +17,7 @@ from uuid import uuid4
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import audit
+from core import audit, people
 from core.config import Settings
 from core.enums import (
     OPEN_STATUSES,
@@ -44,6 +44,7 @@ from core.models import (
     Movement,
     User,
     Variance,
+    Warehouse,
 )
 from core.quantity import QuantityError, UnitSpec, parse_quantity
 from core.stock import book_at
@@ -403,21 +404,27 @@ async def _evaluate_first_count(
         result.message_zh, result.message_en = RECORDED_ZH, RECORDED_EN
 
 
+async def _recounters(
+    session: AsyncSession, task: CountTask, exclude: set[int]
+) -> tuple[list[User], list[User]]:
+    """The other counters, and those of them who may recount ``task``: someone of its warehouse (never a counter
+    of another site, however alike the bin codes), else a counter tied to no warehouse."""
+    others = await people.holders(session, Role.COUNTER, exclude=exclude)
+    where = await people.sites(session, others)
+    own = [u for u in others if task.warehouse_id in where[u.id]]
+    return others, own or [u for u in others if not where[u.id]]
+
+
 async def _open_recount(
     session: AsyncSession, v: Variance, task: CountTask, actor_id: int | None, now: datetime, tz: Any = UTC
 ) -> CountTask | None:
     """A blind recount by a different counter, preferably from the same team."""
     exclude = await _counters_of(session, task.id)
     first = await session.get(User, next(iter(exclude))) if exclude else None
-    candidates = [
-        u
-        for u in (
-            await session.execute(select(User).where(User.active.is_(True)).order_by(User.employee_no))
-        ).scalars()
-        if "counter" in (u.roles or []) and u.id not in exclude
-    ]
+    others, candidates = await _recounters(session, task, exclude)
     if not candidates:
-        _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now, why="no other counter available")
+        _move_variance(v, VarianceEvent.RECOUNT_WAIVED, actor_id, now, why="no other counter available",
+                       elsewhere=len(others))  # fmt: skip
         return None
     team = first.team_id if first else None
     # same team first; then whoever has the fewest open tasks; then employee number
@@ -521,6 +528,7 @@ async def resolve_dispute(
     sup = await _user(session, supervisor_id)
     if "supervisor" not in (sup.roles or []):
         raise WorkflowError("只有主管可以裁定", "only a supervisor can decide")
+    await _check_site(session, v, sup, "裁定", "decide")
     if count_is_right:
         _move_variance(v, VarianceEvent.SUPERVISOR_CONFIRMED_COUNT, supervisor_id, now)
         _move_variance(v, VarianceEvent.REVIEW_STARTED, supervisor_id, now)
@@ -559,23 +567,131 @@ async def review_variance(
     reviewer = await _user(session, reviewer_id)
     if "supervisor" not in (reviewer.roles or []):
         raise WorkflowError("只有主管可以审核差异", "only a supervisor can review a variance")
+    await _check_site(session, v, reviewer, "审核", "review")
     try:
         reason = rules.validate_reason(reason_code, note, settings.reasons)
     except rules.RuleViolation as exc:
         raise WorkflowError(exc.zh, exc.en) from exc
     v.reason_code, v.reason_note, v.reviewer_id, v.reviewed_at = reason.code, note, reviewer_id, now
     _move_variance(v, VarianceEvent.REVIEW_SUBMITTED, reviewer_id, now, reason=reason.code, note=note)
-    steps = rules.route(Severity(v.severity), settings.approval)
-    for step in steps:
-        session.add(
-            ApprovalStep(
-                variance_id=v.id, seq=step.seq, role=step.role,
-                opened_at=now if step.seq == steps[0].seq else None,
-                due_at=now + step.sla if step.seq == steps[0].seq else None,
-            )
-        )  # fmt: skip
+    # a variance sent back to a recount and reviewed again starts a new round of steps after the old ones
+    # (which stay as its history)
+    base = int(
+        await session.scalar(select(func.max(ApprovalStep.seq)).where(ApprovalStep.variance_id == v.id)) or 0
+    )
+    added = [
+        ApprovalStep(variance_id=v.id, seq=base + step.seq, role=step.role)
+        for step in rules.route(Severity(v.severity), settings.approval)
+    ]
+    session.add_all(added)
     await session.flush()
+    await _open_step(session, settings, v, added[0], now)
     return v
+
+
+async def _check_site(session: AsyncSession, v: Variance, actor: User, zh: str, en: str) -> None:
+    """A warehouse that has supervisors of its own is theirs to review and approve (``core.people``)."""
+    if actor.id in {u.id for u in await people.site_holders(session, Role.SUPERVISOR, v.warehouse_id)}:
+        return
+    wh = await session.get(Warehouse, v.warehouse_id)
+    code = wh.code if wh is not None else str(v.warehouse_id)
+    raise WorkflowError(
+        f"差异 #{v.id} 属于仓库 {code}，应由该仓库的主管{zh}",
+        f"variance #{v.id} belongs to warehouse {code}; a supervisor of that warehouse must {en} it",
+    )
+
+
+# ----------------------------------------------------------------------------------------- approval steps
+
+
+@dataclass(frozen=True, slots=True)
+class LinePeople:
+    """Who took part in a variance: segregation of duties keeps them off its later steps."""
+
+    counted: frozenset[int]  # counted the task or one of its recounts
+    reviewer: int | None
+    decided: frozenset[int]  # approved an earlier step of this round
+    team_id: int | None  # the team of the task's counter (cards go to that team's supervisors first)
+
+    @property
+    def excluded(self) -> frozenset[int]:
+        return self.counted | self.decided | ({self.reviewer} if self.reviewer else frozenset())
+
+
+async def line_people(session: AsyncSession, v: Variance, step: ApprovalStep | None = None) -> LinePeople:
+    """The people of ``v``; with ``step``, those who approved the steps before it since the last review."""
+    counted = frozenset(await _counters_of(session, v.task_id))
+    decided: frozenset[int] = frozenset()
+    if step is not None:
+        earlier = [
+            (decision, who)
+            for decision, who in (
+                await session.execute(
+                    select(ApprovalStep.decision, ApprovalStep.decided_by_id)
+                    .where(ApprovalStep.variance_id == v.id, ApprovalStep.seq < step.seq)
+                    .order_by(ApprovalStep.seq)
+                )
+            ).all()
+        ]
+        # this round: the steps after the last one that sent the variance back (and those cancelled with it)
+        sent_back = [i for i, (d, _) in enumerate(earlier) if d in _ROUND_ENDS]
+        this_round = earlier[sent_back[-1] + 1 :] if sent_back else earlier
+        decided = frozenset(
+            who for d, who in this_round if d == ApprovalDecision.APPROVED and who is not None
+        )
+    task = await session.get(CountTask, v.task_id)
+    assignee = await session.get(User, task.assignee_id) if task is not None and task.assignee_id else None
+    return LinePeople(counted, v.reviewer_id, decided, assignee.team_id if assignee else None)
+
+
+async def step_level(session: AsyncSession, step: ApprovalStep) -> int:
+    """The step's place in its round (1 = the first step after the review), as cards show it."""
+    back = await session.scalar(
+        select(func.max(ApprovalStep.seq)).where(
+            ApprovalStep.variance_id == step.variance_id, ApprovalStep.seq < step.seq,
+            ApprovalStep.decision.in_(_ROUND_ENDS),
+        )
+    )  # fmt: skip
+    return step.seq - int(back or 0)
+
+
+# the decisions that end a round of approval steps before a new review (a rejection closes the variance)
+_ROUND_ENDS = (ApprovalDecision.RECOUNT, ApprovalDecision.CANCELLED)
+
+
+async def deciders(session: AsyncSession, v: Variance, step: ApprovalStep) -> list[User]:
+    """Everyone who may decide ``step`` now: its role, at the variance's site, none of the line's people."""
+    line = await line_people(session, v, step)
+    return await people.site_holders(session, Role(step.role), v.warehouse_id, exclude=line.excluded)
+
+
+async def _open_step(
+    session: AsyncSession, settings: Settings, v: Variance, step: ApprovalStep, now: datetime
+) -> None:
+    step.opened_at = now
+    step.due_at = now + timedelta(hours=_sla_hours(settings, Role(step.role)))
+    await staff_step(session, settings, v, step, now, "no_eligible_approver")
+
+
+def _sla_hours(settings: Settings, role: Role) -> int:
+    return settings.approval.sla_hours_by_role.get(role, settings.approval.sla_hours)
+
+
+async def staff_step(
+    session: AsyncSession, settings: Settings, v: Variance, step: ApprovalStep, now: datetime, why: str
+) -> bool:
+    """Make sure somebody may decide an open step: while nobody may (everyone holding its role counted,
+    reviewed or approved an earlier step, or the site has no such person), the step moves up its escalation
+    chain, recorded with ``why``. False when the chain runs out: the step is recorded as ``unstaffed`` and
+    the managers and admins are told (``bot.flows``); segregation of duties never quietly shrinks."""
+    seen = {step.role}
+    while not await deciders(session, v, step):
+        target = settings.approval.escalate_to.get(Role(step.role))
+        if target is None or target.value in seen or not escalate_step(session, settings, step, now, why):
+            audit.record(session, "approval", step.id, "unstaffed", variance_id=v.id, at=now, role=step.role)
+            return False
+        seen.add(step.role)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- approval
@@ -626,27 +742,26 @@ async def decide(
             raise await _already(session, shown)
         raise WorkflowError("这张审批卡片已过期，请以最新卡片为准", "this approval card is out of date")
     actor = await _user(session, actor_id)
+    line = await line_people(session, v, step)
     try:
         roles = {Role(r) for r in actor.roles or [] if r in Role._value2member_map_}
-        counted_by = await _counters_of(session, v.task_id)
         reviewed_by = {v.reviewer_id} if v.reviewer_id else set()
-        decided_by = {
-            i
-            for i in (
-                await session.execute(
-                    select(ApprovalStep.decided_by_id).where(
-                        ApprovalStep.variance_id == v.id, ApprovalStep.seq < step.seq,
-                        ApprovalStep.decision == ApprovalDecision.APPROVED, ApprovalStep.decided_by_id.is_not(None),
-                    )
-                )
-            ).scalars()
-            if i is not None
-        }  # fmt: skip
-        rules.check_can_decide(actor_id, roles, Role(step.role), counted_by, reviewed_by, decided_by)
+        rules.check_can_decide(actor_id, roles, Role(step.role), set(line.counted), reviewed_by, line.decided)
     except rules.RuleViolation as exc:
         raise WorkflowError(exc.zh, exc.en) from exc
+    if Role(step.role) is Role.SUPERVISOR:
+        await _check_site(session, v, actor, "审批", "approve")
     if decision is ApprovalDecision.REJECTED and not (comment and comment.strip()):
         raise WorkflowError("驳回时请写明原因", "a rejection needs a reason")
+    if decision is ApprovalDecision.RECOUNT:
+        task = await session.get(CountTask, v.task_id)
+        assert task is not None
+        if not (await _recounters(session, task, set(line.counted)))[1]:
+            raise WorkflowError(
+                "没有还没数过这一行的盘点员可以复盘（该仓库的盘点员都已数过），请通过或驳回这条差异",
+                "no counter who has not counted this line yet can recount it (every counter of its warehouse has); "
+                "approve or reject the variance instead",
+            )
     # the atomic claim: only one decision turns a pending step into a decided one
     claimed = await session.execute(
         update(ApprovalStep)
@@ -660,6 +775,11 @@ async def decide(
     v = await _variance(session, variance_id)  # lock the variance for the state change
     audit.record(session, "approval", step.id, decision.value, actor_id=actor_id, variance_id=v.id, at=now,
                  role=step.role, comment=comment)  # fmt: skip
+    if decision in (ApprovalDecision.REJECTED, ApprovalDecision.RECOUNT):
+        # the round ends here: its later steps will never open
+        await _cancel_open_steps(
+            session, v, now, "rejected" if decision is ApprovalDecision.REJECTED else "sent back"
+        )
     if decision is ApprovalDecision.REJECTED:
         _move_variance(v, VarianceEvent.REJECTED, actor_id, now, comment=comment)
         v.closed_at = now
@@ -677,10 +797,7 @@ async def decide(
         )
     ).scalar_one_or_none()  # fmt: skip
     if nxt is not None:
-        sla = next(
-            (s.sla for s in rules.route(Severity(v.severity), settings.approval) if s.seq == nxt.seq), None
-        )
-        nxt.opened_at, nxt.due_at = now, (now + sla if sla else None)
+        await _open_step(session, settings, v, nxt, now)
         return Decision(v, step, "approved", False)
     _move_variance(v, VarianceEvent.APPROVED, actor_id, now)
     await _adjust(session, settings, v, actor_id, now)
@@ -906,22 +1023,27 @@ async def escalate_overdue_approvals(session: AsyncSession, settings: Settings, 
         .scalars()
         .all()
     )
-    return sum(escalate_step(session, settings, step, now, "overdue") for step in steps)
+    moved = 0
+    for step in steps:
+        if escalate_step(session, settings, step, now, "overdue"):
+            moved += 1
+            v = await _variance(session, step.variance_id, lock=False)
+            await staff_step(session, settings, v, step, now, "no_eligible_approver")
+    return moved
 
 
 def escalate_step(
     session: AsyncSession, settings: Settings, step: ApprovalStep, now: datetime, why: str
 ) -> bool:
     """Move one pending step up to its escalation role (``approval.escalate_to``), with a fresh deadline.
-    ``why``: "overdue", or "no_eligible_approver" when everyone holding the role counted or reviewed the line.
-    False when the role has nowhere to go."""
+    ``why``: "overdue", or "no_eligible_approver" when nobody may decide it at its role (see
+    :func:`staff_step`). False when the role has nowhere to go."""
     target = settings.approval.escalate_to.get(Role(step.role))
     if target is None or target.value == step.role:
         return False
     old = step.role
     step.role = target.value
-    hours = settings.approval.sla_hours_by_role.get(target, settings.approval.sla_hours)
-    step.due_at = now + timedelta(hours=hours)
+    step.due_at = now + timedelta(hours=_sla_hours(settings, target))
     audit.record(session, "approval", step.id, "escalated", variance_id=step.variance_id, at=now,
                  from_role=old, to_role=target.value, why=why)  # fmt: skip
     return True
@@ -1004,12 +1126,14 @@ NO_COUNT_PENDING = frozenset(
 )
 
 
-async def _cancel_open_steps(session: AsyncSession, v: Variance, now: datetime) -> None:
+async def _cancel_open_steps(
+    session: AsyncSession, v: Variance, now: datetime, why: str = "no difference left"
+) -> None:
     """The approval steps still waiting for a decision end as cancelled (their cards then say so)."""
     await session.execute(
         update(ApprovalStep)
         .where(ApprovalStep.variance_id == v.id, ApprovalStep.decision == ApprovalDecision.PENDING)
-        .values(decision=ApprovalDecision.CANCELLED, decided_at=now, comment="no difference left")
+        .values(decision=ApprovalDecision.CANCELLED, decided_at=now, comment=why)
         .execution_options(synchronize_session=False)
     )
 

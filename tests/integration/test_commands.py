@@ -182,12 +182,14 @@ async def test_variances_wait_for_the_reviewer_then_the_approver(
         await review_variance(
             s, NO_RECOUNTS, variance_id=vid, reviewer_id=company["sup"], reason_code="misplaced", now=NOW
         )
-    # step 1 of a minor variance is a supervisor's, but not the one who reviewed it
+    # step 1 is a supervisor's, but not the one who reviewed it: the only supervisor did, so the step moved up
+    # to the manager when it opened, and waits there (a supervisor added later does not take it back)
     assert "没有等您处理的差异" in await bot.text("sup", "/差异")
+    assert "待审批（经理）" in await bot.text("mgr", "/差异")
     async with sessionmaker() as s, s.begin():
         other = User(employee_no="S02", name="主管二", roles=["supervisor"], wecom_userid="sup2")
         s.add(other)
-    assert "待审批（主管）" in await bot.text("sup2", "/差异")
+    assert "没有等您处理的差异" in await bot.text("sup2", "/差异")
 
 
 async def test_request_by_sku_barcode_and_location(
