@@ -732,11 +732,9 @@ def count(
 
     r = _flow(work)
     understood = f"（{r.understood}）" if r.understood else ""
-    console.print(f"[green]✓[/] 任务 #{task_id}{understood}：{r.message_zh}")
-    if r.recount_task is not None:
-        console.print(
-            f"复盘任务 #{r.recount_task.id} 已派给另一位盘点员 / recount task #{r.recount_task.id} assigned"
-        )
+    # the same neutral words for every outcome, whoever runs it: counts are blind (a recount is the recounter's
+    # news, on their list; supervisors see the outcome with `pandian variances` and `show`)
+    console.print(f"[green]✓[/] 任务 #{task_id}{understood}：{r.message_zh} / {r.message_en}")
 
 
 def _at(t: datetime | None, tz: Any) -> str | None:

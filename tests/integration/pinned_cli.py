@@ -15,6 +15,18 @@ from core.db import make_engine, make_sessionmaker
 from tests.clock import FixedClock
 
 
+def recount_of(url: str, task_id: int) -> int:
+    """The open blind recount of ``task_id`` (the counter who counted it is never told: counts are blind)."""
+    from sqlalchemy import select
+
+    from core.models import CountTask
+
+    ((rid,),) = query(
+        url, select(CountTask.id).where(CountTask.parent_task_id == task_id, CountTask.status == "open")
+    )
+    return int(rid)
+
+
 def query(url: str, stmt: Any) -> Any:
     """The rows of ``stmt`` on the database at ``url``, read from the test (the CLI runs its own event loop)."""
 

@@ -16,7 +16,7 @@ from core.db import make_engine, make_sessionmaker
 from core.models import CountTask, User
 from tests.clock import local
 from tests.integration.builders import build_company
-from tests.integration.pinned_cli import PinnedCli
+from tests.integration.pinned_cli import PinnedCli, recount_of
 
 DAY = date(2026, 11, 30)
 
@@ -67,7 +67,8 @@ def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path)
     bad = cli.invoke(main, ["count", str(task), "三桶", "--as", "WH1-E01"])
     assert bad.exit_code == 1 and "三桶" in bad.output
     out = ok("count", str(task), "４", "--as", "WH1-E01", "--at", "2026-11-30T10:00")  # full-width digits
-    recount = int(re.search(r"复盘任务 #(\d+)", out).group(1))  # type: ignore[union-attr]
+    recount = recount_of(database_url, task)
+    assert "已记录" in out and "复盘" not in out  # blind: the counter is not told the count differed
     ok("count", str(recount), "4", "--as", "WH1-E02", "--at", "2026-11-30T10:30")
     table = ok("variances")
     vid = re.search(r"│ (\d+) ", table).group(1)  # type: ignore[union-attr]
@@ -103,7 +104,8 @@ def test_dispute_resolved_by_supervisor_and_dossier(engine: AsyncEngine, databas
     out = ok(
         "count", str(task), "4", "--as", "WH1-E01", "--at", "2026-11-30T10:00", "--note", "货架后面可能还有"
     )
-    recount = int(re.search(r"复盘任务 #(\d+)", out).group(1))  # type: ignore[union-attr]
+    recount = recount_of(database_url, task)
+    assert "已记录" in out and "复盘" not in out  # blind: the counter is not told the count differed
     disagree = ok("count", str(recount), "7", "--as", "WH1-E02", "--at", "2026-11-30T10:20")
     assert "不一致" not in disagree and "账" not in disagree  # blind: the recounter learns nothing of either
     listing = ok("variances")
