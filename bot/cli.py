@@ -1267,9 +1267,15 @@ def show_variance(variance_id: int, fmt: str) -> None:
 
     settings, d, wh, many, people = _flow(work)
     v, tz = d.variance, settings.tz
+    from core.variance.tolerance import Severity, compute_variance
+
+    why = settings.tolerance.tiers.explain(
+        compute_variance(v.book_qty, v.counted_qty, v.unit_cost), Severity(v.severity)
+    )
     if fmt == "json":
         doc = _variance_json(v, d.item, d.location.code, wh, tz)
         doc["spec"] = d.item.spec
+        doc["severity_why_zh"], doc["severity_why_en"] = why
         doc["counts"] = [
             {"entry_id": e.id, "task_id": e.task_id, "counter": u.employee_no, "counter_name": u.name,
              "qty": e.qty, "raw_text": e.raw_text, "outcome": str(e.outcome), "method": str(e.method),
@@ -1306,6 +1312,7 @@ def show_variance(variance_id: int, fmt: str) -> None:
         f"（{pct}，{v.value:+,.2f} 元）{'  盘点时有出入库' if v.moved_during_count else ''}",
         markup=False,
     )
+    console.print(f"级别原因：{why[0]} / {why[1]}", markup=False)
     if v.suggestion_text:
         console.print(f"建议原因：{v.suggestion_text}", markup=False)
     if v.reason_code:

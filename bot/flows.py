@@ -51,7 +51,7 @@ from core.enums import OPEN_STATUSES, ApprovalDecision, CountOutcome, Role, Task
 from core.models import ApprovalStep, CountEntry, CountTask, Item, Location, OutboxMessage, User, Variance
 from core.people import holders, site_holders, team_first
 from core.variance.service import deciders, dossier, line_people, step_level
-from core.variance.tolerance import Severity
+from core.variance.tolerance import Severity, SeverityTiers, compute_variance
 from core.variance.workflow import VarianceState
 
 log = logging.getLogger("pandian.flows")
@@ -163,7 +163,10 @@ async def send_card(
 # ------------------------------------------------------------------------------------------------- facts
 
 
-async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFacts:
+async def variance_facts(
+    session: AsyncSession, variance_id: int, tiers: SeverityTiers | None = None
+) -> VarianceFacts:
+    """The variance as its cards show it; with ``tiers``, why it sits at its severity (approvers see it)."""
     from bot.walk import warehouse_codes
 
     d = await dossier(session, variance_id)
@@ -184,6 +187,9 @@ async def variance_facts(session: AsyncSession, variance_id: int) -> VarianceFac
         pct=v.pct,
         value=v.value,
         severity=Severity(v.severity),
+        tier_why=None
+        if tiers is None
+        else tiers.explain(compute_variance(v.book_qty, v.counted_qty, v.unit_cost), Severity(v.severity)),
         suggested_reason=v.suggested_reason,
         suggestion_text=v.suggestion_text,
         moved_during_count=v.moved_during_count,
@@ -256,7 +262,7 @@ async def sync_cards(
     ).scalars()
     for v in list(in_review):
         line = await line_people(session, v)
-        facts = await variance_facts(session, v.id)
+        facts = await variance_facts(session, v.id, settings.tolerance.tiers)
         sups = await site_holders(session, Role.SUPERVISOR, v.warehouse_id, exclude=line.counted)
         for sup in team_first(sups, line.team_id):
             card = review.build(
@@ -287,7 +293,7 @@ async def sync_cards(
         if not found:
             out.unstaffed += await _tell_unstaffed(session, settings, v, step, now, trace_id)
             continue
-        facts = await variance_facts(session, v.id)
+        facts = await variance_facts(session, v.id, settings.tolerance.tiers)
         reviewer = await session.get(User, v.reviewer_id) if v.reviewer_id else None
         data = approval.ApprovalRequest(facts, step.seq, Role(step.role), v.reason_code, v.reason_note,
                                         reviewer.name if reviewer else None, level=await step_level(session, step))  # fmt: skip
@@ -351,7 +357,7 @@ async def _tell_unstaffed(
 ) -> int:
     """Tell the managers and admins, once per step and role, that nobody may decide an open step: its chain
     cannot be completed by distinct eligible people. The step waits; it is never decided by fewer people."""
-    facts = await variance_facts(session, v.id)
+    facts = await variance_facts(session, v.id, settings.tolerance.tiers)
     role_zh, role_en = approval.role_name(Role(step.role), "zh"), approval.role_name(Role(step.role), "en")
     level = await step_level(session, step)
     sent, told = 0, False
@@ -413,7 +419,7 @@ async def _overtaken(
         if not escalated and (step.decided_by_id is None or step.decided_at is None):
             return None  # closed some other way (cancelled); leave the card
         who = await session.get(User, step.decided_by_id) if step.decided_by_id else None
-        facts = await variance_facts(session, vid)
+        facts = await variance_facts(session, vid, settings.tolerance.tiers)
         reviewer = None
         v = await session.get(Variance, vid)
         if v is not None and v.reviewer_id:
@@ -443,7 +449,7 @@ async def _overtaken(
         ):
             return None
         who = await session.get(User, v.reviewer_id)
-        facts = await variance_facts(session, vid)
+        facts = await variance_facts(session, vid, settings.tolerance.tiers)
         return review.reviewed(facts, reviewer=who.name if who else "?", reason_code=v.reason_code,
                                note=v.reason_note, lang=lang, ref=ref, reasons=reasons)  # fmt: skip
     if parts[0] == "recount":

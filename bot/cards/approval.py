@@ -52,7 +52,6 @@ class ApprovalRequest:
     reason_note: str | None = None
     reviewer: str | None = None
     level: int | None = None  # the step's place in its round, when it differs from step_seq (a second round)
-    tier_why: tuple[str, str] | None = None  # why the variance sits at its tier (zh, en)
 
 
 def _sections(data: ApprovalRequest, lang: Lang, reasons: Sequence[ReasonCode]) -> tuple[Section, ...]:

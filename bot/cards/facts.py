@@ -37,6 +37,7 @@ class VarianceFacts:
     suggested_reason: str | None = None  # a reason code
     suggestion_text: str | None = None  # the rule's explanation (Chinese)
     moved_during_count: bool = False
+    tier_why: tuple[str, str] | None = None  # why the variance sits at its severity (zh, en)
 
 
 def subtitle(f: VarianceFacts, lang: Lang) -> str:
@@ -61,6 +62,8 @@ def sections(f: VarianceFacts, lang: Lang, reasons: Sequence[ReasonCode] = DEFAU
     ]
     out = [Section(fields=tuple(fields))]
     notes: list[str] = []
+    if f.tier_why:
+        notes.append(pick(lang, f"级别：{f.tier_why[0]}", f"Tier: {f.tier_why[1]}"))
     if f.moved_during_count:
         notes.append(pick(lang, "注意：盘点期间有出入库。", "Note: stock moved during the count."))
     if f.suggested_reason:

@@ -23,8 +23,11 @@ Defaults, and why:
   b8); the value caps keep a small percentage of an expensive stock from posting silently (Oracle/SAP value
   tolerances). Losses and gains can be set apart per class or SKU (Oracle, Kingdee FGainTol/FLossTol).
 - hit/miss tolerance: the same percentages without value caps, so accuracy is the textbook IRA.
-- severity tiers for what is out of tolerance: minor when |value| < 1,000 元 and |pct| < 10 % (a supervisor
-  decides), major when |value| < 10,000 元 (supervisor, then finance), critical above (and a manager).
+- severity tiers for what is out of tolerance follow **value**: minor when |value| < 1,000 元 (a supervisor
+  decides), major when |value| < 10,000 元 (supervisor, then finance), critical above (and a manager). The
+  percentage decides tolerance (auto-accept, hit/miss), not who approves: an 8.10 元 gain is 33 % of a small book,
+  and is a supervisor's. A tier can also bound the percentage (``max_pct``) when a company wants that; the cards
+  say why a variance sits at its tier (:meth:`SeverityTiers.explain`).
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ class SeverityTiers(BaseModel):
     whatever the numbers.
     """
 
-    minor: Tier = Field(default_factory=lambda: Tier(max_value=Decimal(1000), max_pct=Decimal(10)))
+    minor: Tier = Field(default_factory=lambda: Tier(max_value=Decimal(1000)))
     major: Tier = Field(default_factory=lambda: Tier(max_value=Decimal(10000)))
 
     def severity(self, v: Variance) -> Severity:
@@ -175,6 +178,59 @@ class SeverityTiers(BaseModel):
         if self.major.contains(v):
             return Severity.MAJOR
         return Severity.CRITICAL
+
+    def explain(self, v: Variance, severity: Severity) -> tuple[str, str]:
+        """Why ``v`` sits at ``severity`` (Chinese, English): the bounds it stays below, or the one it reached."""
+        if severity is Severity.AUTO:
+            return "在容差内，自动过账", "within tolerance: posted without approval"
+        if severity is Severity.MINOR:
+            zh, en = _within(self.minor, v)
+            return f"{zh}，属一般差异", f"{en}: minor"
+        zh, en = _beyond(self.minor, v, SEVERITY_LABEL_ZH[Severity.MINOR], "minor")
+        if severity is Severity.MAJOR:
+            zh2, en2 = _within(self.major, v)
+            return f"{zh}，{zh2}，属重大差异", f"{en}, {en2}: major"
+        zh2, en2 = _beyond(self.major, v, SEVERITY_LABEL_ZH[Severity.MAJOR], "major")
+        return f"{zh2}，属严重差异", f"{en2}: critical"
+
+
+def _money(x: Decimal) -> str:
+    return f"{abs(x):,.2f}"
+
+
+def _pct(x: Decimal) -> str:
+    return format(abs(x).quantize(Decimal("0.1")).normalize(), "f")
+
+
+def _within(t: Tier, v: Variance) -> tuple[str, str]:
+    zh: list[str] = []
+    en: list[str] = []
+    if t.max_value is not None:
+        zh.append(f"金额 {_money(v.value)} 元低于 {_money(t.max_value)} 元")
+        en.append(f"value {_money(v.value)} below {_money(t.max_value)}")
+    if t.max_pct is not None and v.pct is not None:
+        zh.append(f"差异率 {_pct(v.pct)}% 低于 {_pct(t.max_pct)}%")
+        en.append(f"{_pct(v.pct)}% below {_pct(t.max_pct)}%")
+    return ("、".join(zh) or "无上限"), (", ".join(en) or "no bound")
+
+
+def _beyond(t: Tier, v: Variance, label_zh: str, label_en: str) -> tuple[str, str]:
+    zh: list[str] = []
+    en: list[str] = []
+    if t.max_value is not None and not abs(v.value) < t.max_value:
+        zh.append(f"金额 {_money(v.value)} 元达到{label_zh}上限 {_money(t.max_value)} 元")
+        en.append(f"value {_money(v.value)} reaches the {label_en} bound {_money(t.max_value)}")
+    if t.max_pct is not None:
+        if v.pct is None:
+            zh.append(f"账面为 0，差异率无法计算（{label_zh}限差异率 {_pct(t.max_pct)}%）")
+            en.append(
+                f"the book is 0, so the percentage is undefined ({label_en} is bounded at {_pct(t.max_pct)}%)"
+            )
+        elif not abs(v.pct) < t.max_pct:
+            zh.append(f"差异率 {_pct(v.pct)}% 达到{label_zh}上限 {_pct(t.max_pct)}%")
+            en.append(f"{_pct(v.pct)}% reaches the {label_en} bound {_pct(t.max_pct)}%")
+    # a tier changed since the variance was assessed: say what the bounds are now
+    return ("、".join(zh) or f"超出{label_zh}范围"), (", ".join(en) or f"beyond {label_en}")
 
 
 def _default_tolerances() -> dict[str, Tolerance]:

@@ -81,3 +81,13 @@ async def build_company(
     session.add_all(ils)
     await session.flush()
     return Company(wh, zones, [team], users, its, locs, ils)
+
+
+# Severity tiers bounded by percentage as well as value (``tolerance.tiers.minor.max_pct``), as a company may
+# configure them. The flows that walk the supervisor-then-finance chain use them: their test stock is cheap
+# (10 元 an item), and by value alone (the default) every variance would be a supervisor's alone.
+PCT_TIERS = {"tiers": {"minor": {"max_value": "1000", "max_pct": "10"}}}
+PCT_TIERS_ENV = {
+    "PANDIAN_TOLERANCE__TIERS__MINOR__MAX_VALUE": "1000",
+    "PANDIAN_TOLERANCE__TIERS__MINOR__MAX_PCT": "10",
+}

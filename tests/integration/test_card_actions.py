@@ -20,11 +20,13 @@ from core.models import InboundSeen, OutboxMessage, User, Variance
 from core.scheduling.service import plan_day
 from core.variance import service as wf
 from tests.clock import FixedClock, morning
-from tests.integration.builders import build_company
+from tests.integration.builders import PCT_TIERS, build_company
 
 MONDAY = date(2026, 11, 30)
 T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
-SETTINGS = Settings(database_url="sqlite://", wecom={"corp_id": "c"}, server={"payload_secret": "k" * 20})
+SETTINGS = Settings(
+    database_url="sqlite://", tolerance=PCT_TIERS, wecom={"corp_id": "c"}, server={"payload_secret": "k" * 20}
+)
 KEY = payload_key(SETTINGS)
 
 

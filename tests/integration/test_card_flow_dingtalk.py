@@ -23,6 +23,7 @@ from core.db import make_sessionmaker
 from core.models import CountEntry
 from tests.clock import running
 from tests.fakes.dingtalk import DingTalkFakeState, DingTalkSimulator, build_dingtalk_fake_app
+from tests.integration.builders import PCT_TIERS
 from tests.integration.cardflow import (
     DAY,
     assert_adjusted,
@@ -72,6 +73,7 @@ async def test_count_to_adjustment_through_dingtalk_cards(
     base = str(api.make_url("")).rstrip("/")
     settings = Settings(
         database_url=database_url,
+        tolerance=PCT_TIERS,
         dingtalk={"app_key": state.app_key, "app_secret": state.app_secret, "robot_code": state.robot_code,
                   "card_template_id": TEMPLATE, "api_base": base, "oapi_base": base,
                   "card_callback_route_key": "pandian-cards"},

@@ -24,6 +24,7 @@ from core.db import make_sessionmaker
 from core.models import CountEntry
 from tests.clock import running
 from tests.fakes.feishu import FeishuFake, FeishuSimulator, build_feishu_fake_app
+from tests.integration.builders import PCT_TIERS
 from tests.integration.cardflow import (
     DAY,
     assert_adjusted,
@@ -98,6 +99,7 @@ async def test_count_to_adjustment_through_feishu_cards(
     api = await aiohttp_server(build_feishu_fake_app(fake))
     settings = Settings(
         database_url=database_url,
+        tolerance=PCT_TIERS,
         feishu={"app_id": fake.app_id, "app_secret": fake.app_secret, "verification_token": VERIFICATION_TOKEN,
                 "encrypt_key": ENCRYPT_KEY, "domain": str(api.make_url("")).rstrip("/")},
         server=server_settings(tmp_path),

@@ -13,6 +13,7 @@ from core.config import Settings
 from core.db import make_sessionmaker
 from tests.clock import running
 from tests.fakes.wecom import WeComFakeState, WeComSimulator, build_wecom_fake_app
+from tests.integration.builders import PCT_TIERS
 from tests.integration.cardflow import (
     DAY,
     assert_adjusted,
@@ -54,6 +55,7 @@ async def test_count_to_adjustment_through_cards(
     fake = await aiohttp_server(build_wecom_fake_app(state))
     settings = Settings(
         database_url=database_url,
+        tolerance=PCT_TIERS,
         wecom={"corp_id": state.corp_id, "agent_id": state.agent_id, "secret": state.secret, "token": TOKEN,
                "encoding_aes_key": AES_KEY, "api_base": str(fake.make_url("")).rstrip("/")},
         server=server_settings(tmp_path),

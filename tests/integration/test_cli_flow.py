@@ -15,7 +15,7 @@ from bot.cli import main
 from core.db import make_engine, make_sessionmaker
 from core.models import CountTask, User
 from tests.clock import local
-from tests.integration.builders import build_company
+from tests.integration.builders import PCT_TIERS_ENV, build_company
 from tests.integration.pinned_cli import PinnedCli, recount_of
 
 DAY = date(2026, 11, 30)
@@ -53,7 +53,9 @@ def open_task(url: str, employee_no: str) -> int:
 
 def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path) -> None:
     seed(database_url)
-    cli = PinnedCli(local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = PinnedCli(
+        local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250", **PCT_TIERS_ENV}
+    )
 
     def ok(*args: str) -> str:
         r = cli.invoke(main, list(args))
@@ -92,7 +94,9 @@ def test_flow_end_to_end(engine: AsyncEngine, database_url: str, tmp_path: Path)
 
 def test_dispute_resolved_by_supervisor_and_dossier(engine: AsyncEngine, database_url: str) -> None:
     seed(database_url)
-    cli = PinnedCli(local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = PinnedCli(
+        local(DAY, 11, 0), env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250", **PCT_TIERS_ENV}
+    )
 
     def ok(*args: str) -> str:
         r = cli.invoke(main, list(args))

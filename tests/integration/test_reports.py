@@ -26,9 +26,9 @@ from core.models import CountTask, Item, ItemLocation, User
 from core.scheduling.service import plan_day
 from core.variance import service as wf
 from tests.clock import morning
-from tests.integration.builders import build_company
+from tests.integration.builders import PCT_TIERS, PCT_TIERS_ENV, build_company
 
-SETTINGS = Settings(database_url="sqlite://")
+SETTINGS = Settings(database_url="sqlite://", tolerance=PCT_TIERS)
 MON, TUE, NEXT_MON = date(2026, 11, 30), date(2026, 12, 1), date(2026, 12, 7)
 EARLY = datetime(2026, 11, 29, 17, 0, tzinfo=UTC)  # Monday 01:00 in Shanghai, still Sunday in UTC
 T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
@@ -275,7 +275,7 @@ def seed(url: str) -> Scenario:
 
 def test_cli_reports_in_three_formats(engine: AsyncEngine, database_url: str, tmp_path: Path) -> None:
     sc = seed(database_url)
-    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250", **PCT_TIERS_ENV})
 
     def ok(*args: str) -> str:
         r = cli.invoke(main, list(args))
@@ -323,7 +323,7 @@ def test_cli_reports_in_three_formats(engine: AsyncEngine, database_url: str, tm
 
 def test_cli_report_bad_input(engine: AsyncEngine, database_url: str) -> None:
     asyncio.run(_seed_small(database_url))
-    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250", **PCT_TIERS_ENV})
     late = cli.invoke(main, ["report", "accuracy", "--from", "2026-12-02", "--to", "2026-12-01"])
     assert late.exit_code == 1 and "晚于" in late.output and "after" in late.output
     wh = cli.invoke(main, ["report", "progress", "--warehouse", "NOPE"])

@@ -5,6 +5,7 @@ managers and admins instead of shrinking."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -152,6 +153,17 @@ async def test_the_sites_supervisor_reviews_and_the_chain_moves_up_when_nobody_e
         s.add(admin)
     async with sessionmaker() as s, s.begin():
         assert (await sync_cards(s, SETTINGS, T0 + timedelta(minutes=6))).approval == 1
+    async with sessionmaker() as s:
+        card = (
+            await s.execute(select(OutboxMessage).where(OutboxMessage.subject.like("approval:%"),
+                                                        OutboxMessage.address["user_id"].as_string() == "a01"))
+        ).scalar_one()  # fmt: skip
+    # the card says why the variance sits at its tier, and which step of its round this is
+    body = json.dumps(card.body, ensure_ascii=False)
+    assert (
+        "级别：金额 15,000.00 元达到重大差异上限 10,000.00 元，属严重差异" in body
+        and "第 3 级 · 管理员" in body
+    )
     done = await _decide(sessionmaker, v.id, admin, 7)
     assert done.final and done.variance.state == "adjusted"
     deciders = [st.decided_by_id for st in await _steps(sessionmaker, v.id)]

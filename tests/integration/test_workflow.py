@@ -28,11 +28,11 @@ from core.models import (
 from core.scheduling.service import plan_day
 from core.variance import service as wf
 from tests.clock import morning
-from tests.integration.builders import build_company
+from tests.integration.builders import PCT_TIERS, build_company
 
 MONDAY = date(2026, 11, 30)
 T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
-SETTINGS = Settings(database_url="sqlite://")
+SETTINGS = Settings(database_url="sqlite://", tolerance=PCT_TIERS)
 
 
 async def setup(session: AsyncSession, items: int = 25) -> dict[str, User]:

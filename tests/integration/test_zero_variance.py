@@ -29,6 +29,7 @@ from core.models import Adjustment, ApprovalStep, CountTask, ItemLocation, User,
 from core.stock import MovementLine, apply_movements
 from core.variance import service as wf
 from tests.clock import FixedClock
+from tests.integration.builders import PCT_TIERS_ENV
 from tests.integration.test_card_actions import (
     MONDAY,
     SETTINGS,
@@ -141,7 +142,7 @@ def test_approving_a_zero_variance_from_the_cli_closes_it(engine: AsyncEngine, d
             await eng.dispose()
 
     vid, _ = asyncio.run(in_own_loop(zero_in_approval))
-    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250"})
+    cli = CliRunner(env={"PANDIAN_DATABASE_URL": database_url, "COLUMNS": "250", **PCT_TIERS_ENV})
     clock = FixedClock(T0 + timedelta(hours=1))
     first = cli.invoke(main, ["approve", str(vid), "--as", "S02"], obj=CliRoot(clock))
     assert first.exit_code == 0, first.output

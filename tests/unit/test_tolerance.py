@@ -141,11 +141,12 @@ def test_unclassified_item_uses_c() -> None:
     [
         (100, 100, 1, Severity.AUTO),
         (100, 95, 100, Severity.MINOR),  # 5 %, 500 元
-        (100, 90, 10, Severity.MAJOR),  # 10 % is not < 10 %
+        (100, 90, 10, Severity.MINOR),  # 10 %, 100 元: the tier follows value
+        (24, 32, 1, Severity.MINOR),  # +33 %, 8 元: a supervisor's, not finance's and a manager's
         (1000, 990, 100, Severity.MAJOR),  # 1 %, 1,000 元 is not < 1,000
         (1000, 990, 999, Severity.MAJOR),  # 9,990 元
         (1000, 990, 1000, Severity.CRITICAL),  # 10,000 元
-        (0, 1, 1, Severity.MAJOR),  # book 0: pct undefined is never minor
+        (0, 1, 1, Severity.MINOR),  # book 0: by value too (it is out of tolerance: a person decides)
         (0, 20, 1000, Severity.CRITICAL),
     ],
 )
@@ -161,6 +162,30 @@ def test_custom_tiers() -> None:
     ]
     assert sev == [Severity.AUTO, Severity.MINOR, Severity.CRITICAL, Severity.CRITICAL, Severity.CRITICAL]
     assert assess(compute_variance(D(100), D(110), D(10)), "A", None, s).severity is Severity.MAJOR
+
+
+def test_the_tier_says_why() -> None:
+    tiers = SETTINGS.tiers
+    small = compute_variance(D("24.3"), D("32.4"), D(1))  # +8.10 元, +33.3 %
+    assert tiers.explain(small, Severity.MINOR) == (
+        "金额 8.10 元低于 1,000.00 元，属一般差异",
+        "value 8.10 below 1,000.00: minor",
+    )
+    big = compute_variance(D(1000), D(990), D(500))  # -5,000 元
+    zh, en = tiers.explain(big, tiers.severity(big))
+    assert zh == "金额 5,000.00 元达到一般差异上限 1,000.00 元，金额 5,000.00 元低于 10,000.00 元，属重大差异"
+    assert en.endswith(": major") and "reaches the minor bound 1,000.00" in en
+    huge = compute_variance(D(1000), D(980), D(1000))
+    assert (
+        tiers.explain(huge, tiers.severity(huge))[0]
+        == "金额 20,000.00 元达到重大差异上限 10,000.00 元，属严重差异"
+    )
+    # a company that also bounds the percentage: the card names the percentage
+    by_pct = SeverityTiers(minor=Tier(max_value=D(1000), max_pct=D(10)))
+    assert by_pct.severity(small) is Severity.MAJOR
+    assert "差异率 33.3% 达到一般差异上限 10%" in by_pct.explain(small, Severity.MAJOR)[0]
+    found = compute_variance(D(0), D(3), D(1))
+    assert "账面为 0，差异率无法计算" in by_pct.explain(found, by_pct.severity(found))[0]
 
 
 # ---- properties
