@@ -52,8 +52,8 @@ from core.config import Settings
 from core.db import dialect_insert
 from core.enums import Role, TaskReason, TaskStatus
 from core.models import CountTask, ImprovementItem, InboundSeen, User, Warehouse
-from core.people import team_warehouses
-from core.scheduling.service import load_calendar, plan_day
+from core.people import sites
+from core.scheduling.service import Unassigned, load_calendar, plan_day, unassigned_work
 from core.variance.service import counter_tasks, housekeeping
 
 log = logging.getLogger("pandian.jobs")
@@ -262,8 +262,53 @@ async def morning(
         plan = await plan_day(s, settings, report.day, now=now)
         report.details.update(planned=plan.created, open_tasks=len(plan.tasks), unassigned=plan.unassigned)
         await _push_task_cards(s, settings, report, now, reminder=False)
+        await _push_unassigned(s, settings, report, now)
 
     return await _daily("morning", sessionmaker, settings, now, work)
+
+
+async def _scoped(
+    session: AsyncSession, people: Sequence[User]
+) -> Callable[[User, Sequence[int]], list[int]]:
+    """Which of some warehouse ids a person looks after: a manager all; a supervisor their site's (their team's
+    warehouses and the zones they cover, ``core.people.sites``), all when tied to none."""
+    where = await sites(session, people)
+
+    def mine(user: User, warehouse_ids: Sequence[int]) -> list[int]:
+        if Role.MANAGER.value in (user.roles or []) or not where.get(user.id):
+            return list(warehouse_ids)
+        return [w for w in warehouse_ids if w in where[user.id]]
+
+    return mine
+
+
+async def _push_unassigned(
+    session: AsyncSession, settings: Settings, report: JobReport, now: datetime
+) -> None:
+    """Tell the supervisors (of their warehouses) and the managers when planned work has nobody to do it."""
+    day = report.day
+    work = {u.warehouse_id: u for u in await unassigned_work(session, day)}
+    if not work:
+        return
+    people = await _users_with(session, [Role.SUPERVISOR.value, Role.MANAGER.value])
+    mine = await _scoped(session, people)
+
+    async def send(user: User, lang: Lang) -> bool:
+        items = [_unassigned(work[w]) for w in mine(user, list(work))]
+        if not items:
+            return False
+        card = summary.unassigned_notice(day, items, lang=lang, ref=f"unassigned-{user.id}-{day:%Y%m%d}")
+        return await send_card(
+            session, settings, user, card, key=f"unassigned:{user.id}:{day}", subject=f"unassigned:{day}",
+            now=now, trace_id=_trace(report.job, day),
+        )  # fmt: skip
+
+    await _each(session, settings, report, people, send)
+    report.details["unassigned_notices"] = sum(1 for u in people if mine(u, list(work)))
+
+
+def _unassigned(u: Unassigned) -> summary.Unassigned:
+    return summary.Unassigned(u.code, u.tasks, u.nobody)
 
 
 async def afternoon(
@@ -290,6 +335,7 @@ class _WarehouseDay:
     hits: int = 0
     open_variances: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    unassigned: summary.Unassigned | None = None
 
 
 async def _warehouse_day(
@@ -328,6 +374,7 @@ def daily_summary(day: date, parts: Sequence[_WarehouseDay], *, lang: Lang) -> D
         overdue=sum(p.overdue for p in parts),
         accuracy_pct=(Decimal(hits) * 100 / Decimal(counts)) if counts else None,
         open_variances=sum(p.open_variances for p in parts),
+        unassigned=[p.unassigned for p in parts if p.unassigned],
         top_reasons=sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])),
     )
 
@@ -342,13 +389,13 @@ async def summary_job(
         day = report.day
         warehouses = list((await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars())
         facts = {wh.id: await _warehouse_day(s, settings, wh, day, now) for wh in warehouses}
-        scopes = await team_warehouses(s)
+        for u in await unassigned_work(s, day):
+            facts[u.warehouse_id].unassigned = _unassigned(u)
         people = await _users_with(s, [Role.SUPERVISOR.value, Role.MANAGER.value])
+        mine = await _scoped(s, people)
 
         async def send(user: User, lang: Lang) -> bool:
-            manager = Role.MANAGER.value in (user.roles or [])
-            mine = set() if manager else scopes.get(user.team_id or -1, set())
-            parts = [facts[wh.id] for wh in warehouses if not mine or wh.id in mine]
+            parts = [facts[w] for w in mine(user, [wh.id for wh in warehouses])]
             if not parts:
                 return False
             card = summary.build(

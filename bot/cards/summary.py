@@ -24,6 +24,48 @@ class DailySummary:
     accuracy_pct: Decimal | None  # hits / counted x 100; None when nothing was counted
     open_variances: int
     top_reasons: Sequence[tuple[str, int]]  # (reason code, variances), most first
+    unassigned: Sequence[Unassigned] = ()  # open work nobody has, per warehouse
+
+
+@dataclass(frozen=True, slots=True)
+class Unassigned:
+    warehouse: str  # its code
+    tasks: int
+    nobody: bool  # no counter can be given the warehouse's work (else: beyond the counters' capacity)
+
+
+def unassigned_lines(items: Sequence[Unassigned], lang: Lang) -> list[str]:
+    """One line per warehouse: how many tasks nobody has, the cause, and what to do."""
+    out = []
+    for u in items:
+        if u.nobody:
+            out.append(pick(
+                lang,
+                f"仓库 {u.warehouse}：{u.tasks} 项无人可派，该仓库没有可分配的盘点员。请在人员表给盘点员填写团队或库区，"
+                f"或执行 pandian warehouse set-team {u.warehouse} --team 班组名",
+                f"Warehouse {u.warehouse}: {u.tasks} task(s) unassigned, no counter can be given its work. Give "
+                f"counters a team or zones in the users file, or run pandian warehouse set-team {u.warehouse} --team TEAM",
+            ))  # fmt: skip
+        else:
+            out.append(pick(
+                lang,
+                f"仓库 {u.warehouse}：{u.tasks} 项超出盘点员今日产能，未分配（会顺延到下一个工作日）",
+                f"Warehouse {u.warehouse}: {u.tasks} task(s) beyond the counters' capacity today, unassigned "
+                "(they carry over to the next working day)",
+            ))  # fmt: skip
+    return out
+
+
+def unassigned_notice(day: date, items: Sequence[Unassigned], *, lang: Lang = "zh", ref: str) -> Card:
+    """The morning notice to supervisors and managers when planned work has nobody to do it."""
+    n = sum(u.tasks for u in items)
+    return Card(
+        ref=ref,
+        title=pick(lang, f"今日有 {n} 项盘点无人可派", f"{n} counts have nobody today"),
+        subtitle=day.isoformat(),
+        sections=(Section("\n".join(unassigned_lines(items, lang))),),
+        template=Tone.ORANGE,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +88,11 @@ def build(
         Field(pick(lang, "逾期", "Overdue"), str(data.overdue)),
         Field(pick(lang, "准确率", "Accuracy"), accuracy),
         Field(pick(lang, "待处理差异", "Open variances"), str(data.open_variances)),
+        *(
+            (Field(pick(lang, "未分配", "Unassigned"), str(sum(u.tasks for u in data.unassigned))),)
+            if data.unassigned
+            else ()
+        ),
     )
     top = data.top_reasons[:TOP_REASONS]
     if top:
@@ -57,8 +104,12 @@ def build(
         ref=ref,
         title=pick(lang, f"盘点日报 {data.day.isoformat()}", f"Daily count summary {data.day.isoformat()}"),
         subtitle=data.scope,
-        sections=(Section(fields=fields), Section("\n".join(lines))),
-        template=Tone.RED if data.overdue else Tone.BLUE,
+        sections=(
+            Section(fields=fields),
+            *((Section("\n".join(unassigned_lines(data.unassigned, lang))),) if data.unassigned else ()),
+            Section("\n".join(lines)),
+        ),
+        template=Tone.RED if data.overdue or data.unassigned else Tone.BLUE,
     )
 
 

@@ -639,6 +639,39 @@ async def plan_day(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Unassigned:
+    """Open work of one warehouse that nobody has, and why."""
+
+    warehouse_id: int
+    code: str
+    tasks: int
+    nobody: bool  # no counter can be given this warehouse's work at all (else: beyond today's capacity)
+
+
+async def unassigned_work(session: AsyncSession, day: date) -> list[Unassigned]:
+    """Per warehouse (by code), the open tasks due by ``day`` that nobody is assigned, with the cause."""
+    from core.importing import warehouses_without_counters
+
+    rows = (
+        await session.execute(
+            select(Warehouse.id, Warehouse.code, func.count())
+            .join(CountTask, CountTask.warehouse_id == Warehouse.id)
+            .where(
+                CountTask.assignee_id.is_(None),
+                CountTask.status.in_(OPEN_STATUSES),
+                CountTask.plan_date <= day,
+            )
+            .group_by(Warehouse.id, Warehouse.code)
+            .order_by(Warehouse.code)
+        )
+    ).all()
+    if not rows:
+        return []
+    nobody = set(await warehouses_without_counters(session))
+    return [Unassigned(wid, code, int(n), code in nobody) for wid, code, n in rows]
+
+
 async def _unassigned_warnings(session: AsyncSession, unassigned: dict[str, int]) -> list[str]:
     """Why tasks stayed unassigned, by its real cause: a warehouse nobody can be given work in (no counter in its
     default team, its zones' teams or covering its zones) is named; the rest exceeded the counters' capacity."""
