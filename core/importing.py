@@ -110,6 +110,7 @@ from core.models import (
     Warehouse,
     Zone,
 )
+from core.people import holders, sites
 from core.stock import (
     MOVEMENT_STAGING,
     STAGED_LINE,
@@ -2772,35 +2773,10 @@ async def warehouses_without_counters(session: AsyncSession) -> list[str]:
     """Codes of the warehouses whose work no one can be given: no active counter with capacity is in the
     warehouse's default team, in the team of one of its zones, or covers one of its zones (the planner's
     pools; an item's owner only takes that item's work)."""
-    counters = [
-        (u.id, u.team_id)
-        for u in (
-            await session.execute(
-                select(User.id, User.team_id, User.roles).where(
-                    User.active.is_(True), User.capacity_minutes > 0
-                )
-            )
-        ).all()
-        if Role.COUNTER.value in (u.roles or [])
-    ]
-    teams = {t for _, t in counters if t is not None}
-    ids = {i for i, _ in counters}
-    covered_zones = {
-        z for u, z in (await session.execute(select(UserZone.user_id, UserZone.zone_id))).all() if u in ids
-    }
-    zones: dict[int, list[tuple[int, int | None]]] = {}
-    for w, z, t in (await session.execute(select(Zone.warehouse_id, Zone.id, Zone.team_id))).all():
-        zones.setdefault(w, []).append((z, t))
-    out = []
-    for wid, code, team in (
-        await session.execute(
-            select(Warehouse.id, Warehouse.code, Warehouse.default_team_id).order_by(Warehouse.code)
-        )
-    ).all():
-        if team in teams or any(z in covered_zones or t in teams for z, t in zones.get(wid, ())):
-            continue
-        out.append(code)
-    return out
+    counters = [u for u in await holders(session, Role.COUNTER) if u.capacity_minutes > 0]
+    covered = set().union(*(await sites(session, counters)).values())
+    codes = (await session.execute(select(Warehouse.id, Warehouse.code).order_by(Warehouse.code))).all()
+    return [code for wid, code in codes if wid not in covered]
 
 
 def _nobody_note(file: str, code: str) -> ImportIssue:
