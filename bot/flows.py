@@ -289,7 +289,7 @@ async def sync_cards(
     ).all()
     for step, v in steps:
         line = await line_people(session, v, step)
-        found = await deciders(session, v, step)
+        found = await deciders(session, v, step, line)
         if not found:
             out.unstaffed += await _tell_unstaffed(session, settings, v, step, now, trace_id)
             continue
@@ -356,7 +356,14 @@ async def _tell_unstaffed(
     trace_id: str | None,
 ) -> int:
     """Tell the managers and admins, once per step and role, that nobody may decide an open step: its chain
-    cannot be completed by distinct eligible people. The step waits; it is never decided by fewer people."""
+    cannot be completed by distinct eligible people. The step waits; it is never decided by fewer people.
+    Once told, later syncs only look for a decider (cheap), without building the notice again."""
+    subject = f"unstaffed:{v.id}:{step.seq}:{step.role}"
+    told_before = await session.scalar(
+        select(OutboxMessage.id).where(OutboxMessage.subject == subject).limit(1)
+    )
+    if told_before is not None:
+        return 0
     facts = await variance_facts(session, v.id, settings.tolerance.tiers)
     role_zh, role_en = approval.role_name(Role(step.role), "zh"), approval.role_name(Role(step.role), "en")
     level = await step_level(session, step)
@@ -374,8 +381,8 @@ async def _tell_unstaffed(
             f"another colleague (the roles column of the users file, pandian import users); the approval card "
             f"then goes out by itself.",
         )
-        sent += await notify(session, settings, person, key=f"unstaffed:{v.id}:{step.seq}:{step.role}:{person.id}",
-                             kind="text", body={"text": text}, subject=f"unstaffed:{v.id}:{step.seq}",
+        sent += await notify(session, settings, person, key=f"{subject}:{person.id}",
+                             kind="text", body={"text": text}, subject=subject,
                              trace_id=trace_id, now=now)  # fmt: skip
         told = told or address_for(settings, person) is not None
     if not told and (v.id, step.seq) not in _UNTOLD:

@@ -31,7 +31,7 @@ import importlib
 import logging
 import time as clock
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -52,7 +52,7 @@ from core.config import Settings
 from core.db import dialect_insert
 from core.enums import Role, TaskReason, TaskStatus
 from core.models import CountTask, ImprovementItem, InboundSeen, User, Warehouse
-from core.people import sites
+from core.people import holders, sites
 from core.scheduling.service import Unassigned, load_calendar, plan_day, unassigned_work
 from core.variance.service import counter_tasks, housekeeping
 
@@ -106,12 +106,9 @@ async def claim(session: AsyncSession, key: str, now: datetime) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def _users_with(session: AsyncSession, roles: Iterable[str]) -> list[User]:
-    wanted = set(roles)
-    users = (
-        await session.execute(select(User).where(User.active.is_(True)).order_by(User.employee_no))
-    ).scalars()
-    return [u for u in users if wanted & set(u.roles or [])]
+async def _users_with(session: AsyncSession, *roles: Role) -> list[User]:
+    """``core.people.holders``, by employee number (the order the jobs go through people in)."""
+    return sorted(await holders(session, *roles), key=lambda u: u.employee_no)
 
 
 Send = Callable[[User, Lang], Awaitable[bool]]
@@ -232,7 +229,7 @@ async def _push_task_cards(
 ) -> None:
     day = report.day
     done = await _done_today(session, settings, day)
-    counters = await _users_with(session, [Role.COUNTER.value])
+    counters = await _users_with(session, Role.COUNTER)
     kind = "remind" if reminder else "tasks"
     with_tasks = 0
 
@@ -290,13 +287,17 @@ async def _push_unassigned(
     work = {u.warehouse_id: u for u in await unassigned_work(session, day)}
     if not work:
         return
-    people = await _users_with(session, [Role.SUPERVISOR.value, Role.MANAGER.value])
+    people = await _users_with(session, Role.SUPERVISOR, Role.MANAGER)
     mine = await _scoped(session, people)
 
+    told = 0
+
     async def send(user: User, lang: Lang) -> bool:
-        items = [_unassigned(work[w]) for w in mine(user, list(work))]
+        nonlocal told
+        items = [work[w] for w in mine(user, list(work))]
         if not items:
             return False
+        told += 1
         card = summary.unassigned_notice(day, items, lang=lang, ref=f"unassigned-{user.id}-{day:%Y%m%d}")
         return await send_card(
             session, settings, user, card, key=f"unassigned:{user.id}:{day}", subject=f"unassigned:{day}",
@@ -304,11 +305,7 @@ async def _push_unassigned(
         )  # fmt: skip
 
     await _each(session, settings, report, people, send)
-    report.details["unassigned_notices"] = sum(1 for u in people if mine(u, list(work)))
-
-
-def _unassigned(u: Unassigned) -> summary.Unassigned:
-    return summary.Unassigned(u.code, u.tasks, u.nobody)
+    report.details["unassigned_notices"] = told
 
 
 async def afternoon(
@@ -335,7 +332,7 @@ class _WarehouseDay:
     hits: int = 0
     open_variances: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    unassigned: summary.Unassigned | None = None
+    unassigned: Unassigned | None = None
 
 
 async def _warehouse_day(
@@ -390,8 +387,8 @@ async def summary_job(
         warehouses = list((await s.execute(select(Warehouse).order_by(Warehouse.code))).scalars())
         facts = {wh.id: await _warehouse_day(s, settings, wh, day, now) for wh in warehouses}
         for u in await unassigned_work(s, day):
-            facts[u.warehouse_id].unassigned = _unassigned(u)
-        people = await _users_with(s, [Role.SUPERVISOR.value, Role.MANAGER.value])
+            facts[u.warehouse_id].unassigned = u
+        people = await _users_with(s, Role.SUPERVISOR, Role.MANAGER)
         mine = await _scoped(s, people)
 
         async def send(user: User, lang: Lang) -> bool:
@@ -451,9 +448,7 @@ async def _announce_improvements(
     )
     if not items:
         return
-    people = await _users_with(session, [Role.MANAGER.value]) or await _users_with(
-        session, [Role.SUPERVISOR.value]
-    )
+    people = await _users_with(session, Role.MANAGER) or await _users_with(session, Role.SUPERVISOR)
     names = dict((await session.execute(select(Warehouse.id, Warehouse.name))).all())
     cfg = settings.reasons
     for it in items:

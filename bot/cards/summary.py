@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from bot.cards.model import Card, Field, Lang, Section, Tone, pick
 from bot.cards.text import DEFAULT_REASONS, reason
+from core.scheduling.service import Unassigned
 from core.variance.rules import ReasonCode
 
 TOP_REASONS = 3
@@ -27,13 +28,6 @@ class DailySummary:
     unassigned: Sequence[Unassigned] = ()  # open work nobody has, per warehouse
 
 
-@dataclass(frozen=True, slots=True)
-class Unassigned:
-    warehouse: str  # its code
-    tasks: int
-    nobody: bool  # no counter can be given the warehouse's work (else: beyond the counters' capacity)
-
-
 def unassigned_lines(items: Sequence[Unassigned], lang: Lang) -> list[str]:
     """One line per warehouse: how many tasks nobody has, the cause, and what to do."""
     out = []
@@ -41,16 +35,16 @@ def unassigned_lines(items: Sequence[Unassigned], lang: Lang) -> list[str]:
         if u.nobody:
             out.append(pick(
                 lang,
-                f"仓库 {u.warehouse}：{u.tasks} 项无人可派，该仓库没有可分配的盘点员。请在人员表给盘点员填写团队或库区，"
-                f"或执行 pandian warehouse set-team {u.warehouse} --team 班组名",
-                f"Warehouse {u.warehouse}: {u.tasks} task(s) unassigned, no counter can be given its work. Give "
-                f"counters a team or zones in the users file, or run pandian warehouse set-team {u.warehouse} --team TEAM",
+                f"仓库 {u.code}：{u.tasks} 项无人可派，该仓库没有可分配的盘点员。请在人员表给盘点员填写团队或库区，"
+                f"或执行 pandian warehouse set-team {u.code} --team 班组名",
+                f"Warehouse {u.code}: {u.tasks} task(s) unassigned, no counter can be given its work. Give "
+                f"counters a team or zones in the users file, or run pandian warehouse set-team {u.code} --team TEAM",
             ))  # fmt: skip
         else:
             out.append(pick(
                 lang,
-                f"仓库 {u.warehouse}：{u.tasks} 项超出盘点员今日产能，未分配（会顺延到下一个工作日）",
-                f"Warehouse {u.warehouse}: {u.tasks} task(s) beyond the counters' capacity today, unassigned "
+                f"仓库 {u.code}：{u.tasks} 项超出盘点员今日产能，未分配（会顺延到下一个工作日）",
+                f"Warehouse {u.code}: {u.tasks} task(s) beyond the counters' capacity today, unassigned "
                 "(they carry over to the next working day)",
             ))  # fmt: skip
     return out

@@ -623,45 +623,51 @@ async def line_people(session: AsyncSession, v: Variance, step: ApprovalStep | N
     counted = frozenset(await _counters_of(session, v.task_id))
     decided: frozenset[int] = frozenset()
     if step is not None:
-        earlier = [
-            (decision, who)
-            for decision, who in (
-                await session.execute(
-                    select(ApprovalStep.decision, ApprovalStep.decided_by_id)
-                    .where(ApprovalStep.variance_id == v.id, ApprovalStep.seq < step.seq)
-                    .order_by(ApprovalStep.seq)
-                )
-            ).all()
-        ]
-        # this round: the steps after the last one that sent the variance back (and those cancelled with it)
-        sent_back = [i for i, (d, _) in enumerate(earlier) if d in _ROUND_ENDS]
-        this_round = earlier[sent_back[-1] + 1 :] if sent_back else earlier
+        start = await _round_start(session, step)
         decided = frozenset(
-            who for d, who in this_round if d == ApprovalDecision.APPROVED and who is not None
-        )
+            who
+            for who in (
+                await session.execute(
+                    select(ApprovalStep.decided_by_id).where(
+                        ApprovalStep.variance_id == v.id, ApprovalStep.seq > start, ApprovalStep.seq < step.seq,
+                        ApprovalStep.decision == ApprovalDecision.APPROVED, ApprovalStep.decided_by_id.is_not(None),
+                    )
+                )
+            ).scalars()
+            if who is not None
+        )  # fmt: skip
     task = await session.get(CountTask, v.task_id)
     assignee = await session.get(User, task.assignee_id) if task is not None and task.assignee_id else None
     return LinePeople(counted, v.reviewer_id, decided, assignee.team_id if assignee else None)
 
 
-async def step_level(session: AsyncSession, step: ApprovalStep) -> int:
-    """The step's place in its round (1 = the first step after the review), as cards show it."""
+async def _round_start(session: AsyncSession, step: ApprovalStep) -> int:
+    """The seq after which ``step``'s round began: that of the last step before it that ended a round (0 for
+    the first round)."""
     back = await session.scalar(
         select(func.max(ApprovalStep.seq)).where(
             ApprovalStep.variance_id == step.variance_id, ApprovalStep.seq < step.seq,
             ApprovalStep.decision.in_(_ROUND_ENDS),
         )
     )  # fmt: skip
-    return step.seq - int(back or 0)
+    return int(back or 0)
+
+
+async def step_level(session: AsyncSession, step: ApprovalStep) -> int:
+    """The step's place in its round (1 = the first step after the review), as cards show it."""
+    return step.seq - await _round_start(session, step)
 
 
 # the decisions that end a round of approval steps before a new review (a rejection closes the variance)
 _ROUND_ENDS = (ApprovalDecision.RECOUNT, ApprovalDecision.CANCELLED)
 
 
-async def deciders(session: AsyncSession, v: Variance, step: ApprovalStep) -> list[User]:
-    """Everyone who may decide ``step`` now: its role, at the variance's site, none of the line's people."""
-    line = await line_people(session, v, step)
+async def deciders(
+    session: AsyncSession, v: Variance, step: ApprovalStep, line: LinePeople | None = None
+) -> list[User]:
+    """Everyone who may decide ``step`` now: its role, at the variance's site, none of the line's people
+    (``line``: the step's :func:`line_people`, when the caller has it)."""
+    line = line or await line_people(session, v, step)
     return await people.site_holders(session, Role(step.role), v.warehouse_id, exclude=line.excluded)
 
 
@@ -687,7 +693,9 @@ async def staff_step(
     seen = {step.role}
     while not await deciders(session, v, step):
         target = settings.approval.escalate_to.get(Role(step.role))
-        if target is None or target.value in seen or not escalate_step(session, settings, step, now, why):
+        if (target is not None and target.value in seen) or not escalate_step(
+            session, settings, step, now, why
+        ):
             audit.record(session, "approval", step.id, "unstaffed", variance_id=v.id, at=now, role=step.role)
             return False
         seen.add(step.role)
