@@ -69,7 +69,7 @@ from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
-from core.enums import OPEN_STATUSES, ApprovalDecision, TaskReason, TaskStatus
+from core.enums import OPEN_STATUSES, ROLE_LABEL_ZH, ApprovalDecision, TaskReason, TaskStatus
 from core.models import (
     Adjustment,
     AdjustmentLine,
@@ -91,14 +91,7 @@ TOTAL = "total"
 UNASSIGNED = "未分配"
 NO_ZONE = "未分区"
 
-ROLE_ZH: dict[str, str] = {
-    "counter": "盘点员",
-    "supervisor": "主管",
-    "finance": "财务",
-    "manager": "经理",
-    "admin": "管理员",
-    "system": "系统",
-}
+ROLE_ZH: dict[str, str] = {**{r.value: zh for r, zh in ROLE_LABEL_ZH.items()}, "system": "系统"}
 
 
 class ReportError(Exception):

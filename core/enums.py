@@ -13,6 +13,15 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+ROLE_LABEL_ZH: dict[Role, str] = {
+    Role.COUNTER: "盘点员",
+    Role.SUPERVISOR: "主管",
+    Role.FINANCE: "财务",
+    Role.MANAGER: "经理",
+    Role.ADMIN: "管理员",
+}
+
+
 class MovementType(StrEnum):
     RECEIPT = "receipt"
     ISSUE = "issue"

@@ -11,17 +11,11 @@ from bot.cards.facts import VarianceFacts
 from bot.cards.model import Button, ButtonStyle, Card, Lang, Section, Tone, aside, labelled, pick
 from bot.cards.payload import Approve, Reject, SendBack
 from bot.cards.text import DEFAULT_REASONS, SEVERITY_TONE, reason, when
-from core.enums import ApprovalDecision, Role
+from core.enums import ROLE_LABEL_ZH, ApprovalDecision, Role
 from core.variance.rules import ReasonCode
 
 _ROLE_EN = {r: r.value.capitalize() for r in Role}
-_ROLE_ZH = {
-    Role.COUNTER: "盘点员",
-    Role.SUPERVISOR: "主管",
-    Role.FINANCE: "财务",
-    Role.MANAGER: "经理",
-    Role.ADMIN: "管理员",
-}
+_ROLE_ZH = ROLE_LABEL_ZH
 
 # title, tone, verb (who decided "approved")
 _DECIDED: dict[ApprovalDecision, tuple[str, str, Tone, str, str]] = {

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.enums import MovementType, Role
+from core.enums import ROLE_LABEL_ZH, MovementType, Role
 from core.variance.tolerance import Severity
 
 DEFAULT_SUGGEST_WINDOW = timedelta(hours=24)
@@ -426,15 +426,6 @@ class NotAllowed(RuleViolation):
         self.why = why
 
 
-_ROLE_ZH: dict[Role, str] = {
-    Role.COUNTER: "盘点员",
-    Role.SUPERVISOR: "主管",
-    Role.FINANCE: "财务",
-    Role.MANAGER: "经理",
-    Role.ADMIN: "管理员",
-}
-
-
 def check_can_decide(
     actor_id: int,
     actor_roles: Iterable[Role],
@@ -471,7 +462,7 @@ def check_can_decide(
     if step_role not in set(actor_roles):
         raise NotAllowed(
             Refusal.ROLE,
-            f"这一步需要「{_ROLE_ZH[step_role]}」角色审批",
+            f"这一步需要「{ROLE_LABEL_ZH[step_role]}」角色审批",
             f"This step must be decided by the {step_role.value} role",
         )
 
