@@ -864,16 +864,32 @@ def _decision_command(name: str, decision: str, help_text: str) -> None:
         from core.variance.service import decide, user_by_employee_no
 
         async def work(settings: Settings, s: AsyncSession) -> Any:
-            user = await user_by_employee_no(s, as_)
-            return await decide(s, settings, variance_id=variance_id, actor_id=user.id,
-                                decision=ApprovalDecision(decision), comment=comment, now=now())  # fmt: skip
+            from sqlalchemy import select
 
-        d = _flow(work)
+            from core.models import ApprovalStep
+
+            user = await user_by_employee_no(s, as_)
+            d = await decide(s, settings, variance_id=variance_id, actor_id=user.id,
+                             decision=ApprovalDecision(decision), comment=comment, now=now())  # fmt: skip
+            nxt = await s.scalar(
+                select(ApprovalStep.role).where(ApprovalStep.variance_id == variance_id,
+                                                ApprovalStep.decision == ApprovalDecision.PENDING,
+                                                ApprovalStep.opened_at.is_not(None))
+            )  # fmt: skip
+            return d, nxt
+
+        d, nxt = _flow(work)
+        from core.enums import ROLE_LABEL_ZH, Role
         from core.variance.workflow import VARIANCE, VarianceState
 
         state = VarianceState(d.variance.state)
         if not d.final:
-            said = "本级已通过，等待下一级审批 / approved at this step; on to the next approver"
+            role = Role(nxt) if nxt in Role._value2member_map_ else None
+            said = (
+                f"本级已通过，等待下一级（{ROLE_LABEL_ZH[role]}）审批 / approved at this step; on to the {role.value}"
+                if role
+                else "本级已通过，等待下一级审批 / approved at this step; on to the next approver"
+            )
         else:
             said = f"{VARIANCE.state_zh[state]} / {state.value}"
         console.print(f"[green]✓[/] 差异 #{variance_id}：{said}")

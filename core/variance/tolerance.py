@@ -180,18 +180,55 @@ class SeverityTiers(BaseModel):
         return Severity.CRITICAL
 
     def explain(self, v: Variance, severity: Severity) -> tuple[str, str]:
-        """Why ``v`` sits at ``severity`` (Chinese, English): the bounds it stays below, or the one it reached."""
+        """Why ``v`` sits at ``severity`` (Chinese, English): per measure (value, percentage), the bound of the
+        milder tier it reached and the bound of its own tier it stays below."""
         if severity is Severity.AUTO:
             return "在容差内，自动过账", "within tolerance: posted without approval"
-        if severity is Severity.MINOR:
-            zh, en = _within(self.minor, v)
-            return f"{zh}，属一般差异", f"{en}: minor"
-        zh, en = _beyond(self.minor, v, SEVERITY_LABEL_ZH[Severity.MINOR], "minor")
-        if severity is Severity.MAJOR:
-            zh2, en2 = _within(self.major, v)
-            return f"{zh}，{zh2}，属重大差异", f"{en}, {en2}: major"
-        zh2, en2 = _beyond(self.major, v, SEVERITY_LABEL_ZH[Severity.MAJOR], "major")
-        return f"{zh2}，属严重差异", f"{en2}: critical"
+        below = {Severity.MINOR: self.minor, Severity.MAJOR: self.major}.get(severity)
+        above = {Severity.MAJOR: self.minor, Severity.CRITICAL: self.major}.get(severity)
+        above_name = {Severity.MAJOR: Severity.MINOR, Severity.CRITICAL: Severity.MAJOR}.get(severity)
+        zh: list[str] = []
+        en: list[str] = []
+        for measure in ("value", "pct"):
+            shown_zh, shown_en, conds_zh, conds_en = _measure(v, measure, above, above_name, below)
+            if conds_zh:
+                zh.append(f"{shown_zh}{'、'.join(conds_zh)}")
+                en.append(f"{shown_en} {' and '.join(conds_en)}")
+        label_zh, label_en = SEVERITY_LABEL_ZH[severity], severity.value
+        return (f"{'；'.join(zh)}，属{label_zh}" if zh else f"属{label_zh}"), (
+            f"{'; '.join(en)}: {label_en}" if en else label_en
+        )
+
+
+def _measure(
+    v: Variance, measure: str, above: Tier | None, above_name: Severity | None, below: Tier | None
+) -> tuple[str, str, list[str], list[str]]:
+    """For one measure: how it is shown, and the conditions that place ``v`` (reached / stays below)."""
+    if measure == "value":
+        x: Decimal | None = abs(v.value)
+        shown_zh, shown_en = f"金额 {_money(v.value)} 元", f"value {_money(v.value)}"
+        fmt, unit_zh, unit_en = _money, " 元", ""
+        hi, lo = (above.max_value if above else None), (below.max_value if below else None)
+    else:
+        x = None if v.pct is None else abs(v.pct)
+        shown_zh = "账面为 0，差异率无法计算" if x is None else f"差异率 {_pct(x)}% "
+        shown_en = "the book is 0 (no percentage)" if x is None else f"{_pct(x)}%"
+        fmt, unit_zh, unit_en = _pct, "%", "%"
+        hi, lo = (above.max_pct if above else None), (below.max_pct if below else None)
+    name_zh = SEVERITY_LABEL_ZH[above_name] if above_name else ""
+    name_en = above_name.value if above_name else ""
+    zh: list[str] = []
+    en: list[str] = []
+    if hi is not None and x is None:
+        zh.append(f"（{name_zh}以差异率 {fmt(hi)}{unit_zh} 为限）")
+        en.append(f"({name_en} is bounded at {fmt(hi)}{unit_en})")
+    elif hi is not None and x is not None and x >= hi:
+        zh.append(f"达到{name_zh}上限 {fmt(hi)}{unit_zh}")
+        en.append(f"reaches the {name_en} bound {fmt(hi)}{unit_en}")
+    if lo is not None and x is not None and x < lo:
+        zh.append(f"低于 {fmt(lo)}{unit_zh}")
+        en.append(f"stays below {fmt(lo)}{unit_en}")
+    return shown_zh, shown_en, zh, en
 
 
 def _money(x: Decimal) -> str:
@@ -200,37 +237,6 @@ def _money(x: Decimal) -> str:
 
 def _pct(x: Decimal) -> str:
     return format(abs(x).quantize(Decimal("0.1")).normalize(), "f")
-
-
-def _within(t: Tier, v: Variance) -> tuple[str, str]:
-    zh: list[str] = []
-    en: list[str] = []
-    if t.max_value is not None:
-        zh.append(f"金额 {_money(v.value)} 元低于 {_money(t.max_value)} 元")
-        en.append(f"value {_money(v.value)} below {_money(t.max_value)}")
-    if t.max_pct is not None and v.pct is not None:
-        zh.append(f"差异率 {_pct(v.pct)}% 低于 {_pct(t.max_pct)}%")
-        en.append(f"{_pct(v.pct)}% below {_pct(t.max_pct)}%")
-    return ("、".join(zh) or "无上限"), (", ".join(en) or "no bound")
-
-
-def _beyond(t: Tier, v: Variance, label_zh: str, label_en: str) -> tuple[str, str]:
-    zh: list[str] = []
-    en: list[str] = []
-    if t.max_value is not None and not abs(v.value) < t.max_value:
-        zh.append(f"金额 {_money(v.value)} 元达到{label_zh}上限 {_money(t.max_value)} 元")
-        en.append(f"value {_money(v.value)} reaches the {label_en} bound {_money(t.max_value)}")
-    if t.max_pct is not None:
-        if v.pct is None:
-            zh.append(f"账面为 0，差异率无法计算（{label_zh}限差异率 {_pct(t.max_pct)}%）")
-            en.append(
-                f"the book is 0, so the percentage is undefined ({label_en} is bounded at {_pct(t.max_pct)}%)"
-            )
-        elif not abs(v.pct) < t.max_pct:
-            zh.append(f"差异率 {_pct(v.pct)}% 达到{label_zh}上限 {_pct(t.max_pct)}%")
-            en.append(f"{_pct(v.pct)}% reaches the {label_en} bound {_pct(t.max_pct)}%")
-    # a tier changed since the variance was assessed: say what the bounds are now
-    return ("、".join(zh) or f"超出{label_zh}范围"), (", ".join(en) or f"beyond {label_en}")
 
 
 def _default_tolerances() -> dict[str, Tolerance]:

@@ -169,11 +169,11 @@ def test_the_tier_says_why() -> None:
     small = compute_variance(D("24.3"), D("32.4"), D(1))  # +8.10 元, +33.3 %
     assert tiers.explain(small, Severity.MINOR) == (
         "金额 8.10 元低于 1,000.00 元，属一般差异",
-        "value 8.10 below 1,000.00: minor",
+        "value 8.10 stays below 1,000.00: minor",
     )
     big = compute_variance(D(1000), D(990), D(500))  # -5,000 元
     zh, en = tiers.explain(big, tiers.severity(big))
-    assert zh == "金额 5,000.00 元达到一般差异上限 1,000.00 元，金额 5,000.00 元低于 10,000.00 元，属重大差异"
+    assert zh == "金额 5,000.00 元达到一般差异上限 1,000.00 元、低于 10,000.00 元，属重大差异"
     assert en.endswith(": major") and "reaches the minor bound 1,000.00" in en
     huge = compute_variance(D(1000), D(980), D(1000))
     assert (
