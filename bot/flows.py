@@ -244,9 +244,7 @@ async def sync_cards(
     )
     for task, item, loc, counter in rows.all():
         card = recount.build(
-            recount.RecountRequest(
-                task.id, ItemAt(loc.code, item.sku, item.name, item.spec, item.base_unit), task.due_date
-            ),
+            recount.RecountRequest(task.id, await item_at(session, item, loc), task.due_date),
             lang=lang_of(settings, counter),
             ref=f"rc-{task.id}",
         )
@@ -264,6 +262,8 @@ async def sync_cards(
         line = await line_people(session, v)
         facts = await variance_facts(session, v.id, settings.tolerance.tiers)
         sups = await site_holders(session, Role.SUPERVISOR, v.warehouse_id, exclude=line.counted)
+        if not sups:
+            out.unstaffed += await _tell_unstaffed(session, settings, v, None, now, trace_id)
         for sup in team_first(sups, line.team_id):
             card = review.build(
                 facts, lang=lang_of(settings, sup), ref=f"rv-{v.id}-{sup.id}", reasons=reasons
@@ -351,48 +351,53 @@ async def _tell_unstaffed(
     session: AsyncSession,
     settings: Settings,
     v: Variance,
-    step: ApprovalStep,
+    step: ApprovalStep | None,
     now: datetime,
     trace_id: str | None,
 ) -> int:
-    """Tell the managers and admins, once per step and role, that nobody may decide an open step: its chain
-    cannot be completed by distinct eligible people. The step waits; it is never decided by fewer people.
-    Once told, later syncs only look for a decider (cheap), without building the notice again."""
-    subject = f"unstaffed:{v.id}:{step.seq}:{step.role}"
-    told_before = await session.scalar(
-        select(OutboxMessage.id).where(OutboxMessage.subject == subject).limit(1)
-    )
-    if told_before is not None:
+    """Tell the managers and admins, once, that nobody may do a variance's next piece of work: its review
+    (``step`` None: every supervisor of its site counted it) or an open approval step (its chain cannot be
+    completed by distinct eligible people). The work waits; it is never done by fewer people. Once told, later
+    syncs only look for someone eligible (cheap), without building the notice again."""
+    role = Role(step.role) if step is not None else Role.SUPERVISOR
+    subject = f"unstaffed:{v.id}:{step.seq if step is not None else 'review'}:{role.value}"
+    if await session.scalar(select(OutboxMessage.id).where(OutboxMessage.subject == subject).limit(1)):
         return 0
     facts = await variance_facts(session, v.id, settings.tolerance.tiers)
-    role_zh, role_en = approval.role_name(Role(step.role), "zh"), approval.role_name(Role(step.role), "en")
-    level = await step_level(session, step)
+    role_zh, role_en = approval.role_name(role, "zh"), approval.role_name(role, "en")
+    at = f"{facts.at.where} · {facts.at.sku} {facts.at.item}"
+    if step is None:
+        what_zh = f"⚠ 差异单 {v.id}（{at}）找不到可以审核的主管：该仓库的主管都参与了这一行的盘点。"
+        what_en = f"⚠ Variance {v.id} ({at}): no supervisor may review it; every supervisor of its warehouse counted it."
+        card_zh, card_en = "审核卡片", "review card"
+    else:
+        level = await step_level(session, step)
+        what_zh = (f"⚠ 差异单 {v.id}（{at}）的第 {level} 级审批（{role_zh}）找不到可以审批的人：具有该角色的人都参与了"
+                   "盘点、审核或已审批了前一级，升级链也已用尽。同一人不能审批两级。")  # fmt: skip
+        what_en = (f"⚠ Variance {v.id} ({at}): nobody may decide approval step {level} ({role_en}). Everyone holding "
+                   "the role counted, reviewed or approved an earlier step, and the escalation chain is used up. One "
+                   "person cannot decide two steps.")  # fmt: skip
+        card_zh, card_en = "审批卡片", "approval card"
     sent, told = 0, False
     for person in await holders(session, Role.MANAGER, Role.ADMIN):
         text = pick(
             lang_of(settings, person),
-            f"⚠ 差异单 {v.id}（{facts.at.where} · {facts.at.sku} {facts.at.item}）的第 {level} 级审批（{role_zh}）"
-            f"找不到可以审批的人：具有该角色的人都参与了盘点、审核或已审批了前一级，升级链也已用尽。"
-            f"同一人不能审批两级，请给另一位同事分配「{role_zh}」角色（人员表的角色列，pandian import users），"
-            f"审批卡片随后会自动发出。",
-            f"⚠ Variance {v.id} ({facts.at.where} · {facts.at.sku} {facts.at.item}): nobody may decide approval "
-            f"step {level} ({role_en}). Everyone holding the role counted, reviewed or approved an earlier step, and "
-            f"the escalation chain is used up. One person cannot decide two steps: give the {role_en} role to "
-            f"another colleague (the roles column of the users file, pandian import users); the approval card "
-            f"then goes out by itself.",
+            f"{what_zh}请给另一位同事分配「{role_zh}」角色（人员表的角色列，pandian import users），{card_zh}随后会自动发出。",
+            f"{what_en} Give the {role_en} role to another colleague (the roles column of the users file, pandian "
+            f"import users); the {card_en} then goes out by itself.",
         )
         sent += await notify(session, settings, person, key=f"{subject}:{person.id}",
                              kind="text", body={"text": text}, subject=subject,
                              trace_id=trace_id, now=now)  # fmt: skip
         told = told or address_for(settings, person) is not None
-    if not told and (v.id, step.seq) not in _UNTOLD:
-        _UNTOLD.add((v.id, step.seq))
-        log.warning("nobody may decide step %s of variance %s (%s), and no manager or admin can be told",
-                    step.seq, v.id, step.role)  # fmt: skip
+    if not told and subject not in _UNTOLD:
+        _UNTOLD.add(subject)
+        log.warning("nobody may do the next piece of work on variance %s (%s), and no manager or admin can be told",
+                    v.id, subject)  # fmt: skip
     return sent
 
 
-_UNTOLD: set[tuple[int, int]] = set()  # warned once per process
+_UNTOLD: set[str] = set()  # subjects warned about, once per process
 
 
 async def _user_at(session: AsyncSession, platform: Platform, ident: str | None) -> User | None:

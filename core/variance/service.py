@@ -427,14 +427,23 @@ async def _open_recount(
                        elsewhere=len(others))  # fmt: skip
         return None
     team = first.team_id if first else None
-    # same team first; then whoever has the fewest open tasks; then employee number
     loads = dict(
         (await session.execute(
             select(CountTask.assignee_id, func.count()).where(CountTask.status.in_(OPEN_STATUSES))
             .group_by(CountTask.assignee_id)
         )).all()
     )  # fmt: skip
-    chosen = min(candidates, key=lambda u: (u.team_id != team, loads.get(u.id, 0), u.employee_no))
+    # a counter who is not a supervisor first (a supervisor who recounts may no longer review the line); then the
+    # same team; then whoever has the fewest open tasks; then employee number
+    chosen = min(
+        candidates,
+        key=lambda u: (
+            Role.SUPERVISOR.value in (u.roles or []),
+            u.team_id != team,
+            loads.get(u.id, 0),
+            u.employee_no,
+        ),
+    )
     v.recounts += 1
     # keyed by the counted task and its recounts so far, cancelled ones included: an undone count's variance is
     # deleted, and SQLite hands its id to the next one, so a key from the variance id could repeat

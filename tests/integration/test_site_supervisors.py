@@ -189,3 +189,54 @@ async def test_another_sites_supervisor_cannot_approve_or_settle_a_dispute(
     async with sessionmaker() as s:
         s02 = (await s.execute(select(User).where(User.employee_no == "WH1-S02"))).scalar_one()
     assert not (await _decide(sessionmaker, v.id, s02, 2)).final
+
+
+async def test_a_supervisor_who_counts_is_not_picked_to_recount_and_a_review_nobody_may_do_is_told(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """WH2 has two counters, and its supervisor counts too: the recount goes to the other counter, so the
+    supervisor can still review. When the supervisor recounts anyway (the only one left), the review has nobody,
+    and the managers are told once."""
+    users = await _two_sites(sessionmaker)
+    async with sessionmaker() as s, s.begin():
+        sup = await s.get(User, users["WH2-S01"].id)
+        assert sup is not None
+        sup.roles = ["supervisor", "counter"]
+        c1 = users["WH2-E01"]
+        task = (await wf.counter_tasks(s, c1.id, MONDAY))[0][0]
+        r = await wf.record_count(
+            s, SETTINGS, task_id=task.id, counter_id=c1.id, text="7", counted_at=T0, now=T0
+        )
+        assert r.recount_task is not None
+        assert r.recount_task.assignee_id == users["WH2-E02"].id  # not the supervisor, who has fewer tasks
+        # the recount card names the warehouse: every site has a bin A-000
+        await sync_cards(s, SETTINGS, T0 + timedelta(minutes=1))
+        card = (
+            await s.execute(select(OutboxMessage).where(OutboxMessage.subject.like("recount:%")))
+        ).scalar_one()
+        assert card.address["user_id"] == "wh2-e02" and "WH2/A-000" in json.dumps(
+            card.body, ensure_ascii=False
+        )
+        # the supervisor takes the recount over (say the counter went home) and agrees with the first count
+        r.recount_task.assignee_id = sup.id
+        r2 = await wf.record_count(s, SETTINGS, task_id=r.recount_task.id, counter_id=sup.id, text="7",
+                                   counted_at=T0 + timedelta(minutes=5), now=T0 + timedelta(minutes=5))  # fmt: skip
+        assert r2.variance is not None and r2.variance.state == "in_review"
+    for _ in range(2):
+        async with sessionmaker() as s, s.begin():
+            await sync_cards(s, SETTINGS, T0 + timedelta(minutes=6))
+    async with sessionmaker() as s:
+        texts = [(m.address["user_id"], m.body["text"]) for m in (await s.execute(
+            select(OutboxMessage).where(OutboxMessage.kind == "text"))).scalars()]  # fmt: skip
+        reviews = [
+            m
+            for m in (await s.execute(select(OutboxMessage))).scalars()
+            if (m.subject or "").startswith("review:")
+        ]
+    assert reviews == []  # never WH1's supervisor
+    assert len(texts) == 1 and texts[0][0] == "m01"
+    assert (
+        "找不到可以审核的主管" in texts[0][1]
+        and "WH2/" in texts[0][1]
+        and "审核卡片随后会自动发出" in texts[0][1]
+    )
